@@ -1,0 +1,250 @@
+//! [`Accumulator`]: folds deltas into a reply.
+
+use crate::{Delta, FinishReason, Message, ToolCall, Usage, delta::ToolCallDelta};
+
+/// Folds a sequence of [`Delta`]s into a reply: text, reasoning, tool calls merged by index,
+/// usage and finish reason.
+///
+/// Pure and O(total bytes): each delta's text is appended once, nothing accumulated is copied
+/// per delta.
+///
+/// ```
+/// use chatstream::{Accumulator, Delta, FinishReason};
+///
+/// let mut acc = Accumulator::new();
+/// for d in [Delta::text("Hel"), Delta::text("lo"), Delta::finish(FinishReason::Stop)] {
+///     acc.push(&d);
+/// }
+/// assert_eq!(acc.text(), "Hello");
+/// assert_eq!(acc.finish_reason(), Some(FinishReason::Stop));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Accumulator {
+    text: String,
+    reasoning: String,
+    tool_calls: Vec<ToolCall>,
+    usage: Option<Usage>,
+    finish_reason: Option<FinishReason>,
+    deltas: u64,
+}
+
+impl Accumulator {
+    /// An empty accumulator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty accumulator with room for `bytes` of text, to avoid regrowing for long replies.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Accumulator {
+            text: String::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Starts from an existing partial reply (to continue it after a recovery).
+    pub fn from_message(message: &Message) -> Self {
+        Accumulator {
+            text: message.content.clone(),
+            reasoning: message.reasoning.clone().unwrap_or_default(),
+            tool_calls: message.tool_calls.clone(),
+            usage: message.usage,
+            finish_reason: message.finish_reason,
+            deltas: 0,
+        }
+    }
+
+    /// Folds one delta in.
+    #[inline]
+    pub fn push(&mut self, delta: &Delta) {
+        self.deltas += 1;
+        match delta {
+            Delta::Text { text } => self.text.push_str(text),
+            Delta::Reasoning { text } => self.reasoning.push_str(text),
+            Delta::ToolCall(call) => self.push_tool_call(call),
+            Delta::Usage(usage) => self.usage = Some(*usage),
+            Delta::Finish { reason } => self.finish_reason = Some(*reason),
+            Delta::Retry(_) => {}
+        }
+    }
+
+    fn push_tool_call(&mut self, call: &ToolCallDelta) {
+        // Fragments almost always extend the newest call; search from the back.
+        let slot = match self.tool_calls.iter().rposition(|c| c.index == call.index) {
+            Some(i) => &mut self.tool_calls[i],
+            None => {
+                let at = self
+                    .tool_calls
+                    .iter()
+                    .position(|c| c.index > call.index)
+                    .unwrap_or(self.tool_calls.len());
+                self.tool_calls.insert(
+                    at,
+                    ToolCall {
+                        index: call.index,
+                        ..ToolCall::default()
+                    },
+                );
+                &mut self.tool_calls[at]
+            }
+        };
+        if let Some(id) = &call.id {
+            if slot.id.is_empty() {
+                slot.id.push_str(id);
+            }
+        }
+        if let Some(name) = &call.name {
+            if slot.name.is_empty() {
+                slot.name.push_str(name);
+            }
+        }
+        slot.arguments.push_str(&call.arguments);
+    }
+
+    /// The reply text so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The reasoning text so far.
+    pub fn reasoning(&self) -> &str {
+        &self.reasoning
+    }
+
+    /// The tool calls so far, by index.
+    pub fn tool_calls(&self) -> &[ToolCall] {
+        &self.tool_calls
+    }
+
+    /// The last usage reported.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// The finish reason, once the model finished.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish_reason
+    }
+
+    /// How many deltas were folded in.
+    pub fn delta_count(&self) -> u64 {
+        self.deltas
+    }
+
+    /// Whether no reply content (text, reasoning, tool call) has arrived yet.
+    pub fn has_output(&self) -> bool {
+        !(self.text.is_empty() && self.reasoning.is_empty() && self.tool_calls.is_empty())
+    }
+
+    /// Copies the reply so far into `message` (for checkpoints; the accumulator keeps going).
+    pub fn apply_to(&self, message: &mut Message) {
+        message.content.clone_from(&self.text);
+        message.reasoning = (!self.reasoning.is_empty()).then(|| self.reasoning.clone());
+        message.tool_calls.clone_from(&self.tool_calls);
+        message.usage = self.usage;
+        message.finish_reason = self.finish_reason;
+    }
+
+    /// Moves the reply into `message` and returns it.
+    pub fn into_message(self, mut message: Message) -> Message {
+        message.content = self.text;
+        message.reasoning = (!self.reasoning.is_empty()).then_some(self.reasoning);
+        message.tool_calls = self.tool_calls;
+        message.usage = self.usage;
+        message.finish_reason = self.finish_reason;
+        message
+    }
+}
+
+impl<'a> Extend<&'a Delta> for Accumulator {
+    fn extend<I: IntoIterator<Item = &'a Delta>>(&mut self, iter: I) {
+        for d in iter {
+            self.push(d);
+        }
+    }
+}
+
+impl Extend<Delta> for Accumulator {
+    fn extend<I: IntoIterator<Item = Delta>>(&mut self, iter: I) {
+        for d in iter {
+            self.push(&d);
+        }
+    }
+}
+
+impl FromIterator<Delta> for Accumulator {
+    fn from_iter<I: IntoIterator<Item = Delta>>(iter: I) -> Self {
+        let mut acc = Accumulator::new();
+        acc.extend(iter);
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChatId;
+
+    fn call(index: u32, id: Option<&str>, name: Option<&str>, args: &str) -> Delta {
+        Delta::ToolCall(ToolCallDelta {
+            index,
+            id: id.map(Into::into),
+            name: name.map(Into::into),
+            arguments: args.into(),
+        })
+    }
+
+    #[test]
+    fn merges_tool_calls_by_index() {
+        let acc: Accumulator = [
+            Delta::text("I'll check."),
+            call(1, Some("b"), Some("time"), ""),
+            call(0, Some("a"), Some("weather"), "{\"lo"),
+            call(1, None, None, "{}"),
+            call(0, None, None, "c\":1}"),
+            Delta::usage(5, 7),
+            Delta::finish(FinishReason::ToolCalls),
+        ]
+        .into_iter()
+        .collect();
+        let calls = acc.tool_calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].index, &*calls[0].id, &*calls[0].name),
+            (0, "a", "weather")
+        );
+        assert_eq!(calls[0].arguments, "{\"loc\":1}");
+        assert_eq!(
+            (calls[1].id.as_str(), calls[1].arguments.as_str()),
+            ("b", "{}")
+        );
+        assert_eq!(
+            acc.usage(),
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 7
+            })
+        );
+        let m = acc.into_message(Message::assistant_streaming(ChatId::generate()));
+        assert_eq!(m.content, "I'll check.");
+        assert_eq!(m.finish_reason, Some(FinishReason::ToolCalls));
+    }
+
+    #[test]
+    fn later_usage_replaces_and_reasoning_is_apart() {
+        let mut acc = Accumulator::new();
+        acc.extend([
+            Delta::reasoning("hm"),
+            Delta::usage(1, 1),
+            Delta::usage(1, 9),
+            Delta::text("ok"),
+        ]);
+        assert_eq!(acc.reasoning(), "hm");
+        assert_eq!(acc.text(), "ok");
+        assert_eq!(acc.usage().unwrap().output_tokens, 9);
+        let mut m = Message::assistant_streaming(ChatId::generate());
+        acc.apply_to(&mut m);
+        assert_eq!(m.reasoning.as_deref(), Some("hm"));
+        assert_eq!(Accumulator::from_message(&m).text(), "ok");
+    }
+}

@@ -1,0 +1,63 @@
+//! # chatstream
+//!
+//! Streaming chat with large language models, with the hard parts solved once: replies stream
+//! token by token as [`Delta`]s; a reply can be stopped at any moment and the upstream request
+//! really closes; network breaks are retried and recovered mid-stream without repeating a word;
+//! every message, a stopped or failed partial reply included, is persisted; many conversations
+//! stream at once.
+//!
+//! ```
+//! use chatstream::{Accumulator, ChatRequest, LlmProvider, provider::DemoProvider};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+//! let provider = DemoProvider::new(); // or OpenAiProvider / AnthropicProvider
+//! let mut stream = provider.stream(ChatRequest::user("Why stream replies?"));
+//! let mut reply = Accumulator::new();
+//! while let Some(delta) = stream.next().await {
+//!     let delta = delta?;
+//!     reply.push(&delta); // and show it as it arrives
+//! }
+//! println!("{}", reply.text());
+//! # Ok(()) }
+//! ```
+//!
+//! ## Concepts
+//!
+//! - [`ChatId`], [`MessageId`], [`Message`], [`Chat`]: the data model (serde, camelCase JSON).
+//! - [`Delta`]: the item of every reply stream; [`Accumulator`] folds deltas into a reply.
+//! - [`LlmProvider`]: a cancellable stream of deltas from a model API — [`provider`] has the
+//!   OpenAI-compatible, Anthropic, demo and scripted providers.
+//! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
+//!   decorators around any provider.
+//! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite and PostgreSQL backends.
+//!
+//! ## Feature flags
+//!
+//! | Name | Description | Default? |
+//! |---|---|---|
+//! | `sqlite` | the SQLite message store (sqlx) | yes |
+//! | `postgres` | the PostgreSQL message store (sqlx) | no |
+//! | `redis` | the Redis stream hub, to share live replies across instances | no |
+//! | `conformance` | exports the store conformance suite for third-party backends | no |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod accumulate;
+mod delta;
+mod error;
+mod id;
+mod message;
+pub mod provider;
+pub mod resilience;
+pub mod store;
+
+pub use accumulate::Accumulator;
+pub use delta::{Delta, RetryNotice, ToolCallDelta};
+pub use error::{BoxError, Error, Result, TimeoutPhase, status_is_retryable};
+pub use id::{ChatId, MessageId};
+pub use message::{Chat, FinishReason, Message, MessageStatus, Role, ToolCall, Usage};
+pub use provider::{
+    ChatRequest, DeltaStream, DynProvider, LlmProvider, LlmProviderExt, RequestMessage, Script,
+    ScriptedProvider, ToolSpec,
+};
+pub use store::{DynMessageStore, MessageStore, MessageStoreExt};

@@ -1,0 +1,335 @@
+//! The data model: [`Message`], [`Chat`] and their parts.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{ChatId, MessageId};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The person chatting.
+    User,
+    /// The model.
+    Assistant,
+    /// The result of a tool call, sent back to the model.
+    Tool,
+}
+
+impl Role {
+    /// The role's name as used on the wire: `system`, `user`, `assistant`, `tool`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Ok(match s {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => {
+                return Err(crate::Error::invalid(
+                    "role",
+                    format!("unknown role {other:?}"),
+                ));
+            }
+        })
+    }
+}
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    /// The reply is being generated.
+    Streaming,
+    /// Finished normally (user and system messages are always complete).
+    Complete,
+    /// Stopped by the user; the content is the partial reply.
+    Cancelled,
+    /// Ended by an error; the content is the partial reply and `error` says why.
+    Failed,
+    /// Left `streaming` by a process that died; the content is the last checkpoint.
+    Interrupted,
+}
+
+impl MessageStatus {
+    /// The status's name: `streaming`, `complete`, `cancelled`, `failed`, `interrupted`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageStatus::Streaming => "streaming",
+            MessageStatus::Complete => "complete",
+            MessageStatus::Cancelled => "cancelled",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether the message can still change (only `streaming` can).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, MessageStatus::Streaming)
+    }
+}
+
+impl std::str::FromStr for MessageStatus {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Ok(match s {
+            "streaming" => MessageStatus::Streaming,
+            "complete" => MessageStatus::Complete,
+            "cancelled" => MessageStatus::Cancelled,
+            "failed" => MessageStatus::Failed,
+            "interrupted" => MessageStatus::Interrupted,
+            other => {
+                return Err(crate::Error::invalid(
+                    "message status",
+                    format!("unknown status {other:?}"),
+                ));
+            }
+        })
+    }
+}
+
+/// Why the model stopped, in the library's own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FinishReason {
+    /// The model finished its reply (OpenAI `stop`, Anthropic `end_turn` and `stop_sequence`).
+    Stop,
+    /// The token limit was reached (OpenAI `length`, Anthropic `max_tokens`).
+    Length,
+    /// The model wants tools called (OpenAI `tool_calls`, Anthropic `tool_use`).
+    ToolCalls,
+    /// The provider's content filter stopped the reply (Anthropic `refusal`).
+    ContentFilter,
+    /// Any other reason.
+    Other,
+}
+
+impl FinishReason {
+    /// The reason's name: `stop`, `length`, `tool_calls`, `content_filter`, `other`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Other => "other",
+        }
+    }
+
+    /// Parses the library's own names; anything else is [`FinishReason::Other`].
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "stop" => FinishReason::Stop,
+            "length" => FinishReason::Length,
+            "tool_calls" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            _ => FinishReason::Other,
+        }
+    }
+}
+
+/// Token usage of one reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Tokens of the prompt (OpenAI `prompt_tokens`, Anthropic `input_tokens`).
+    pub input_tokens: u64,
+    /// Tokens of the reply (OpenAI `completion_tokens`, Anthropic `output_tokens`).
+    pub output_tokens: u64,
+}
+
+/// A complete tool call requested by the model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCall {
+    /// The position of the call in the reply (0, 1, …).
+    pub index: u32,
+    /// The provider's id for the call, used to send its result back.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments, as the JSON text the model produced.
+    pub arguments: String,
+}
+
+/// One message of a conversation, as persisted and as sent to clients.
+///
+/// In JSON (camelCase): `{"id","chatId","role","content","status","createdAt","updatedAt"}` plus,
+/// when present, `"reasoning"`, `"toolCalls"`, `"toolCallId"`, `"finishReason"`, `"usage"`,
+/// `"error"`, `"clientMessageId"` and `"replyTo"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// The message's id.
+    pub id: MessageId,
+    /// The conversation it belongs to.
+    pub chat_id: ChatId,
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+    /// The model's reasoning text, kept apart from the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// Tool calls requested by the model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Where the message is in its life.
+    pub status: MessageStatus,
+    /// Why the model stopped (assistant messages that finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    /// Token usage (assistant messages, when the provider reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Why the reply failed (status `failed` or `interrupted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The client's idempotency key for a user message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_message_id: Option<String>,
+    /// For an assistant message: the user message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// A new message with a fresh id, status `complete` and the current time.
+    pub fn new(chat_id: ChatId, role: Role, content: impl Into<String>) -> Self {
+        let now = Utc::now();
+        Message {
+            id: MessageId::generate(),
+            chat_id,
+            role,
+            content: content.into(),
+            reasoning: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            status: MessageStatus::Complete,
+            finish_reason: None,
+            usage: None,
+            error: None,
+            client_message_id: None,
+            reply_to: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// A new user message.
+    pub fn user(chat_id: ChatId, content: impl Into<String>) -> Self {
+        Message::new(chat_id, Role::User, content)
+    }
+
+    /// A new system message.
+    pub fn system(chat_id: ChatId, content: impl Into<String>) -> Self {
+        Message::new(chat_id, Role::System, content)
+    }
+
+    /// A new, empty assistant message with status `streaming`, ready to be filled by an
+    /// [`Accumulator`](crate::Accumulator).
+    pub fn assistant_streaming(chat_id: ChatId) -> Self {
+        let mut m = Message::new(chat_id, Role::Assistant, String::new());
+        m.status = MessageStatus::Streaming;
+        m
+    }
+
+    /// Records which user message this assistant message answers.
+    pub fn replying_to(mut self, user_message: MessageId) -> Self {
+        self.reply_to = Some(user_message);
+        self
+    }
+
+    /// Sets the client's idempotency key.
+    pub fn with_client_message_id(mut self, key: impl Into<String>) -> Self {
+        self.client_message_id = Some(key.into());
+        self
+    }
+}
+
+/// A conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chat {
+    /// The chat's id.
+    pub id: ChatId,
+    /// Its title, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When a message was last added or changed (chats are listed most recent first).
+    pub updated_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_json_is_camel_case_and_sparse() {
+        let chat: ChatId = "c1".parse().unwrap();
+        let m = Message::user(chat, "hi").with_client_message_id("k1");
+        let v = serde_json::to_value(&m).unwrap();
+        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        for k in [
+            "id",
+            "chatId",
+            "role",
+            "content",
+            "status",
+            "createdAt",
+            "updatedAt",
+            "clientMessageId",
+        ] {
+            assert!(keys.contains(&k.to_string()), "{k} missing in {v}");
+        }
+        assert!(!keys.contains(&"reasoning".to_string()));
+        assert_eq!(v["role"], "user");
+        assert_eq!(v["status"], "complete");
+        let back: Message = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in ["stop", "length", "tool_calls", "content_filter", "other"] {
+            assert_eq!(FinishReason::parse(s).as_str(), s);
+        }
+        for s in [
+            "streaming",
+            "complete",
+            "cancelled",
+            "failed",
+            "interrupted",
+        ] {
+            assert_eq!(s.parse::<MessageStatus>().unwrap().as_str(), s);
+        }
+        assert_eq!(
+            serde_json::to_string(&FinishReason::ToolCalls).unwrap(),
+            "\"tool_calls\""
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! [`LlmProvider`]: a cancellable stream of [`Delta`]s from a model API, and its implementations.
+//!
+//! | provider | module | what it speaks |
+//! |---|---|---|
+//! | [`OpenAiProvider`] | [`openai`] | OpenAI chat completions and every compatible server (Azure-style base URLs, Ollama, vLLM, llama.cpp, LM Studio, Groq, DeepSeek, OpenRouter, LiteLLM) |
+//! | [`AnthropicProvider`] | [`anthropic`] | the Anthropic Messages API |
+//! | [`DemoProvider`] | [`demo`] | nothing: a deterministic offline reply, so everything runs with no key and no network |
+//! | [`ScriptedProvider`] | [`scripted`] | a scripted sequence of deltas, errors and pauses, for tests |
+//!
+//! Providers do one upstream request per [`LlmProvider::stream`] call and no retries: wrap them in
+//! the [resilience](crate::resilience) decorators for that.
+
+use std::{fmt::Debug, sync::Arc};
+
+use futures::{StreamExt, stream::BoxStream};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Delta, Error, Message, Result, Role, ToolCall};
+
+pub mod anthropic;
+pub mod demo;
+pub mod openai;
+pub mod scripted;
+
+pub use anthropic::AnthropicProvider;
+pub use demo::DemoProvider;
+pub use openai::OpenAiProvider;
+pub use scripted::{Script, ScriptedProvider};
+
+/// The stream every provider returns: `Send + 'static`, so it can be moved into a task or handed
+/// to axum's `Sse` directly.
+pub type DeltaStream = BoxStream<'static, Result<Delta>>;
+
+/// A source of streaming replies.
+///
+/// [`stream`](LlmProvider::stream) returns at once; the upstream request starts when the stream
+/// is first polled, and every failure (connection, HTTP status, bad data) arrives as an item of
+/// the stream. The stream ends in exactly one terminal outcome: after a [`Delta::Finish`] (and
+/// possibly a trailing [`Delta::Usage`]) it ends; after an `Err` it ends. A body that ends without
+/// a finish yields [`Error::Truncated`], never a silent success.
+///
+/// Dropping the stream closes the upstream connection at once; to stop it from elsewhere, use
+/// [`LlmProviderExt::stream_cancellable`] with a [`CancellationToken`].
+///
+/// ```
+/// use chatstream::{Accumulator, ChatRequest, LlmProvider, provider::DemoProvider};
+/// use futures::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+/// let provider = DemoProvider::new().with_delay(std::time::Duration::ZERO);
+/// let mut stream = provider.stream(ChatRequest::user("Hello"));
+/// let mut acc = Accumulator::new();
+/// while let Some(delta) = stream.next().await {
+///     acc.push(&delta?);
+/// }
+/// assert!(!acc.text().is_empty());
+/// # Ok(()) }
+/// ```
+pub trait LlmProvider: Send + Sync + Debug + 'static {
+    /// A short name for logs and errors (`openai`, `anthropic`, `demo`, …).
+    fn name(&self) -> &str;
+
+    /// The model used when the request names none.
+    fn default_model(&self) -> &str;
+
+    /// Starts a reply. See the trait's docs for the stream's contract.
+    fn stream(&self, request: ChatRequest) -> DeltaStream;
+}
+
+impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn default_model(&self) -> &str {
+        (**self).default_model()
+    }
+    fn stream(&self, request: ChatRequest) -> DeltaStream {
+        (**self).stream(request)
+    }
+}
+
+impl<P: LlmProvider + ?Sized> LlmProvider for Box<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn default_model(&self) -> &str {
+        (**self).default_model()
+    }
+    fn stream(&self, request: ChatRequest) -> DeltaStream {
+        (**self).stream(request)
+    }
+}
+
+/// A shared, type-erased provider.
+pub type DynProvider = Arc<dyn LlmProvider>;
+
+/// Conveniences for every [`LlmProvider`].
+pub trait LlmProviderExt: LlmProvider {
+    /// Like [`stream`](LlmProvider::stream), but ends with [`Error::Cancelled`] as soon as `token`
+    /// is cancelled, dropping the upstream stream (and so closing its connection) at that moment.
+    fn stream_cancellable(&self, request: ChatRequest, token: CancellationToken) -> DeltaStream {
+        cancellable(self.stream(request), token)
+    }
+}
+
+impl<P: LlmProvider + ?Sized> LlmProviderExt for P {}
+
+/// Makes any delta stream stop when `token` is cancelled: the inner stream is dropped at once
+/// (closing its upstream connection) and the stream ends with one [`Error::Cancelled`].
+pub fn cancellable(stream: DeltaStream, token: CancellationToken) -> DeltaStream {
+    futures::stream::unfold(Some((stream, token)), |state| async move {
+        let (mut inner, token) = state?;
+        tokio::select! {
+            biased;
+            () = token.cancelled() => {
+                drop(inner);
+                Some((Err(Error::Cancelled), None))
+            }
+            item = inner.next() => {
+                let item = item?;
+                let terminal = item.is_err();
+                Some((item, (!terminal).then_some((inner, token))))
+            }
+        }
+    })
+    .boxed()
+}
+
+/// What to ask the model: the conversation so far and the sampling settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatRequest {
+    /// The model; `None` uses the provider's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The conversation, oldest first. System messages may appear anywhere; providers that take
+    /// the system prompt apart (Anthropic) collect them.
+    pub messages: Vec<RequestMessage>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// The most tokens to generate. Anthropic requires one; its provider has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+}
+
+impl ChatRequest {
+    /// A request with these messages and default settings.
+    pub fn new(messages: Vec<RequestMessage>) -> Self {
+        ChatRequest {
+            messages,
+            ..Self::default()
+        }
+    }
+
+    /// A request of one user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatRequest::new(vec![RequestMessage::new(Role::User, content)])
+    }
+
+    /// Sets the model.
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Sets the token limit.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets the temperature.
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+}
+
+/// A message as sent to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+    /// Tool calls of an assistant message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl RequestMessage {
+    /// A plain text message.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        RequestMessage {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+impl From<&Message> for RequestMessage {
+    fn from(m: &Message) -> Self {
+        RequestMessage {
+            role: m.role,
+            content: m.content.clone(),
+            tool_calls: m.tool_calls.clone(),
+            tool_call_id: m.tool_call_id.clone(),
+        }
+    }
+}
+
+/// A tool (function) the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolSpec {
+    /// The function's name.
+    pub name: String,
+    /// What it does, for the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its parameters as a JSON Schema object.
+    pub parameters: serde_json::Value,
+}
+
+/// Where to find the body of an HTTP error and how to classify it; shared by the HTTP providers.
+pub(crate) fn retry_after_from_headers(
+    headers: &reqwest::header::HeaderMap,
+) -> Option<std::time::Duration> {
+    use std::time::{Duration, SystemTime};
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after_from_headers(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(
+            retry_after_from_headers(&h),
+            Some(Duration::from_millis(1500))
+        );
+        let mut h = HeaderMap::new();
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
+        let d = retry_after_from_headers(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after_from_headers(&h), None);
+    }
+
+    #[tokio::test]
+    async fn cancellable_ends_with_one_cancelled() {
+        let token = CancellationToken::new();
+        let inner = futures::stream::pending::<Result<Delta>>().boxed();
+        let mut s = cancellable(inner, token.clone());
+        token.cancel();
+        assert!(matches!(s.next().await, Some(Err(Error::Cancelled))));
+        assert!(s.next().await.is_none());
+    }
+}

@@ -1,0 +1,1 @@
+//! Resilience decorators: retry, timeouts, mid-stream recovery and fallback.

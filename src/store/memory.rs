@@ -1,0 +1,258 @@
+//! [`MemoryStore`]: chats and messages in process memory.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Appended, ChatPage, HistoryPage, MessageStore};
+use crate::{Chat, ChatId, Error, Message, MessageId, MessageStatus, Result, Role};
+
+#[derive(Debug, Default)]
+struct ChatEntry {
+    chat: Option<Chat>,
+    next_seq: u64,
+    /// Messages in order, by per-chat sequence number.
+    order: BTreeMap<u64, MessageId>,
+    by_client_key: HashMap<String, MessageId>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    chats: HashMap<ChatId, ChatEntry>,
+    messages: HashMap<MessageId, (u64, Message)>,
+}
+
+/// A store that keeps everything in memory: always compiled, no dependencies, lost on exit.
+///
+/// Cheap to clone: clones share the same data.
+///
+/// ```
+/// use chatstream::{Message, MessageStore, store::{HistoryPage, MemoryStore}};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+/// let store = MemoryStore::new();
+/// let chat = store.create_chat(None, Some("Hello".into())).await?;
+/// store.append(&Message::user(chat.id.clone(), "hi")).await?;
+/// assert_eq!(store.history(&chat.id, HistoryPage::default()).await?.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves the maps consistent (every write is a
+        // few infallible inserts), so poisoning is safe to ignore.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn not_found(what: &'static str, id: impl ToString) -> Error {
+    Error::NotFound {
+        what,
+        id: id.to_string(),
+    }
+}
+
+impl Inner {
+    fn push(&mut self, message: &Message) -> Result<()> {
+        if self.messages.contains_key(&message.id) {
+            return Err(Error::AlreadyExists {
+                what: "message",
+                id: message.id.to_string(),
+            });
+        }
+        let entry = self
+            .chats
+            .get_mut(&message.chat_id)
+            .filter(|e| e.chat.is_some())
+            .ok_or_else(|| not_found("chat", &message.chat_id))?;
+        let seq = entry.next_seq;
+        entry.next_seq += 1;
+        entry.order.insert(seq, message.id);
+        if let Some(key) = &message.client_message_id {
+            entry.by_client_key.entry(key.clone()).or_insert(message.id);
+        }
+        if let Some(chat) = entry.chat.as_mut() {
+            chat.updated_at = chat.updated_at.max(message.updated_at);
+        }
+        self.messages.insert(message.id, (seq, message.clone()));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
+        let id = id.unwrap_or_else(ChatId::generate);
+        let mut inner = self.lock();
+        let entry = inner.chats.entry(id.clone()).or_default();
+        if entry.chat.is_some() {
+            return Err(Error::AlreadyExists {
+                what: "chat",
+                id: id.to_string(),
+            });
+        }
+        let now = Utc::now();
+        let chat = Chat {
+            id,
+            title,
+            created_at: now,
+            updated_at: now,
+        };
+        entry.chat = Some(chat.clone());
+        Ok(chat)
+    }
+
+    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
+        Ok(self.lock().chats.get(id).and_then(|e| e.chat.clone()))
+    }
+
+    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
+        let inner = self.lock();
+        let mut chats: Vec<&Chat> = inner
+            .chats
+            .values()
+            .filter_map(|e| e.chat.as_ref())
+            .collect();
+        chats.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        Ok(chats
+            .into_iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
+        let mut inner = self.lock();
+        let chat = inner
+            .chats
+            .get_mut(id)
+            .and_then(|e| e.chat.as_mut())
+            .ok_or_else(|| not_found("chat", id))?;
+        chat.title = title;
+        Ok(chat.clone())
+    }
+
+    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.chats.remove(id) else {
+            return Ok(false);
+        };
+        for message in entry.order.values() {
+            inner.messages.remove(message);
+        }
+        Ok(entry.chat.is_some())
+    }
+
+    async fn append(&self, message: &Message) -> Result<()> {
+        self.lock().push(message)
+    }
+
+    async fn append_idempotent(&self, message: &Message) -> Result<Appended> {
+        let key = message.client_message_id.as_deref().ok_or_else(|| {
+            Error::invalid("message", "append_idempotent needs a client message id")
+        })?;
+        let mut inner = self.lock();
+        let existing = inner
+            .chats
+            .get(&message.chat_id)
+            .and_then(|e| e.by_client_key.get(key))
+            .and_then(|id| inner.messages.get(id));
+        if let Some((_, original)) = existing {
+            return Ok(Appended {
+                message: original.clone(),
+                created: false,
+            });
+        }
+        inner.push(message)?;
+        Ok(Appended {
+            message: message.clone(),
+            created: true,
+        })
+    }
+
+    async fn update(&self, message: &Message) -> Result<()> {
+        let mut inner = self.lock();
+        let (_, stored) = inner
+            .messages
+            .get_mut(&message.id)
+            .ok_or_else(|| not_found("message", message.id))?;
+        stored.content.clone_from(&message.content);
+        stored.reasoning.clone_from(&message.reasoning);
+        stored.tool_calls.clone_from(&message.tool_calls);
+        stored.status = message.status;
+        stored.finish_reason = message.finish_reason;
+        stored.usage = message.usage;
+        stored.error.clone_from(&message.error);
+        stored.updated_at = message.updated_at;
+        let (chat_id, updated_at) = (stored.chat_id.clone(), stored.updated_at);
+        if let Some(chat) = inner.chats.get_mut(&chat_id).and_then(|e| e.chat.as_mut()) {
+            chat.updated_at = chat.updated_at.max(updated_at);
+        }
+        Ok(())
+    }
+
+    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
+        Ok(self.lock().messages.get(id).map(|(_, m)| m.clone()))
+    }
+
+    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
+        let inner = self.lock();
+        let Some(entry) = inner.chats.get(chat) else {
+            return Ok(Vec::new());
+        };
+        let upper = match page.before {
+            Some(before) => match inner.messages.get(&before) {
+                Some((seq, m)) if &m.chat_id == chat => *seq,
+                _ => return Err(not_found("message", before)),
+            },
+            None => u64::MAX,
+        };
+        let mut out: Vec<Message> = entry
+            .order
+            .range(..upper)
+            .rev()
+            .take(page.limit)
+            .filter_map(|(_, id)| inner.messages.get(id).map(|(_, m)| m.clone()))
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64> {
+        let mut inner = self.lock();
+        let mut changed = 0;
+        for (_, m) in inner.messages.values_mut() {
+            if m.role == Role::Assistant
+                && m.status == MessageStatus::Streaming
+                && updated_before.is_none_or(|t| m.updated_at < t)
+            {
+                m.status = MessageStatus::Interrupted;
+                m.updated_at = Utc::now();
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+}
