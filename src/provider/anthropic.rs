@@ -5,6 +5,12 @@ use super::{ChatRequest, DeltaStream, LlmProvider};
 #[derive(Debug, Clone)]
 pub struct AnthropicProvider;
 
+impl AnthropicProvider {
+    pub fn from_env() -> crate::Result<Self> {
+        unimplemented!()
+    }
+}
+
 impl LlmProvider for AnthropicProvider {
     fn name(&self) -> &str {
         "anthropic"

@@ -5,6 +5,12 @@ use super::{ChatRequest, DeltaStream, LlmProvider};
 #[derive(Debug, Clone)]
 pub struct OpenAiProvider;
 
+impl OpenAiProvider {
+    pub fn from_env() -> crate::Result<Self> {
+        unimplemented!()
+    }
+}
+
 impl LlmProvider for OpenAiProvider {
     fn name(&self) -> &str {
         "openai"

@@ -1,0 +1,67 @@
+//! The router and its shared state.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, FromRequest},
+    http::{HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response, Sse, sse::KeepAlive},
+    routing::{get, post},
+};
+use chatstream::DynProvider;
+
+use crate::{config::Config, error::ApiError, openai_compat, stateless};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub provider: DynProvider,
+    /// The model name the server reports and sends when a request names none.
+    pub model: String,
+    pub config: Arc<Config>,
+}
+
+/// `axum::Json` with errors answered as JSON (400 bad JSON, 415 wrong content type, 413 too
+/// large, 422 wrong shape).
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Adds the headers that keep proxies from buffering an event stream, and the keep-alive
+/// comments. The first comment goes out at once so clients see the stream open.
+pub fn sse_response<S>(sse: Sse<S>, state: &AppState) -> Response
+where
+    S: futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let sse = sse.keep_alive(KeepAlive::new().interval(state.config.keep_alive));
+    let mut response = sse.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The whole HTTP surface; `main` serves it, tests serve it on port 0.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.body_limit;
+    Router::new()
+        .route("/", get(index))
+        .route("/api/chat", post(stateless::chat))
+        .route("/v1/chat/completions", post(openai_compat::completions))
+        .route("/v1/models", get(openai_compat::models))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("static/index.html"))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

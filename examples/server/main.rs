@@ -1,0 +1,103 @@
+//! The chatstream chat server: `cargo run --release --example server`, then open the printed
+//! address. Configuration comes from environment variables (see the README).
+
+mod app;
+mod config;
+mod error;
+mod openai_compat;
+mod stateless;
+
+use std::sync::Arc;
+
+use chatstream::{
+    DynProvider, LlmProvider,
+    provider::{AnthropicProvider, DemoProvider, OpenAiProvider},
+};
+
+use crate::config::{Config, ProviderKind};
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=info".into()),
+        )
+        .init();
+    if let Err(e) = run().await {
+        eprintln!("chatstream server: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::from_lookup(|k| std::env::var(k).ok())?;
+    let provider = build_provider(&config)?;
+    let model = config
+        .model
+        .clone()
+        .unwrap_or_else(|| provider.default_model().to_string());
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    println!(
+        "chatstream listening on http://{} (provider {}, model {}, store {})",
+        listener.local_addr()?,
+        config.provider.as_str(),
+        model,
+        redact(&config.database_url),
+    );
+    let state = app::AppState {
+        provider,
+        model,
+        config: Arc::new(config),
+    };
+    axum::serve(listener, app::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+fn build_provider(config: &Config) -> chatstream::Result<DynProvider> {
+    Ok(match config.provider {
+        ProviderKind::OpenAi => Arc::new(OpenAiProvider::from_env()?),
+        ProviderKind::Anthropic => Arc::new(AnthropicProvider::from_env()?),
+        ProviderKind::Demo => Arc::new(DemoProvider::new()),
+    })
+}
+
+/// Hides a password in a database URL before it is printed.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,352 @@
+//! `POST /v1/chat/completions` (streaming and not) and `GET /v1/models`, in OpenAI's shapes, so
+//! any OpenAI client library can use this server as its base URL.
+
+use std::convert::Infallible;
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response, Sse, sse::Event},
+};
+use chatstream::{
+    Accumulator, ChatRequest, Delta, FinishReason, LlmProvider, RequestMessage, Role, ToolCall,
+    ToolSpec, Usage,
+};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    app::{ApiJson, AppState, sse_response},
+    error::ApiError,
+};
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    tools: Vec<InTool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct InMessage {
+    role: Role,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Vec<InToolCall>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InToolCall {
+    id: String,
+    function: InFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+struct InFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct InTool {
+    function: InFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct InFunction {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "empty_object")]
+    parameters: Value,
+}
+
+fn empty_object() -> Value {
+    json!({"type": "object", "properties": {}})
+}
+
+impl CompletionRequest {
+    fn into_chat_request(self) -> Result<(ChatRequest, bool, bool), ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_messages",
+                "messages must not be empty",
+            ));
+        }
+        let messages = self
+            .messages
+            .into_iter()
+            .map(|m| RequestMessage {
+                role: m.role,
+                content: match m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t,
+                    Some(Content::Parts(parts)) => parts
+                        .into_iter()
+                        .filter_map(|p| p.text)
+                        .collect::<Vec<_>>()
+                        .join(""),
+                },
+                tool_calls: m
+                    .tool_calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| ToolCall {
+                        index: i as u32,
+                        id: c.id,
+                        name: c.function.name,
+                        arguments: c.function.arguments,
+                    })
+                    .collect(),
+                tool_call_id: m.tool_call_id,
+            })
+            .collect();
+        let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
+        let request = ChatRequest {
+            model: self.model,
+            messages,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            stop: match self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(v)) => v,
+            },
+            tools: self
+                .tools
+                .into_iter()
+                .map(|t| ToolSpec {
+                    name: t.function.name,
+                    description: t.function.description,
+                    parameters: t.function.parameters,
+                })
+                .collect(),
+        };
+        Ok((request, self.stream, include_usage))
+    }
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "chatstream"}],
+    }))
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let (request, stream, include_usage) = body.into_chat_request()?;
+    let model = request.model.clone().unwrap_or_else(|| state.model.clone());
+    let id = format!("chatcmpl-{}", uuid_simple());
+    let created = chrono::Utc::now().timestamp();
+    let deltas = state.provider.stream(request);
+    if stream {
+        let chunks = stream_chunks(deltas, id, model, created, include_usage);
+        return Ok(sse_response(Sse::new(chunks), &state).into_response());
+    }
+    let mut acc = Accumulator::new();
+    let mut deltas = deltas;
+    while let Some(delta) = deltas.next().await {
+        acc.push(&delta?);
+    }
+    let usage = acc.usage().unwrap_or_default();
+    let mut message = json!({"role": "assistant", "content": acc.text()});
+    if !acc.reasoning().is_empty() {
+        message["reasoning_content"] = json!(acc.reasoning());
+    }
+    if !acc.tool_calls().is_empty() {
+        message["tool_calls"] = acc
+            .tool_calls()
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+    }
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_name(acc.finish_reason())}],
+        "usage": usage_json(usage),
+    }))
+    .into_response())
+}
+
+fn uuid_simple() -> String {
+    chatstream::MessageId::generate()
+        .as_uuid()
+        .simple()
+        .to_string()
+}
+
+fn finish_name(reason: Option<FinishReason>) -> Option<&'static str> {
+    reason.map(|r| match r {
+        FinishReason::Other => "stop",
+        other => other.as_str(),
+    })
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+    })
+}
+
+struct ChunkState {
+    deltas: chatstream::DeltaStream,
+    id: String,
+    model: String,
+    created: i64,
+    include_usage: bool,
+    sent_role: bool,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl ChunkState {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
+        let body = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        Event::default().data(body.to_string())
+    }
+}
+
+/// Deltas as `chat.completion.chunk` events, then the usage chunk (when asked for) and `[DONE]`.
+fn stream_chunks(
+    deltas: chatstream::DeltaStream,
+    id: String,
+    model: String,
+    created: i64,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let state = ChunkState {
+        deltas,
+        id,
+        model,
+        created,
+        include_usage,
+        sent_role: false,
+        usage: None,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let mut events = Vec::new();
+        loop {
+            match s.deltas.next().await {
+                Some(Ok(delta)) => {
+                    let mut d = match delta {
+                        Delta::Text { text } => json!({"content": text}),
+                        Delta::Reasoning { text } => json!({"reasoning_content": text}),
+                        Delta::ToolCall(c) => {
+                            let mut call = json!({"index": c.index, "function": {"arguments": c.arguments}});
+                            if let Some(id) = c.id {
+                                call["id"] = json!(id);
+                                call["type"] = json!("function");
+                            }
+                            if let Some(name) = c.name {
+                                call["function"]["name"] = json!(name);
+                            }
+                            json!({"tool_calls": [call]})
+                        }
+                        Delta::Usage(u) => {
+                            s.usage = Some(u);
+                            continue;
+                        }
+                        Delta::Finish { reason } => {
+                            let e = s.chunk(json!({}), finish_name(Some(reason)));
+                            events.push(e);
+                            break;
+                        }
+                        _ => continue,
+                    };
+                    if !s.sent_role {
+                        d["role"] = json!("assistant");
+                        s.sent_role = true;
+                    }
+                    events.push(s.chunk(d, None));
+                    break;
+                }
+                Some(Err(e)) => {
+                    let body = json!({"error": {"message": e.to_string(), "type": e.code(), "code": e.code()}});
+                    events.push(Event::default().data(body.to_string()));
+                    s.done = true;
+                    break;
+                }
+                None => {
+                    if s.include_usage {
+                        let body = json!({
+                            "id": s.id, "object": "chat.completion.chunk", "created": s.created,
+                            "model": s.model, "choices": [], "usage": usage_json(s.usage.unwrap_or_default()),
+                        });
+                        events.push(Event::default().data(body.to_string()));
+                    }
+                    events.push(Event::default().data("[DONE]"));
+                    s.done = true;
+                    break;
+                }
+            }
+        }
+        Some((futures::stream::iter(events.into_iter().map(Ok)), s))
+    })
+    .flatten()
+}

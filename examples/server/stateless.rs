@@ -1,0 +1,83 @@
+//! `POST /api/chat`: a stateless reply as SSE `data: {"content":"…"}` events, then
+//! `data: {"done":true}` (or `data: {"error":"…"}`).
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::State,
+    response::{IntoResponse, Sse, sse::Event},
+};
+use chatstream::{ChatRequest, Delta, LlmProvider, RequestMessage, Role};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    app::{ApiJson, AppState, sse_response},
+    error::ApiError,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatelessRequest {
+    messages: Vec<StatelessMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatelessMessage {
+    role: Role,
+    content: String,
+}
+
+pub async fn chat(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<StatelessRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if body.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_messages",
+            "messages must not be empty",
+        ));
+    }
+    if body.messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "empty_content",
+            "every message is empty",
+        ));
+    }
+    let request = ChatRequest::new(
+        body.messages
+            .into_iter()
+            .map(|m| RequestMessage::new(m.role, m.content))
+            .collect(),
+    );
+    let events = relay(state.provider.stream(request));
+    Ok(sse_response(Sse::new(events), &state))
+}
+
+/// Maps deltas onto the stateless event shapes; dropping this stream (the client went away)
+/// drops the provider stream and so closes the upstream request.
+fn relay(
+    deltas: chatstream::DeltaStream,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    futures::stream::unfold(Some(deltas), |state| async move {
+        let mut deltas = state?;
+        loop {
+            let event = match deltas.next().await {
+                Some(Ok(Delta::Text { text })) => json!({ "content": text }),
+                Some(Ok(Delta::Reasoning { text })) => json!({ "reasoning": text }),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    let event =
+                        Event::default().data(json!({ "error": e.to_string() }).to_string());
+                    return Some((Ok(event), None));
+                }
+                None => {
+                    let event = Event::default().data(r#"{"done":true}"#);
+                    return Some((Ok(event), None));
+                }
+            };
+            return Some((Ok(Event::default().data(event.to_string())), Some(deltas)));
+        }
+    })
+}
