@@ -31,8 +31,9 @@
 //!   (retries and recoveries already spent), and never stitches two models into one reply.
 //!
 //! ```
-//! use chatstream::{ChatRequest, DynProvider, LlmProvider, Script, ScriptedProvider};
+//! use chatstream::{Accumulator, ChatRequest, DynProvider, LlmProvider, Script, ScriptedProvider};
 //! use chatstream::resilience::{Fallback, RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts};
+//! use futures::StreamExt;
 //! use std::sync::Arc;
 //!
 //! fn resilient(provider: impl LlmProvider) -> DynProvider {
@@ -44,10 +45,18 @@
 //!     )
 //! }
 //!
-//! let primary = ScriptedProvider::new().named("primary").then(Script::reply(["Hi"]));
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+//! let refusing = Script::new().fail(|| chatstream::Error::from_status("p", 401, None, "no", None));
+//! let primary = ScriptedProvider::new().named("primary").then(refusing);
 //! let backup = ScriptedProvider::new().named("backup").then(Script::reply(["Hello"]));
 //! let provider = Fallback::new(vec![resilient(primary), resilient(backup)]);
-//! let _stream = provider.stream(ChatRequest::user("Hello"));
+//! let mut stream = provider.stream(ChatRequest::user("Hello"));
+//! let mut reply = Accumulator::new();
+//! while let Some(delta) = stream.next().await {
+//!     reply.push(&delta?);
+//! }
+//! assert_eq!(reply.text(), "Hello");
+//! # Ok(()) }
 //! ```
 //!
 //! A shared `Arc<dyn LlmProvider>` ([`DynProvider`](crate::DynProvider)) can be wrapped too, since

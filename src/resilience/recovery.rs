@@ -167,10 +167,10 @@ struct State {
 async fn step(mut st: State) -> Option<(Result<Delta>, State)> {
     loop {
         if let Some(item) = st.out.pop_front() {
-            if let Ok(delta) = &item {
-                if delta.is_output() {
-                    st.sent.push(delta);
-                }
+            if let Ok(delta) = &item
+                && delta.is_output()
+            {
+                st.sent.push(delta);
             }
             return Some((item, st));
         }
@@ -416,8 +416,8 @@ mod tests {
 
     fn texts(out: VecDeque<Result<Delta>>) -> Vec<String> {
         out.into_iter()
-            .map(|d| match d.unwrap() {
-                Delta::Text { text } => text,
+            .map(|d| match d {
+                Ok(Delta::Text { text }) => text,
                 other => format!("<{other:?}>"),
             })
             .collect()
@@ -463,13 +463,13 @@ mod tests {
         assert!(out.is_empty());
         g.apply(Delta::text("re!"), &mut out);
         g.apply(Delta::finish(crate::FinishReason::Stop), &mut out);
-        assert_eq!(texts(out), ["There!", "<Finish { reason: Stop }>"]);
+        assert_eq!(texts(out), ["There!", "<Ok(Finish { reason: Stop })>"]);
 
         let mut g = ContinueGuard::new("The cat".into());
         let mut out = VecDeque::new();
         g.apply(Delta::text("The"), &mut out);
         g.apply(Delta::finish(crate::FinishReason::Stop), &mut out);
-        assert_eq!(texts(out), ["The", "<Finish { reason: Stop }>"]);
+        assert_eq!(texts(out), ["The", "<Ok(Finish { reason: Stop })>"]);
     }
 
     #[test]

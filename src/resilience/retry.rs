@@ -122,14 +122,27 @@ impl RetryPolicy {
 /// passes through as [`Error::Cancelled`].
 ///
 /// ```
-/// use chatstream::{ChatRequest, LlmProvider, Script, ScriptedProvider};
+/// use chatstream::{Accumulator, ChatRequest, Delta, Error, LlmProvider, Script, ScriptedProvider};
 /// use chatstream::resilience::{ResilienceExt, RetryPolicy};
+/// use futures::StreamExt;
+/// use std::time::Duration;
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
 /// let provider = ScriptedProvider::new()
-///     .then(Script::new().fail(|| chatstream::Error::from_status("s", 503, None, "busy", None)))
+///     .then(Script::new().fail(|| Error::from_status("s", 503, None, "busy", None)))
 ///     .then(Script::reply(["Hi"]))
-///     .with_retry(RetryPolicy::default());
-/// let _stream = provider.stream(ChatRequest::user("Hello"));
+///     .with_retry(RetryPolicy::default().with_initial_backoff(Duration::from_millis(1)));
+/// let mut stream = provider.stream(ChatRequest::user("Hello"));
+/// let mut reply = Accumulator::new();
+/// while let Some(delta) = stream.next().await {
+///     let delta = delta?;
+///     if let Delta::Retry(notice) = &delta {
+///         assert_eq!(notice.attempt, 2); // show "retrying…"
+///     }
+///     reply.push(&delta);
+/// }
+/// assert_eq!(reply.text(), "Hi");
+/// # Ok(()) }
 /// ```
 ///
 /// [`Recovering`]: super::Recovering
