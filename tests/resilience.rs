@@ -469,6 +469,26 @@ async fn continue_mode_resumes_from_the_partial_reply() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn continue_mode_sends_the_partial_without_trailing_whitespace() {
+    // Anthropic refuses a final assistant message ending in whitespace; the model then repeats
+    // the whitespace, which must not come out twice.
+    let tokens = ["Intro:", "\n\n", "Next", " line."];
+    for continuation in [vec!["\n", "\nNext", " line."], vec!["Next", " line."]] {
+        let upstream = ScriptedProvider::new()
+            .then(broken_after(&tokens, 2))
+            .then(Script::reply(continuation));
+        let outcome = Outcome::of(recovering(&upstream, RecoveryMode::Continue).stream(request()))
+            .await
+            .success();
+        assert_eq!(outcome.text(), "Intro:\n\nNext line.");
+        assert_eq!(
+            upstream.requests()[1].messages.last(),
+            Some(&RequestMessage::new(Role::Assistant, "Intro:"))
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn continue_mode_drops_a_continuation_that_starts_over() {
     let full = TOKENS.concat();
     for k in [1, 3, 7] {

@@ -15,10 +15,12 @@ use crate::{
 pub enum RecoveryMode {
     /// Resend the conversation with the partial reply appended as an assistant message, so the
     /// model continues it, and pass on only the continuation. A model that starts over anyway is
-    /// caught: text that repeats what was already sent is dropped. A partial reply with tool-call
-    /// fragments, or with reasoning but no text yet, is recovered with
-    /// [`RestartAndSkip`](RecoveryMode::RestartAndSkip) instead, since neither can be continued
-    /// as assistant text.
+    /// caught: text that repeats what was already sent is dropped. The partial is sent without
+    /// trailing whitespace (Anthropic refuses it), and a continuation that repeats that whitespace
+    /// has it dropped. Reasoning in a continuation is dropped too: the reply was already past
+    /// its reasoning. A partial reply with tool-call fragments, or with reasoning but no text
+    /// yet, is recovered with [`RestartAndSkip`](RecoveryMode::RestartAndSkip) instead, since
+    /// neither can be continued as assistant text.
     #[default]
     Continue,
     /// Resend the original request and skip, per channel (text, reasoning, each tool call's
@@ -208,14 +210,17 @@ fn recoverable(st: &State, error: &Error) -> bool {
 
 fn recover(st: &mut State, error: &Error) {
     st.recoveries += 1;
-    let continuable = st.sent.tool_calls().is_empty() && !st.sent.text().is_empty();
+    let continuable = st.sent.tool_calls().is_empty() && !st.sent.text().trim_end().is_empty();
     let mut request = st.request.clone();
     st.filter = if st.policy.mode == RecoveryMode::Continue && continuable {
-        let partial = st.sent.text().to_owned();
-        request
-            .messages
-            .push(RequestMessage::new(Role::Assistant, partial.clone()));
-        Filter::Continue(ContinueGuard::new(partial))
+        let guard = ContinueGuard::new(st.sent.text().to_owned());
+        // Anthropic rejects a final assistant message that ends in whitespace; the guard drops
+        // that whitespace again if the continuation starts with it.
+        request.messages.push(RequestMessage::new(
+            Role::Assistant,
+            guard.partial.trim_end(),
+        ));
+        Filter::Continue(guard)
     } else {
         Filter::Skip(Skip::from_sent(&st.sent))
     };
@@ -347,17 +352,21 @@ fn skip_prefix(text: String, skip: &mut usize) -> Option<String> {
 
 /// Passes on a continuation, holding back text while it repeats the partial reply from its start.
 ///
-/// Only the matched length is kept: what is held is always `partial[..matched]`.
+/// Only the matched length is kept: what is held is always `partial[..matched]`. The partial is
+/// sent without its trailing whitespace, which was already passed on: the continuation's new
+/// text is stripped of as much of it as it repeats (`partial[whitespace..]` is what is left).
 #[derive(Debug)]
 struct ContinueGuard {
     partial: String,
     matched: usize,
     matching: bool,
+    whitespace: usize,
 }
 
 impl ContinueGuard {
     fn new(partial: String) -> Self {
         ContinueGuard {
+            whitespace: partial.trim_end().len(),
             partial,
             matched: 0,
             matching: true,
@@ -367,10 +376,11 @@ impl ContinueGuard {
     fn apply(&mut self, delta: Delta, out: &mut VecDeque<Result<Delta>>) {
         match delta {
             Delta::Text { text } if self.matching => self.match_text(text, out),
+            Delta::Text { text } => self.emit(text, out),
             // The reply was already past its reasoning when it broke; a continuation's reasoning
             // would land after the text it precedes.
             Delta::Reasoning { .. } => {}
-            Delta::Text { .. } | Delta::ToolCall(_) | Delta::Finish { .. } => {
+            Delta::ToolCall(_) | Delta::Finish { .. } => {
                 self.flush(out);
                 out.push_back(Ok(delta));
             }
@@ -385,9 +395,11 @@ impl ContinueGuard {
             if self.matched == self.partial.len() {
                 // The model started over and has now repeated the whole partial: drop it.
                 self.matching = false;
+                self.whitespace = self.partial.len();
             }
         } else if text.as_bytes().starts_with(remaining) {
             self.matching = false;
+            self.whitespace = self.partial.len();
             if let Some(rest) = text.get(remaining.len()..).filter(|r| !r.is_empty()) {
                 out.push_back(Ok(Delta::text(rest)));
             }
@@ -396,7 +408,34 @@ impl ContinueGuard {
             self.matching = false;
             let mut held = self.partial[..self.matched].to_owned();
             held.push_str(&text);
-            out.push_back(Ok(Delta::Text { text: held }));
+            self.emit(held, out);
+        }
+    }
+
+    /// Passes on new text, minus any whitespace of the partial that it repeats at its start.
+    fn emit(&mut self, text: String, out: &mut VecDeque<Result<Delta>>) {
+        let mut text = text;
+        if let Some(sent) = self
+            .partial
+            .get(self.whitespace..)
+            .filter(|w| !w.is_empty())
+        {
+            let repeated: usize = text
+                .chars()
+                .zip(sent.chars())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a.len_utf8())
+                .sum();
+            // Keep stripping across deltas only while the whole delta was repeated whitespace.
+            self.whitespace = if repeated == text.len() {
+                self.whitespace + repeated
+            } else {
+                self.partial.len()
+            };
+            text.drain(..repeated);
+        }
+        if !text.is_empty() {
+            out.push_back(Ok(Delta::Text { text }));
         }
     }
 
@@ -404,7 +443,8 @@ impl ContinueGuard {
         if self.matching {
             self.matching = false;
             if self.matched > 0 {
-                out.push_back(Ok(Delta::text(&self.partial[..self.matched])));
+                let held = self.partial[..self.matched].to_owned();
+                self.emit(held, out);
             }
         }
     }
@@ -470,6 +510,27 @@ mod tests {
         g.apply(Delta::text("The"), &mut out);
         g.apply(Delta::finish(crate::FinishReason::Stop), &mut out);
         assert_eq!(texts(out), ["The", "<Ok(Finish { reason: Stop })>"]);
+    }
+
+    #[test]
+    fn guard_drops_whitespace_that_was_already_sent() {
+        let pieces = |partial: &str, continuation: &[&str]| {
+            let mut g = ContinueGuard::new(partial.into());
+            let mut out = VecDeque::new();
+            for piece in continuation {
+                g.apply(Delta::text(*piece), &mut out);
+            }
+            texts(out).concat()
+        };
+        assert_eq!(
+            pieces("Intro:\n\n", &["\n", "\nNext", " line"]),
+            "Next line"
+        );
+        assert_eq!(pieces("Intro:\n\n", &["Next", " line"]), "Next line");
+        assert_eq!(pieces("One two ", &[" three"]), "three");
+        assert_eq!(pieces("One two ", &["\nthree"]), "\nthree");
+        // A restart that repeats the whole partial, whitespace included, keeps what follows.
+        assert_eq!(pieces("One two ", &["One", " two ", " three"]), " three");
     }
 
     #[test]
