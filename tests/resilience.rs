@@ -807,3 +807,19 @@ async fn the_full_stack_falls_back_when_the_primary_refuses() {
     assert!(start.elapsed() >= Duration::from_secs(10));
     assert_eq!(backup.open_streams(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_stack_closes_the_upstream_at_once() {
+    let primary = ScriptedProvider::new()
+        .named("primary")
+        .then(Script::new().fail(connection_reset))
+        .then(Script::new().text("The").stall());
+    let backup = ScriptedProvider::new().named("backup");
+    let mut stream = stack(&primary, &backup).stream(request());
+    assert!(matches!(stream.next().await, Some(Ok(Delta::Retry(_)))));
+    assert_eq!(stream.next().await.unwrap().unwrap(), Delta::text("The"));
+    assert_eq!(primary.open_streams(), 1);
+    drop(stream);
+    assert_eq!(primary.open_streams(), 0);
+    assert_eq!(primary.started(), 2);
+}
