@@ -88,15 +88,15 @@ impl Accumulator {
                 &mut self.tool_calls[at]
             }
         };
-        if let Some(id) = &call.id {
-            if slot.id.is_empty() {
-                slot.id.push_str(id);
-            }
+        if let Some(id) = &call.id
+            && slot.id.is_empty()
+        {
+            slot.id.push_str(id);
         }
-        if let Some(name) = &call.name {
-            if slot.name.is_empty() {
-                slot.name.push_str(name);
-            }
+        if let Some(name) = &call.name
+            && slot.name.is_empty()
+        {
+            slot.name.push_str(name);
         }
         slot.arguments.push_str(&call.arguments);
     }

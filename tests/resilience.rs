@@ -280,7 +280,7 @@ async fn respects_the_total_budget() {
 
     // A Retry-After beyond the budget ends it at once, with the upstream's own error.
     let upstream = ScriptedProvider::new()
-        .repeat(Script::new().fail(|| http(429, Some(Duration::from_secs(120)))));
+        .repeat(Script::new().fail(|| http(429, Some(Duration::from_secs(600)))));
     let start = Instant::now();
     let error = Outcome::of(
         upstream

@@ -38,7 +38,8 @@ pub struct RetryPolicy {
     /// How much the upper bound grows per retry (default 2).
     pub multiplier: f64,
     /// The total time, from the start of the first attempt, after which no retry starts
-    /// (default 60 s). A retry whose wait would end past it is not made.
+    /// (default 150 s, so a 60 s first-byte timeout can still be retried). A retry whose wait
+    /// would end past it is not made.
     pub budget: Duration,
     /// Seeds the jitter, so tests get the same waits on every run (default: random).
     pub jitter_seed: Option<u64>,
@@ -51,7 +52,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             multiplier: 2.0,
-            budget: Duration::from_secs(60),
+            budget: Duration::from_secs(150),
             jitter_seed: None,
         }
     }
