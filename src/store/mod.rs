@@ -14,9 +14,13 @@ use chrono::{DateTime, Utc};
 
 use crate::{Chat, ChatId, Message, MessageId, Result};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
