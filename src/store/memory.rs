@@ -78,12 +78,20 @@ impl Inner {
             .get_mut(&message.chat_id)
             .filter(|e| e.chat.is_some())
             .ok_or_else(|| not_found("chat", &message.chat_id))?;
+        if let Some(key) = &message.client_message_id {
+            // One message per client message id and chat, as the SQL backends' unique
+            // constraint enforces.
+            if entry.by_client_key.contains_key(key) {
+                return Err(Error::AlreadyExists {
+                    what: "message",
+                    id: message.id.to_string(),
+                });
+            }
+            entry.by_client_key.insert(key.clone(), message.id);
+        }
         let seq = entry.next_seq;
         entry.next_seq += 1;
         entry.order.insert(seq, message.id);
-        if let Some(key) = &message.client_message_id {
-            entry.by_client_key.entry(key.clone()).or_insert(message.id);
-        }
         if let Some(chat) = entry.chat.as_mut() {
             chat.updated_at = chat.updated_at.max(message.updated_at);
         }
@@ -219,15 +227,17 @@ impl MessageStore for MemoryStore {
 
     async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
         let inner = self.lock();
-        let Some(entry) = inner.chats.get(chat) else {
-            return Ok(Vec::new());
-        };
+        // The cursor is checked first: a cursor that is not a message of this chat is an error
+        // even when the chat does not exist, as in the SQL backends.
         let upper = match page.before {
             Some(before) => match inner.messages.get(&before) {
                 Some((seq, m)) if &m.chat_id == chat => *seq,
                 _ => return Err(not_found("message", before)),
             },
             None => u64::MAX,
+        };
+        let Some(entry) = inner.chats.get(chat) else {
+            return Ok(Vec::new());
         };
         let mut out: Vec<Message> = entry
             .order

@@ -7,16 +7,38 @@
 //! | PostgreSQL | `PostgresStore` | `postgres` | production, and several server instances sharing chats |
 //!
 //! [`open`] picks a backend from a URL (`memory`, `sqlite://PATH`, `sqlite::memory:`,
-//! `postgres://…`).
+//! `postgres://…`). With the `conformance` feature, `store::conformance` exports the test suite
+//! every backend passes, for stores of your own.
+//!
+//! ## Checkpointing a streaming reply
+//!
+//! A reply is appended once with status `streaming`, then saved with
+//! [`update`](MessageStore::update) as it grows, and a last time when it ends. Checkpoint **every
+//! 250 ms or every 64 deltas, whichever comes first**: a crash then loses at most that much of
+//! the reply, and [`recover_streaming`](MessageStore::recover_streaming) marks it `interrupted`
+//! on the next start with the checkpointed text kept.
+//!
+//! An update rewrites one message row (and its chat's activity time), never the chat, so its cost
+//! does not grow with the conversation. Measured with `cargo bench --bench store` on a 2-core
+//! machine: one checkpoint costs about 0.11 ms on a SQLite file (WAL) and 0.1 µs in memory; a
+//! whole reply (append, 20 checkpoints, final update) about 4 ms on SQLite and 14 µs in memory.
+//! At four checkpoints a second, a streaming reply spends well under 0.1 % of its time
+//! persisting. Loading the newest page of 50 messages takes the same time (about 0.2 ms on
+//! SQLite) from a chat of 100 messages as from one of 10,000: pages are read by the per-chat
+//! sequence index.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::{Chat, ChatId, Message, MessageId, Result};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -104,7 +126,11 @@ pub struct Appended {
 ///
 /// Checkpoints: [`update`](MessageStore::update) rewrites one row (the message), never the chat;
 /// calling it every 250 ms or every 64 deltas of a growing reply, whichever comes first, keeps a
-/// crash from losing more than that and costs well under a millisecond per call on SQLite.
+/// crash from losing more than that and costs about 0.1 ms per call on SQLite (see the
+/// [module documentation](self) for the figures).
+///
+/// Timestamps are kept to at least the microsecond (PostgreSQL's precision): a message whose
+/// timestamps are whole microseconds reads back exactly as it was written.
 ///
 /// # Cancel safety
 ///

@@ -1,9 +1,541 @@
-//! Placeholder, replaced by the real store.
-#![allow(missing_docs)]
-#[derive(Debug)]
-pub struct SqliteStore;
+//! [`SqliteStore`]: chats and messages in one SQLite file (or in memory), via sqlx.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    Row,
+    migrate::Migrator,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    },
+};
+
+use super::{
+    Appended, ChatPage, HistoryPage, MessageStore,
+    sql::{self, RawMessage},
+};
+use crate::{Chat, ChatId, Error, Message, MessageId, Result};
+
+const BACKEND: &str = "sqlite";
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a writer waits for another connection's write to finish before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections of a file-backed pool: writers take turns on SQLite's single write lock anyway,
+/// extra connections serve concurrent readers (WAL lets them read while one writes).
+const FILE_POOL_SIZE: u32 = 8;
+
+macro_rules! message_columns {
+    () => {
+        "id, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
+         usage_input_tokens, usage_output_tokens, error, client_message_id, reply_to, created_at, \
+         updated_at"
+    };
+}
+
+const SELECT_BY_CLIENT_KEY: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE chat_id = ? AND client_message_id = ?"
+);
+
+/// A store in one SQLite file, or in memory: no server, the embedded default.
+///
+/// The file is created if missing and schema migrations run when the store opens. It runs in WAL
+/// mode with `synchronous = NORMAL` (a committed write survives a crash of the process; a power
+/// loss may lose the last few commits), foreign keys on and a busy timeout, so any number of
+/// tasks of one process may write at once, and several stores (or processes) may share one file.
+/// Every write transaction starts with `BEGIN IMMEDIATE`, so writers queue on the busy timeout
+/// instead of failing on a lock upgrade.
+///
+/// Timestamps are stored as integer nanoseconds: a message reads back exactly as written.
+///
+/// Cheap to clone: clones share one connection pool.
+///
+/// ```
+/// use chatstream::{Message, MessageStore, store::{HistoryPage, SqliteStore}};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+/// let store = SqliteStore::open("sqlite::memory:").await?; // or "sqlite://chatstream.db"
+/// let chat = store.create_chat(None, None).await?;
+/// store.append(&Message::user(chat.id.clone(), "hi")).await?;
+/// assert_eq!(store.history(&chat.id, HistoryPage::default()).await?[0].content, "hi");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
 impl SqliteStore {
-    pub async fn open(_url: &str) -> crate::Result<super::MemoryStore> {
-        unimplemented!()
+    /// Opens (creating if missing) the database of a URL: `sqlite://PATH`, `sqlite:PATH`, or
+    /// `sqlite::memory:` for a private in-memory database.
+    ///
+    /// A relative `PATH` is relative to the working directory. An in-memory database lives on
+    /// one connection that is never closed, so every query sees the same data, until the store
+    /// (all its clones) is dropped.
+    pub async fn open(url: &str) -> Result<Self> {
+        if is_memory_url(url) {
+            return Self::in_memory().await;
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Config(format!("invalid SQLite URL {url:?}: {e}")))?;
+        Self::open_with(options).await
+    }
+
+    /// Opens (creating if missing) the database file at `path`.
+    pub async fn open_path(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// A new, private, in-memory database.
+    pub async fn in_memory() -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(|e| sql::store_error(BACKEND, "configure in-memory database", e))?
+            .foreign_keys(true);
+        // Each connection to `:memory:` would be its own database: keep exactly one, forever.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(|e| sql::store_error(BACKEND, "open in-memory database", e))?;
+        Self::from_pool(pool).await
+    }
+
+    async fn open_with(options: SqliteConnectOptions) -> Result<Self> {
+        let file = options.get_filename().display().to_string();
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(FILE_POOL_SIZE)
+            .connect_with(options)
+            .await
+            .map_err(|e| sql::store_error(BACKEND, &format!("open {file}"), e))?;
+        Self::from_pool(pool).await
+    }
+
+    /// A store on an existing pool, after running the schema migrations on it.
+    ///
+    /// The pool's connections must have foreign keys on (sqlx's default), or deleting a chat
+    /// leaves its messages behind; WAL mode and a busy timeout are recommended as in
+    /// [`open`](Self::open).
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
+        MIGRATOR.run(&pool).await.map_err(|e| Error::Store {
+            backend: BACKEND,
+            message: format!("schema migration failed: {e}"),
+            source: Some(Box::new(e)),
+        })?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The connection pool, for queries of your own (the tables are `chats` and `messages`).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection; the store fails on use afterwards.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn is_memory_url(url: &str) -> bool {
+    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    path == ":memory:" || query.split('&').any(|kv| kv == "mode=memory")
+}
+
+fn err(doing: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
+    move |e| sql::store_error(BACKEND, doing, e)
+}
+
+/// A timestamp as stored: nanoseconds since the Unix epoch.
+fn nanos(t: DateTime<Utc>) -> Result<i64> {
+    t.timestamp_nanos_opt().ok_or_else(|| {
+        Error::invalid(
+            "timestamp",
+            format!("{t} is outside what the SQLite store keeps (years 1678 to 2261)"),
+        )
+    })
+}
+
+fn time(nanos: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(nanos)
+}
+
+fn not_found(what: &'static str, id: impl ToString) -> Error {
+    Error::NotFound {
+        what,
+        id: id.to_string(),
+    }
+}
+
+fn decode_message(row: &SqliteRow) -> Result<Message> {
+    let raw = (|| -> std::result::Result<RawMessage, sqlx::Error> {
+        Ok(RawMessage {
+            id: row.try_get("id")?,
+            chat_id: row.try_get("chat_id")?,
+            role: row.try_get("role")?,
+            content: row.try_get("content")?,
+            reasoning: row.try_get("reasoning")?,
+            tool_calls: row.try_get("tool_calls")?,
+            tool_call_id: row.try_get("tool_call_id")?,
+            status: row.try_get("status")?,
+            finish_reason: row.try_get("finish_reason")?,
+            usage_input_tokens: row.try_get("usage_input_tokens")?,
+            usage_output_tokens: row.try_get("usage_output_tokens")?,
+            error: row.try_get("error")?,
+            client_message_id: row.try_get("client_message_id")?,
+            reply_to: row.try_get("reply_to")?,
+            created_at: time(row.try_get("created_at")?),
+            updated_at: time(row.try_get("updated_at")?),
+        })
+    })()
+    .map_err(err("read message"))?;
+    raw.into_message(BACKEND)
+}
+
+fn decode_chat(row: &SqliteRow) -> Result<Chat> {
+    let id: String = row.try_get("id").map_err(err("read chat"))?;
+    Ok(Chat {
+        id: id
+            .parse()
+            .map_err(|e| sql::corrupt(BACKEND, "chat id", e))?,
+        title: row.try_get("title").map_err(err("read chat"))?,
+        created_at: time(row.try_get("created_at").map_err(err("read chat"))?),
+        updated_at: time(row.try_get("updated_at").map_err(err("read chat"))?),
+    })
+}
+
+impl SqliteStore {
+    async fn by_client_key(&self, chat: &ChatId, key: &str) -> Result<Option<Message>> {
+        sqlx::query(SELECT_BY_CLIENT_KEY)
+            .bind(chat.as_str())
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("append message"))?
+            .as_ref()
+            .map(decode_message)
+            .transpose()
+    }
+
+    /// Appends `message`; with `key`, returns the chat's existing message with that client
+    /// message id instead, if there is one.
+    async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
+        let updated_at = nanos(message.updated_at)?;
+        let created_at = nanos(message.created_at)?;
+        let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
+        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
+
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err("append message"))?;
+        // Taking the next sequence number first also takes the write lock, so the duplicate
+        // check below cannot race another append to this chat.
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE chats SET next_seq = next_seq + 1, updated_at = MAX(updated_at, ?) \
+             WHERE id = ? RETURNING next_seq - 1",
+        )
+        .bind(updated_at)
+        .bind(message.chat_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err("append message"))?;
+        let Some(seq) = seq else {
+            return Err(not_found("chat", &message.chat_id));
+        };
+        if let Some(key) = key {
+            let existing = sqlx::query(SELECT_BY_CLIENT_KEY)
+                .bind(message.chat_id.as_str())
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err("append message"))?;
+            if let Some(row) = existing {
+                tx.rollback().await.map_err(err("append message"))?;
+                return decode_message(&row).map(Some);
+            }
+        }
+        let inserted = sqlx::query(concat!(
+            "INSERT INTO messages (",
+            message_columns!(),
+            ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(message.id.as_uuid())
+        .bind(message.chat_id.as_str())
+        .bind(message.role.as_str())
+        .bind(&message.content)
+        .bind(&message.reasoning)
+        .bind(tool_calls)
+        .bind(&message.tool_call_id)
+        .bind(message.status.as_str())
+        .bind(message.finish_reason.map(|f| f.as_str()))
+        .bind(input_tokens)
+        .bind(output_tokens)
+        .bind(&message.error)
+        .bind(&message.client_message_id)
+        .bind(message.reply_to.map(|id| *id.as_uuid()))
+        .bind(created_at)
+        .bind(updated_at)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if sql::is_unique_violation(&e) => {
+                // The chat lock above makes this unreachable for a repeated key, but should a
+                // duplicate slip past it, the unique constraint still decides: answer with the
+                // message that won.
+                if let Some(key) = key {
+                    drop(tx);
+                    if let Some(original) = self.by_client_key(&message.chat_id, key).await? {
+                        return Ok(Some(original));
+                    }
+                }
+                return Err(Error::AlreadyExists {
+                    what: "message",
+                    id: message.id.to_string(),
+                });
+            }
+            Err(e) => return Err(sql::store_error(BACKEND, "append message", e)),
+        }
+        tx.commit().await.map_err(err("append message"))?;
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
+        let now = Utc::now();
+        let chat = Chat {
+            id: id.unwrap_or_else(ChatId::generate),
+            title,
+            created_at: now,
+            updated_at: now,
+        };
+        let now = nanos(chat.created_at)?;
+        let done = sqlx::query(
+            "INSERT INTO chats (id, title, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(chat.id.as_str())
+        .bind(&chat.title)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(err("create chat"))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::AlreadyExists {
+                what: "chat",
+                id: chat.id.to_string(),
+            });
+        }
+        Ok(chat)
+    }
+
+    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
+        sqlx::query("SELECT id, title, created_at, updated_at FROM chats WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("get chat"))?
+            .as_ref()
+            .map(decode_chat)
+            .transpose()
+    }
+
+    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
+        sqlx::query(
+            "SELECT id, title, created_at, updated_at FROM chats \
+             ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
+        )
+        .bind(sql::sql_limit(page.limit))
+        .bind(sql::sql_limit(page.offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("list chats"))?
+        .iter()
+        .map(decode_chat)
+        .collect()
+    }
+
+    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
+        sqlx::query(
+            "UPDATE chats SET title = ? WHERE id = ? RETURNING id, title, created_at, updated_at",
+        )
+        .bind(&title)
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err("rename chat"))?
+        .as_ref()
+        .map(decode_chat)
+        .transpose()?
+        .ok_or_else(|| not_found("chat", id))
+    }
+
+    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
+        // Messages go with it: ON DELETE CASCADE.
+        let done = sqlx::query("DELETE FROM chats WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(err("delete chat"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn append(&self, message: &Message) -> Result<()> {
+        self.insert(message, None).await.map(|_| ())
+    }
+
+    async fn append_idempotent(&self, message: &Message) -> Result<Appended> {
+        let key = message.client_message_id.as_deref().ok_or_else(|| {
+            Error::invalid("message", "append_idempotent needs a client message id")
+        })?;
+        Ok(match self.insert(message, Some(key)).await? {
+            Some(original) => Appended {
+                message: original,
+                created: false,
+            },
+            None => Appended {
+                message: message.clone(),
+                created: true,
+            },
+        })
+    }
+
+    async fn update(&self, message: &Message) -> Result<()> {
+        let updated_at = nanos(message.updated_at)?;
+        let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
+        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err("update message"))?;
+        let chat_id: Option<String> = sqlx::query_scalar(
+            "UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, \
+             finish_reason = ?, usage_input_tokens = ?, usage_output_tokens = ?, error = ?, \
+             updated_at = ? WHERE id = ? RETURNING chat_id",
+        )
+        .bind(&message.content)
+        .bind(&message.reasoning)
+        .bind(tool_calls)
+        .bind(message.status.as_str())
+        .bind(message.finish_reason.map(|f| f.as_str()))
+        .bind(input_tokens)
+        .bind(output_tokens)
+        .bind(&message.error)
+        .bind(updated_at)
+        .bind(message.id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err("update message"))?;
+        let Some(chat_id) = chat_id else {
+            return Err(not_found("message", message.id));
+        };
+        sqlx::query("UPDATE chats SET updated_at = MAX(updated_at, ?) WHERE id = ?")
+            .bind(updated_at)
+            .bind(chat_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("update message"))?;
+        tx.commit().await.map_err(err("update message"))
+    }
+
+    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = ?"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err("get message"))?
+        .as_ref()
+        .map(decode_message)
+        .transpose()
+    }
+
+    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
+        let upper: i64 = match page.before {
+            Some(before) => {
+                sqlx::query_scalar("SELECT seq FROM messages WHERE id = ? AND chat_id = ?")
+                    .bind(before.as_uuid())
+                    .bind(chat.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(err("load history"))?
+                    .ok_or_else(|| not_found("message", before))?
+            }
+            None => i64::MAX,
+        };
+        let mut messages = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        ))
+        .bind(chat.as_str())
+        .bind(upper)
+        .bind(sql::sql_limit(page.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("load history"))?
+        .iter()
+        .map(decode_message)
+        .collect::<Result<Vec<_>>>()?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64> {
+        let before = updated_before.map(nanos).transpose()?.unwrap_or(i64::MAX);
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'interrupted', updated_at = ? \
+             WHERE status = 'streaming' AND role = 'assistant' AND updated_at < ?",
+        )
+        .bind(nanos(Utc::now())?)
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(err("recover streaming messages"))?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_memory_url;
+
+    #[test]
+    fn memory_urls() {
+        assert!(is_memory_url("sqlite::memory:"));
+        assert!(is_memory_url("sqlite://:memory:"));
+        assert!(is_memory_url("sqlite://x.db?mode=memory"));
+        assert!(!is_memory_url("sqlite://chatstream.db"));
+        assert!(!is_memory_url("sqlite:memory.db"));
     }
 }

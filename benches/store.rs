@@ -1,0 +1,128 @@
+//! Message store costs: persisting one streamed reply (append, 20 checkpoints, final update), one
+//! checkpoint alone, and loading the newest page of 50 from chats of 100 and 10,000 messages,
+//! for the memory store and a SQLite file in WAL mode.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use chatstream::{
+    ChatId, FinishReason, Message, MessageStatus, MessageStore, Usage,
+    store::{HistoryPage, MemoryStore, SqliteStore},
+};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+
+/// Checkpoints per reply: a reply of ~5 s checkpointed every 250 ms.
+const CHECKPOINTS: usize = 20;
+/// Text added between two checkpoints (about 64 small deltas).
+const CHUNK: &str = "Streaming keeps the user reading while the model is still writing. ";
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Backends {
+    // Kept alive for the SQLite file's lifetime.
+    _dir: tempfile::TempDir,
+    stores: Vec<(&'static str, Box<dyn MessageStore>)>,
+}
+
+fn backends(rt: &Runtime) -> Backends {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = rt
+        .block_on(SqliteStore::open_path(dir.path().join("bench.db")))
+        .unwrap();
+    Backends {
+        _dir: dir,
+        stores: vec![
+            ("memory", Box::new(MemoryStore::new())),
+            ("sqlite_file", Box::new(sqlite)),
+        ],
+    }
+}
+
+async fn one_reply(store: &dyn MessageStore, chat: &ChatId) {
+    let mut reply = Message::assistant_streaming(chat.clone());
+    store.append(&reply).await.unwrap();
+    for _ in 0..CHECKPOINTS {
+        reply.content.push_str(CHUNK);
+        reply.updated_at = chrono::Utc::now();
+        store.update(&reply).await.unwrap();
+    }
+    reply.status = MessageStatus::Complete;
+    reply.finish_reason = Some(FinishReason::Stop);
+    reply.usage = Some(Usage {
+        input_tokens: 420,
+        output_tokens: 310,
+    });
+    reply.updated_at = chrono::Utc::now();
+    store.update(&reply).await.unwrap();
+}
+
+fn reply(c: &mut Criterion) {
+    let rt = runtime();
+    let backends = backends(&rt);
+    let mut group = c.benchmark_group("reply_append_20_checkpoints_final");
+    for (name, store) in &backends.stores {
+        let store = &**store;
+        let chat = rt.block_on(store.create_chat(None, None)).unwrap();
+        group.bench_function(*name, |b| {
+            b.to_async(&rt).iter(|| one_reply(store, &chat.id));
+        });
+    }
+    group.finish();
+}
+
+fn checkpoint(c: &mut Criterion) {
+    let rt = runtime();
+    let backends = backends(&rt);
+    let mut group = c.benchmark_group("checkpoint_update");
+    for (name, store) in &backends.stores {
+        let store = &**store;
+        let chat = rt.block_on(store.create_chat(None, None)).unwrap();
+        let mut reply = Message::assistant_streaming(chat.id.clone());
+        reply.content = CHUNK.repeat(CHECKPOINTS / 2);
+        rt.block_on(store.append(&reply)).unwrap();
+        group.bench_function(*name, |b| {
+            // The same row rewritten each time: what a checkpoint costs does not depend on
+            // whether the text changed.
+            b.to_async(&rt).iter(|| store.update(black_box(&reply)));
+        });
+    }
+    group.finish();
+}
+
+fn history(c: &mut Criterion) {
+    let rt = runtime();
+    let backends = backends(&rt);
+    let mut group = c.benchmark_group("history_newest_50");
+    for (name, store) in &backends.stores {
+        let store = &**store;
+        for size in [100usize, 10_000] {
+            let chat = rt.block_on(store.create_chat(None, None)).unwrap();
+            rt.block_on(async {
+                for i in 0..size {
+                    let mut m = Message::user(chat.id.clone(), format!("message {i}: {CHUNK}"));
+                    if i % 2 == 1 {
+                        m.role = chatstream::Role::Assistant;
+                    }
+                    store.append(&m).await.unwrap();
+                }
+            });
+            group.bench_with_input(BenchmarkId::new(*name, size), &chat.id, |b, chat| {
+                b.to_async(&rt).iter(|| async {
+                    let page = store.history(chat, HistoryPage::newest(50)).await.unwrap();
+                    assert_eq!(page.len(), 50);
+                    page
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, reply, checkpoint, history);
+criterion_main!(benches);
