@@ -16,7 +16,7 @@ use sse_stream::Sse;
 
 use super::{
     ChatRequest, DeltaStream, LlmProvider,
-    http::{self, ErrorObject, EventParser, Step, Str, non_empty},
+    http::{self, EventParser, Step, Str, non_empty},
 };
 use crate::{Delta, FinishReason, Result, Role, Usage, delta::ToolCallDelta};
 
@@ -432,7 +432,8 @@ where
 }
 
 /// One event's payload, all event types in one flat struct: serde's tagged enums buffer their
-/// content, which would defeat borrowing.
+/// content, which would defeat borrowing. An `error` event's object is parsed again on its rare
+/// path, which keeps this struct small.
 #[derive(Deserialize)]
 struct Event<'a> {
     #[serde(borrow, rename = "type")]
@@ -441,14 +442,13 @@ struct Event<'a> {
     index: Option<u32>,
     #[serde(default)]
     message: Option<MessageStart>,
+    /// Boxed: it comes once per block, and a small struct keeps the hot path fast.
     #[serde(borrow, default)]
-    content_block: Option<ContentBlock<'a>>,
+    content_block: Option<Box<ContentBlock<'a>>>,
     #[serde(borrow, default)]
-    delta: Option<EventDelta<'a>>,
+    delta: Option<Box<EventDelta<'a>>>,
     #[serde(default)]
     usage: Option<WireUsage>,
-    #[serde(borrow, default)]
-    error: Option<ErrorObject<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -649,10 +649,7 @@ impl EventParser for Parser {
                 }
                 return Ok(Step::Done);
             }
-            "error" => {
-                let error = event.error.unwrap_or_default();
-                return Err(error.into_midstream(&self.provider));
-            }
+            "error" => return Err(http::midstream_error(&self.provider, data)),
             // `ping`, `content_block_stop` and event types added later.
             _ => {}
         }

@@ -264,6 +264,27 @@ enum ErrorField<'a> {
     Text(String),
 }
 
+/// The error carried by a stream payload: `{"error":{…}}`, `{"error":"…"}`, or an error object
+/// at the top level (vLLM's `{"object":"error","message",…}`).
+pub(crate) fn midstream_error(provider: &str, data: &str) -> Error {
+    match serde_json::from_str::<ErrorBody<'_>>(data) {
+        Ok(ErrorBody {
+            error: ErrorField::Object(object),
+        }) => object.into_midstream(provider),
+        Ok(ErrorBody {
+            error: ErrorField::Text(message),
+        }) => ErrorObject {
+            message: Some(Str(Cow::Owned(message))),
+            ..ErrorObject::default()
+        }
+        .into_midstream(provider),
+        Err(_) => match serde_json::from_str::<ErrorObject<'_>>(data) {
+            Ok(object) => object.into_midstream(provider),
+            Err(e) => bad_json(provider, &e, data),
+        },
+    }
+}
+
 /// Turns an HTTP error response into an [`Error::Upstream`], reading at most 64 KiB of its body.
 pub(crate) async fn status_error(provider: &str, mut response: reqwest::Response) -> Error {
     let status = response.status();
