@@ -7,6 +7,8 @@
 //!   into owned structs with the usual fields as `String`, and `String::push_str`;
 //! - `eventsource_borrowed`: eventsource-stream with borrowed structs like the library's, so the
 //!   SSE decoder's share is measured on its own.
+#![allow(clippy::unwrap_used)]
+
 use std::{borrow::Cow, convert::Infallible, fmt, hint::black_box};
 
 use bytes::Bytes;
@@ -64,7 +66,9 @@ fn reads(body: &[u8]) -> Vec<Bytes> {
 }
 
 fn input(reads: &[Bytes]) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + use<> {
-    futures::stream::iter(reads.to_vec().into_iter().map(Ok))
+    // Cloning `Bytes` only bumps a reference count: no body bytes are copied per run.
+    let owned: Vec<Bytes> = reads.to_vec();
+    futures::stream::iter(owned).map(Ok)
 }
 
 // ---- chatstream ----------------------------------------------------------------------------

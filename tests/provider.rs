@@ -1,6 +1,8 @@
 //! The HTTP providers and their parsers: every recorded fixture over HTTP and through `decode`
 //! split every way, HTTP errors, broken bodies and cancellation closing the connection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{path::PathBuf, time::Duration};
 
 use bytes::Bytes;

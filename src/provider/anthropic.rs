@@ -658,6 +658,7 @@ impl EventParser for Parser {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::{ToolCall, provider::RequestMessage};

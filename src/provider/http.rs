@@ -425,6 +425,7 @@ impl fmt::Debug for HeaderNames<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

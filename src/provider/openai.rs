@@ -618,6 +618,7 @@ fn push_delta(delta: WireDelta<'_>, out: &mut VecDeque<Delta>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::ToolCall;
