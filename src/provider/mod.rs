@@ -20,6 +20,7 @@ use crate::{Delta, Error, Message, Result, Role, ToolCall};
 
 pub mod anthropic;
 pub mod demo;
+mod http;
 pub mod openai;
 pub mod scripted;
 
