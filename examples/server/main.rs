@@ -12,6 +12,7 @@ use std::sync::Arc;
 use chatstream::{
     DynProvider, LlmProvider,
     provider::{AnthropicProvider, DemoProvider, OpenAiProvider},
+    resilience::{RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts},
 };
 
 use crate::config::{Config, ProviderKind};
@@ -58,10 +59,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The upstream, wrapped (innermost first) in timeouts, retries and mid-stream recovery.
 fn build_provider(config: &Config) -> chatstream::Result<DynProvider> {
+    fn resilient(p: impl LlmProvider) -> DynProvider {
+        Arc::new(
+            p.with_timeouts(Timeouts::default())
+                .with_retry(RetryPolicy::default())
+                .with_recovery(RecoveryPolicy::default()),
+        )
+    }
     Ok(match config.provider {
-        ProviderKind::OpenAi => Arc::new(OpenAiProvider::from_env()?),
-        ProviderKind::Anthropic => Arc::new(AnthropicProvider::from_env()?),
+        ProviderKind::OpenAi => resilient(OpenAiProvider::from_env()?),
+        ProviderKind::Anthropic => resilient(AnthropicProvider::from_env()?),
         ProviderKind::Demo => Arc::new(DemoProvider::new()),
     })
 }
