@@ -68,26 +68,30 @@ impl Accumulator {
         }
     }
 
+    #[inline]
     fn push_tool_call(&mut self, call: &ToolCallDelta) {
-        // Fragments almost always extend the newest call; search from the back.
-        let slot = match self.tool_calls.iter().rposition(|c| c.index == call.index) {
-            Some(i) => &mut self.tool_calls[i],
-            None => {
-                let at = self
-                    .tool_calls
-                    .iter()
-                    .position(|c| c.index > call.index)
-                    .unwrap_or(self.tool_calls.len());
-                self.tool_calls.insert(
-                    at,
-                    ToolCall {
-                        index: call.index,
-                        ..ToolCall::default()
-                    },
-                );
-                &mut self.tool_calls[at]
-            }
+        // Calls are kept sorted by index, and indexes are nearly always 0, 1, 2, …: the call's
+        // position is its index, checked in O(1); otherwise a binary search finds or places it.
+        let position = match self.tool_calls.get(call.index as usize) {
+            Some(c) if c.index == call.index => call.index as usize,
+            _ => match self
+                .tool_calls
+                .binary_search_by_key(&call.index, |c| c.index)
+            {
+                Ok(i) => i,
+                Err(at) => {
+                    self.tool_calls.insert(
+                        at,
+                        ToolCall {
+                            index: call.index,
+                            ..ToolCall::default()
+                        },
+                    );
+                    at
+                }
+            },
         };
+        let slot = &mut self.tool_calls[position];
         if let Some(id) = &call.id
             && slot.id.is_empty()
         {
