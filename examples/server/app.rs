@@ -6,16 +6,22 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRequest},
     http::{HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response, Sse, sse::KeepAlive},
+    response::{
+        Html, IntoResponse, Response, Sse,
+        sse::{Event, KeepAlive},
+    },
     routing::{get, post},
 };
-use chatstream::DynProvider;
+use chatstream::{ChatService, DynProvider};
 
-use crate::{config::Config, error::ApiError, openai_compat, stateless};
+use crate::{api, config::Config, error::ApiError, openai_compat, stateless};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
+    /// Conversations: the provider, the store and the hub of live replies.
+    pub service: ChatService,
+    /// The upstream, for the stateless endpoints.
     pub provider: DynProvider,
     /// The model name the server reports and sends when a request names none.
     pub model: String,
@@ -28,15 +34,15 @@ pub struct AppState {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
-/// Adds the headers that keep proxies from buffering an event stream, and the keep-alive
-/// comments. The first comment goes out at once so clients see the stream open.
-pub fn sse_response<S>(sse: Sse<S>, state: &AppState) -> Response
+/// An event stream with the headers that keep proxies from buffering it and keep-alive comments.
+/// A first comment goes out at once, so clients see the stream open before the first event.
+pub fn sse_response<S>(events: S, state: &AppState) -> Response
 where
-    S: futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>
-        + Send
-        + 'static,
+    S: futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static,
 {
-    let sse = sse.keep_alive(KeepAlive::new().interval(state.config.keep_alive));
+    let opened = futures::stream::once(async { Ok(Event::default().comment("open")) });
+    let sse = Sse::new(futures::StreamExt::chain(opened, events))
+        .keep_alive(KeepAlive::new().interval(state.config.keep_alive));
     let mut response = sse.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -49,6 +55,12 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     Router::new()
         .route("/", get(index))
+        .route("/api/chats", get(api::list_chats).post(api::create_chat))
+        .route("/api/chats/{chat_id}", axum::routing::delete(api::delete_chat))
+        .route("/api/messages", post(api::send_message))
+        .route("/api/messages/{chat_id}", get(api::history))
+        .route("/api/stream/{chat_id}", get(api::stream))
+        .route("/api/stream/{chat_id}/terminate", post(api::terminate))
         .route("/api/chat", post(stateless::chat))
         .route("/v1/chat/completions", post(openai_compat::completions))
         .route("/v1/models", get(openai_compat::models))

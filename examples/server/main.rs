@@ -1,6 +1,7 @@
 //! The chatstream chat server: `cargo run --release --example server`, then open the printed
 //! address. Configuration comes from environment variables (see the README).
 
+mod api;
 mod app;
 mod config;
 mod error;
@@ -10,7 +11,7 @@ mod stateless;
 use std::sync::Arc;
 
 use chatstream::{
-    DynProvider, LlmProvider,
+    ChatService, DynProvider, LlmProvider,
     provider::{AnthropicProvider, DemoProvider, OpenAiProvider},
     resilience::{RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts},
 };
@@ -38,6 +39,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .model
         .clone()
         .unwrap_or_else(|| provider.default_model().to_string());
+    let store = chatstream::store::open(&config.database_url).await?;
+    // One instance owns every reply in this store: whatever was streaming when the last run
+    // stopped is over.
+    let recovered = store.recover_streaming(None).await?;
+    if recovered > 0 {
+        tracing::warn!(recovered, "marked replies left streaming by the last run as interrupted");
+    }
+    let service = ChatService::builder()
+        .provider(provider.clone())
+        .store(store)
+        .build()?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
@@ -49,6 +61,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         redact(&config.database_url),
     );
     let state = app::AppState {
+        service,
         provider,
         model,
         config: Arc::new(config),

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use axum::{
     Json,
     extract::State,
-    response::{IntoResponse, Response, Sse, sse::Event},
+    response::{IntoResponse, Response, sse::Event},
 };
 use chatstream::{
     Accumulator, ChatRequest, Delta, FinishReason, LlmProvider, RequestMessage, Role, ToolCall,
@@ -192,7 +192,7 @@ pub async fn completions(
     let deltas = state.provider.stream(request);
     if stream {
         let chunks = stream_chunks(deltas, id, model, created, include_usage);
-        return Ok(sse_response(Sse::new(chunks), &state).into_response());
+        return Ok(sse_response(chunks, &state).into_response());
     }
     let mut acc = Accumulator::new();
     let mut deltas = deltas;

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 
 use axum::{
     extract::State,
-    response::{IntoResponse, Sse, sse::Event},
+    response::{IntoResponse, sse::Event},
 };
 use chatstream::{ChatRequest, Delta, LlmProvider, RequestMessage, Role};
 use futures::{Stream, StreamExt};
@@ -52,7 +52,7 @@ pub async fn chat(
             .collect(),
     );
     let events = relay(state.provider.stream(request));
-    Ok(sse_response(Sse::new(events), &state))
+    Ok(sse_response(events, &state))
 }
 
 /// Maps deltas onto the stateless event shapes; dropping this stream (the client went away)
