@@ -45,10 +45,12 @@
 mod accumulate;
 mod delta;
 mod error;
+pub mod hub;
 mod id;
 mod message;
 pub mod provider;
 pub mod resilience;
+pub mod session;
 pub mod store;
 
 pub use accumulate::Accumulator;
@@ -60,4 +62,6 @@ pub use provider::{
     ChatRequest, DeltaStream, DynProvider, LlmProvider, LlmProviderExt, RequestMessage, Script,
     ScriptedProvider, ToolSpec,
 };
+pub use hub::{DynStreamHub, EventPayload, HubEvent, HubEventStream, LocalHub, StreamHub};
+
 pub use store::{DynMessageStore, MessageStore, MessageStoreExt};
