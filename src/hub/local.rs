@@ -161,7 +161,9 @@ struct Reply {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     Live,
-    Finished { at: Instant },
+    Finished {
+        at: Instant,
+    },
     /// Aborted before anything was published: as though it never started.
     Discarded,
 }
@@ -403,7 +405,10 @@ impl StreamHub for LocalHub {
             return Ok(None);
         };
         let after = after.unwrap_or(0);
-        if lock(&reply.buffer).done_seq().is_some_and(|done| after >= done) {
+        if lock(&reply.buffer)
+            .done_seq()
+            .is_some_and(|done| after >= done)
+        {
             return Ok(None);
         }
         Ok(Some(subscription(reply, after)))
@@ -548,7 +553,10 @@ impl LocalPublisher {
 impl ReplyPublisher for LocalPublisher {
     async fn publish(&mut self, payload: EventPayload) -> Result<u64> {
         if self.finished {
-            return Err(Error::invalid("hub event", "the reply has already finished"));
+            return Err(Error::invalid(
+                "hub event",
+                "the reply has already finished",
+            ));
         }
         self.published = true;
         if payload.is_terminal() {
@@ -603,7 +611,11 @@ mod tests {
             let expect: String = pieces[after as usize..].concat();
             assert_eq!(text_of(&out), expect, "after {after}");
             assert!(out.iter().all(|e| e.seq > after));
-            assert!(out.iter().zip(out.iter().skip(1)).all(|(x, y)| x.seq < y.seq));
+            assert!(
+                out.iter()
+                    .zip(out.iter().skip(1))
+                    .all(|(x, y)| x.seq < y.seq)
+            );
             if after < 5 {
                 assert_eq!(out.back().map(|e| e.seq), Some(5));
             }

@@ -272,8 +272,11 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
     /// Consecutive deltas of a reply may come back coalesced for a subscriber that replays or
     /// lags: one event carrying several deltas' text, numbered with the last of them. The text is
     /// always exact: nothing lost, nothing doubled, whatever `after` is.
-    async fn subscribe(&self, chat_id: &ChatId, after: Option<u64>)
-    -> Result<Option<HubEventStream>>;
+    async fn subscribe(
+        &self,
+        chat_id: &ChatId,
+        after: Option<u64>,
+    ) -> Result<Option<HubEventStream>>;
 
     /// Asks the chat's live reply to stop (its [`LiveReply::cancel`] token fires). Returns `true`
     /// when this call stopped a running reply, `false` when nothing was live or it was already
@@ -337,8 +340,17 @@ mod tests {
             err.to_json(),
             r#"{"code":"truncated","message":"p: the stream ended before the reply was finished"}"#
         );
-        for p in [start, done, bare, err, EventPayload::Delta(Delta::text("x"))] {
-            assert_eq!(EventPayload::from_sse(p.event_name(), &p.to_json()).unwrap(), p);
+        for p in [
+            start,
+            done,
+            bare,
+            err,
+            EventPayload::Delta(Delta::text("x")),
+        ] {
+            assert_eq!(
+                EventPayload::from_sse(p.event_name(), &p.to_json()).unwrap(),
+                p
+            );
         }
         assert!(EventPayload::from_sse("start", r#"{"type":"text","text":"x"}"#).is_err());
         assert!(EventPayload::from_sse("delta", "nope").is_err());
