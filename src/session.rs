@@ -809,6 +809,9 @@ impl ReplyRun {
                             self.checkpoint(&acc).await;
                             unsaved = 0;
                         }
+                        // A provider that is always ready (in memory, or a fast local server)
+                        // must not starve other tasks of this worker.
+                        tokio::task::consume_budget().await;
                     }
                     Some(Err(e)) => break End::Failed(e),
                     None if acc.finish_reason().is_some() => break End::Complete,
