@@ -4,6 +4,8 @@
 //!
 //! The memory figure comes from a counting global allocator (net bytes allocated while the
 //! replies are live), printed before the criterion results.
+// A benchmark stops at the first failure, like a test.
+#![allow(clippy::expect_used)]
 use std::{alloc::System, hint::black_box, sync::Arc, time::Duration};
 
 use async_trait::async_trait;

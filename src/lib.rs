@@ -31,6 +31,11 @@
 //! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
 //!   decorators around any provider.
 //! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite and PostgreSQL backends.
+//! - [`ChatService`] and [`ChatSession`]: conversations — send a message, get the reply's events
+//!   and a cancel handle, read history; replies run detached and are checkpointed as they grow
+//!   ([`session`]).
+//! - [`StreamHub`]: live replies as numbered events, replayable after any event id, followed by
+//!   any number of subscribers, terminated by chat id — [`hub`] has the in-process [`LocalHub`].
 //!
 //! ## Feature flags
 //!

@@ -8,7 +8,7 @@
 //! 2. the assistant message is created with status `streaming` and persisted;
 //! 3. the request is built from the chat's history, newest first until the
 //!    [`ContextBudget`] is spent (the service's system prompt is always sent);
-//! 4. the reply runs in its own task: deltas go to the [`StreamHub`] as numbered events, the
+//! 4. the reply runs in its own task: deltas go to the [`StreamHub`](crate::StreamHub) as numbered events, the
 //!    growing message is checkpointed to the store at a bounded rate, and the final state is
 //!    persisted once (`complete`, `cancelled` or `failed`) before the `done` event.
 //!
@@ -176,7 +176,7 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
     async fn history(&self, page: HistoryPage) -> Result<Vec<Message>>;
 
     /// Follows the chat's live or recently finished reply after event `after`; `None` when there
-    /// is nothing to send (see [`StreamHub::subscribe`]).
+    /// is nothing to send (see [`StreamHub::subscribe`](crate::StreamHub::subscribe)).
     async fn subscribe(&self, after: Option<u64>) -> Result<Option<HubEventStream>>;
 
     /// Whether a reply is live in the chat.
@@ -301,7 +301,7 @@ impl ChatServiceBuilder {
     }
 
     /// Cancels a reply that nobody has followed for this long (default: never). It needs a hub
-    /// that counts its subscribers ([`StreamHub::watchers`]); the check runs every quarter of the
+    /// that counts its subscribers ([`StreamHub::watchers`](crate::StreamHub::watchers)); the check runs every quarter of the
     /// timeout, so a reply stops between one and one and a quarter timeouts after its last
     /// subscriber left.
     pub fn unwatched_timeout(mut self, timeout: Option<Duration>) -> Self {
@@ -823,7 +823,8 @@ impl ReplyRun {
         };
         // Closes the upstream connection now, before anything else.
         drop(upstream);
-        self.finish(acc, end).await;
+        // Boxed: the ending's state is only needed at the end, not for the whole live reply.
+        Box::pin(self.finish(acc, end)).await;
     }
 
     async fn unwatched_for_too_long(&self, since: &mut Option<Instant>) -> bool {

@@ -1,5 +1,6 @@
 //! The stream hub conformance suite: every function takes a `&dyn StreamHub`, so each backend
 //! runs the same contract (the in-process hub below; the Redis hub calls the same functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

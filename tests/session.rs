@@ -2,6 +2,7 @@
 //!
 //! Each test body is a function over an `Arc<dyn MessageStore>`; `stores()` lists the backends
 //! it runs against.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     sync::{Arc, Mutex},

@@ -484,10 +484,8 @@ fn subscription(reply: Arc<Reply>, after: u64) -> HubEventStream {
                 buffer.read_after(sub.pos, &mut sub.pending);
                 buffer.done_seq().is_some()
             };
-            if sub.pending.is_empty() {
-                if closed || sub.wake.changed().await.is_err() {
-                    return None;
-                }
+            if sub.pending.is_empty() && (closed || sub.wake.changed().await.is_err()) {
+                return None;
             }
         }
     })
@@ -581,6 +579,7 @@ impl Drop for LocalPublisher {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -295,6 +295,7 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
