@@ -31,6 +31,11 @@
 //! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
 //!   decorators around any provider.
 //! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite and PostgreSQL backends.
+//! - [`ChatService`] and [`ChatSession`]: conversations — send a message, get the reply's events
+//!   and a cancel handle, read history; replies run detached and are checkpointed as they grow
+//!   ([`session`]).
+//! - [`StreamHub`]: live replies as numbered events, replayable after any event id, followed by
+//!   any number of subscribers, terminated by chat id — [`hub`] has the in-process [`LocalHub`].
 //!
 //! ## Feature flags
 //!
@@ -45,19 +50,26 @@
 mod accumulate;
 mod delta;
 mod error;
+pub mod hub;
 mod id;
 mod message;
 pub mod provider;
 pub mod resilience;
+pub mod session;
 pub mod store;
 
 pub use accumulate::Accumulator;
 pub use delta::{Delta, RetryNotice, ToolCallDelta};
 pub use error::{BoxError, Error, Result, TimeoutPhase, status_is_retryable};
+pub use hub::{DynStreamHub, EventPayload, HubEvent, HubEventStream, LocalHub, StreamHub};
 pub use id::{ChatId, MessageId};
 pub use message::{Chat, FinishReason, Message, MessageStatus, Role, ToolCall, Usage};
 pub use provider::{
     ChatRequest, DeltaStream, DynProvider, LlmProvider, LlmProviderExt, RequestMessage, Script,
     ScriptedProvider, ToolSpec,
 };
+pub use session::{
+    ChatService, ChatServiceBuilder, ChatSession, ContextBudget, ReplyHandle, Session, UserInput,
+};
+
 pub use store::{DynMessageStore, MessageStore, MessageStoreExt};

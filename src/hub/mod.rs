@@ -1,0 +1,359 @@
+//! [`StreamHub`]: the registry of live replies, with numbered events, fan-out and resume.
+//!
+//! | backend | type | feature | use it for |
+//! |---|---|---|---|
+//! | in-process | [`LocalHub`] | always | one process (the default) |
+//! | Redis | `RedisHub` | `redis` | several instances sharing live replies |
+//!
+//! A reply is a numbered sequence of [`HubEvent`]s: one [`EventPayload::Start`], any number of
+//! [`EventPayload::Delta`]s, an optional [`EventPayload::Error`] and exactly one
+//! [`EventPayload::Done`]. Sequence numbers start at 1 and increase within a reply; they are what
+//! the server sends as SSE `id:`s, so a client that reconnects with `Last-Event-ID: N` calls
+//! [`StreamHub::subscribe`] with `after: Some(N)` and gets exactly what it missed.
+//!
+//! There is at most one live reply per chat. The hub keeps the chat's latest reply after it
+//! finished, for a grace period, so that late or reconnecting subscribers can still replay it.
+//!
+//! ```
+//! use chatstream::{ChatId, Delta, MessageId, MessageStatus};
+//! use chatstream::hub::{EventPayload, LocalHub, StreamHub};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+//! let hub = LocalHub::new();
+//! let chat: ChatId = "demo".parse()?;
+//! let mut live = hub.start(&chat).await?;
+//! let message_id = MessageId::generate();
+//! live.publisher.publish(EventPayload::Start {
+//!     chat_id: chat.clone(),
+//!     message_id,
+//!     user_message_id: MessageId::generate(),
+//! }).await?;
+//! live.publisher.publish(EventPayload::Delta(Delta::text("Hello"))).await?;
+//! live.publisher.publish(EventPayload::done(message_id, MessageStatus::Complete)).await?;
+//!
+//! // A subscriber that already saw event 1 gets the rest, then the stream ends.
+//! let events: Vec<_> = hub.subscribe(&chat, Some(1)).await?.expect("replayable").collect().await;
+//! let names: Vec<_> = events.iter().map(|e| e.as_ref().unwrap().event_name()).collect();
+//! assert_eq!(names, ["delta", "done"]);
+//! // One that saw the end has nothing left (the server answers 204).
+//! assert!(hub.subscribe(&chat, Some(3)).await?.is_none());
+//! # Ok(()) }
+//! ```
+
+use std::{fmt::Debug, sync::Arc};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{ChatId, Delta, Error, FinishReason, MessageId, MessageStatus, Result, Usage};
+
+pub mod local;
+
+pub use local::LocalHub;
+
+/// The events of one subscription: `Send + 'static`, so it can be handed to axum's `Sse`.
+pub type HubEventStream = BoxStream<'static, Result<HubEvent>>;
+
+/// A shared, type-erased hub.
+pub type DynStreamHub = Arc<dyn StreamHub>;
+
+/// One numbered event of a reply.
+///
+/// Cheap to clone: the payload is shared (every subscriber of a live reply gets the same
+/// allocation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubEvent {
+    /// The sequence number: 1 for the `start` event, increasing within the reply. The SSE `id:`.
+    pub seq: u64,
+    /// What happened.
+    pub payload: Arc<EventPayload>,
+}
+
+impl HubEvent {
+    /// An event with this number and payload.
+    pub fn new(seq: u64, payload: EventPayload) -> Self {
+        HubEvent {
+            seq,
+            payload: Arc::new(payload),
+        }
+    }
+
+    /// The SSE event name: `start`, `delta`, `done` or `error`.
+    pub fn event_name(&self) -> &'static str {
+        self.payload.event_name()
+    }
+
+    /// The SSE data: the payload as JSON.
+    pub fn data_json(&self) -> String {
+        self.payload.to_json()
+    }
+
+    /// Whether this is the reply's last event (`done`).
+    pub fn is_terminal(&self) -> bool {
+        self.payload.is_terminal()
+    }
+}
+
+/// What a [`HubEvent`] says. Serializes to exactly the SSE `data` JSON of the server's contract:
+///
+/// | event | data |
+/// |---|---|
+/// | `start` | `{"chatId","messageId","userMessageId"}` |
+/// | `delta` | one [`Delta`], e.g. `{"type":"text","text":"…"}` |
+/// | `done` | `{"messageId","status","finishReason","usage"}` (the last two may be `null`) |
+/// | `error` | `{"code","message"}` (sent before a `failed` done) |
+///
+/// ```
+/// use chatstream::{Delta, hub::EventPayload};
+///
+/// let delta = EventPayload::Delta(Delta::text("Hi"));
+/// assert_eq!(delta.event_name(), "delta");
+/// assert_eq!(delta.to_json(), r#"{"type":"text","text":"Hi"}"#);
+/// assert_eq!(EventPayload::from_sse("delta", &delta.to_json())?, delta);
+/// # Ok::<(), chatstream::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum EventPayload {
+    /// The reply started: always the first event (sequence number 1).
+    #[serde(rename_all = "camelCase")]
+    Start {
+        /// The chat.
+        chat_id: ChatId,
+        /// The assistant message being generated.
+        message_id: MessageId,
+        /// The user message it answers.
+        user_message_id: MessageId,
+    },
+    /// The reply ended: always the last event, exactly once per reply.
+    #[serde(rename_all = "camelCase")]
+    Done {
+        /// The assistant message.
+        message_id: MessageId,
+        /// How it ended: `complete`, `cancelled` or `failed` (`interrupted` when the process
+        /// generating it went away).
+        status: MessageStatus,
+        /// Why the model stopped, when it said.
+        finish_reason: Option<FinishReason>,
+        /// Token usage, when the provider reported it.
+        usage: Option<Usage>,
+    },
+    /// The reply failed; a `done` with status `failed` follows.
+    Error {
+        /// A short machine-readable code (see [`Error::code`]).
+        code: String,
+        /// A human-readable message.
+        message: String,
+    },
+    /// A piece of the reply (text, reasoning, a tool-call fragment, usage, finish or a retry
+    /// notice).
+    Delta(Delta),
+}
+
+impl EventPayload {
+    /// A `done` payload without finish reason or usage.
+    pub fn done(message_id: MessageId, status: MessageStatus) -> Self {
+        EventPayload::Done {
+            message_id,
+            status,
+            finish_reason: None,
+            usage: None,
+        }
+    }
+
+    /// An `error` payload describing `error`.
+    pub fn error(error: &Error) -> Self {
+        EventPayload::Error {
+            code: error.code().to_string(),
+            message: error.to_string(),
+        }
+    }
+
+    /// The SSE event name: `start`, `delta`, `done` or `error`.
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            EventPayload::Start { .. } => "start",
+            EventPayload::Delta(_) => "delta",
+            EventPayload::Done { .. } => "done",
+            EventPayload::Error { .. } => "error",
+        }
+    }
+
+    /// Whether this is the terminal `done` event.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, EventPayload::Done { .. })
+    }
+
+    /// The SSE data JSON.
+    pub fn to_json(&self) -> String {
+        // Every field is a string, number, enum or map with string keys: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses an event back from its SSE name and data (what a hub that stores events outside
+    /// the process, or a client, needs).
+    pub fn from_sse(event_name: &str, data: &str) -> Result<Self> {
+        let payload: EventPayload = serde_json::from_str(data)
+            .map_err(|e| Error::invalid("hub event", format!("{event_name}: {e}")))?;
+        if payload.event_name() != event_name {
+            return Err(Error::invalid(
+                "hub event",
+                format!(
+                    "data of a {:?} event under the name {event_name:?}",
+                    payload.event_name()
+                ),
+            ));
+        }
+        Ok(payload)
+    }
+}
+
+/// A reply that was just started with [`StreamHub::start`].
+#[derive(Debug)]
+pub struct LiveReply {
+    /// Publishes the reply's events.
+    pub publisher: Box<dyn ReplyPublisher>,
+    /// Fires when anyone [terminates](StreamHub::terminate) the reply: the generator must then
+    /// stop, and still publish a `done` (status `cancelled`).
+    pub cancel: CancellationToken,
+}
+
+/// The single writer of one reply's events, handed out by [`StreamHub::start`].
+///
+/// Publishing a [`EventPayload::Done`] finishes the reply: the chat is free for the next one,
+/// subscribers' streams end after it, and the reply stays replayable for the hub's grace period.
+/// A publisher dropped without finishing ends its reply as `interrupted` (or, when it never
+/// published anything, releases the chat as though the reply had never started), so a panicking
+/// generator cannot leave a chat busy forever.
+#[async_trait]
+pub trait ReplyPublisher: Send + Sync + Debug {
+    /// Appends an event and returns its sequence number (1 for the first).
+    ///
+    /// Never waits for subscribers: a slow subscriber lags behind and catches up later. Fails with
+    /// [`Error::Invalid`] after the reply finished.
+    async fn publish(&mut self, payload: EventPayload) -> Result<u64>;
+
+    /// Gives up a reply that never got under way (nothing published): the chat is free again at
+    /// once, as though [`StreamHub::start`] had not been called. After events were published it
+    /// ends the reply as `interrupted`, like dropping the publisher.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// The registry of live replies, keyed by chat: one live reply per chat, numbered events,
+/// replay after any sequence number, fan-out to any number of subscribers, terminate from
+/// anywhere.
+///
+/// Implementations are shared as `Arc<dyn StreamHub>` ([`DynStreamHub`]); every method may be
+/// called concurrently. Nothing in the trait is tied to one process: events are plain data
+/// ([`EventPayload::from_sse`] parses them back), cancellation is a request by chat id, and
+/// subscriptions are `'static` streams.
+///
+/// The conformance suite in `tests/hub.rs` states the contract as tests.
+#[async_trait]
+pub trait StreamHub: Send + Sync + Debug + 'static {
+    /// The backend's name: `local`, `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// Starts a reply in `chat_id`. Fails with [`Error::Busy`] while another reply is live there.
+    /// A finished reply of that chat still kept for replay is replaced.
+    async fn start(&self, chat_id: &ChatId) -> Result<LiveReply>;
+
+    /// Follows the chat's live (or recently finished) reply: first every event numbered after
+    /// `after` (all of them with `None` or `Some(0)`), then new events as they come, ending after
+    /// the `done` event.
+    ///
+    /// `Ok(None)` when there is nothing to send: no live or recently finished reply in this chat,
+    /// or the subscriber already saw the `done` (`after` at or past its number).
+    ///
+    /// Consecutive deltas of a reply may come back coalesced for a subscriber that replays or
+    /// lags: one event carrying several deltas' text, numbered with the last of them. The text is
+    /// always exact: nothing lost, nothing doubled, whatever `after` is.
+    async fn subscribe(
+        &self,
+        chat_id: &ChatId,
+        after: Option<u64>,
+    ) -> Result<Option<HubEventStream>>;
+
+    /// Asks the chat's live reply to stop (its [`LiveReply::cancel`] token fires). Returns `true`
+    /// when this call stopped a running reply, `false` when nothing was live or it was already
+    /// being stopped.
+    async fn terminate(&self, chat_id: &ChatId) -> Result<bool>;
+
+    /// Whether a reply is live (started and not finished) in this chat.
+    async fn is_live(&self, chat_id: &ChatId) -> Result<bool>;
+
+    /// How many subscriptions currently follow the chat's live reply, when the backend knows
+    /// (`None` otherwise, and by default). Sessions use it to cancel replies nobody watches.
+    async fn watchers(&self, chat_id: &ChatId) -> Result<Option<usize>> {
+        let _ = chat_id;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_json_matches_the_contract() {
+        let chat: ChatId = "c".parse().unwrap();
+        let (m, u) = (MessageId::generate(), MessageId::generate());
+        let start = EventPayload::Start {
+            chat_id: chat,
+            message_id: m,
+            user_message_id: u,
+        };
+        assert_eq!(
+            start.to_json(),
+            format!(r#"{{"chatId":"c","messageId":"{m}","userMessageId":"{u}"}}"#)
+        );
+        let done = EventPayload::Done {
+            message_id: m,
+            status: MessageStatus::Complete,
+            finish_reason: Some(FinishReason::Stop),
+            usage: Some(Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+            }),
+        };
+        assert_eq!(
+            done.to_json(),
+            format!(
+                r#"{{"messageId":"{m}","status":"complete","finishReason":"stop","usage":{{"inputTokens":1,"outputTokens":2}}}}"#
+            )
+        );
+        let bare = EventPayload::done(m, MessageStatus::Cancelled);
+        assert_eq!(
+            bare.to_json(),
+            format!(
+                r#"{{"messageId":"{m}","status":"cancelled","finishReason":null,"usage":null}}"#
+            )
+        );
+        let err = EventPayload::error(&Error::Truncated {
+            provider: "p".into(),
+        });
+        assert_eq!(
+            err.to_json(),
+            r#"{"code":"truncated","message":"p: the stream ended before the reply was finished"}"#
+        );
+        for p in [
+            start,
+            done,
+            bare,
+            err,
+            EventPayload::Delta(Delta::text("x")),
+        ] {
+            assert_eq!(
+                EventPayload::from_sse(p.event_name(), &p.to_json()).unwrap(),
+                p
+            );
+        }
+        assert!(EventPayload::from_sse("start", r#"{"type":"text","text":"x"}"#).is_err());
+        assert!(EventPayload::from_sse("delta", "nope").is_err());
+    }
+}

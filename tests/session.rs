@@ -1,0 +1,875 @@
+//! Sessions end to end: scripted providers, every store in `stores()`, the in-process hub.
+//!
+//! Each test body is a function over an `Arc<dyn MessageStore>`; `stores()` lists the backends
+//! it runs against.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chatstream::{
+    Chat, ChatId, ChatRequest, ChatService, ChatSession, ContextBudget, Delta, DeltaStream, Error,
+    EventPayload, FinishReason, HubEvent, HubEventStream, LlmProvider, LocalHub, Message,
+    MessageId, MessageStatus, MessageStore, RetryNotice, Role, Script, ScriptedProvider, UserInput,
+    store::{Appended, ChatPage, DynMessageStore, HistoryPage, MemoryStore},
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::time::Instant;
+
+/// Every store the session tests run against.
+async fn stores() -> Vec<DynMessageStore> {
+    vec![Arc::new(MemoryStore::new())]
+}
+
+fn service(provider: &ScriptedProvider, store: DynMessageStore) -> ChatService {
+    ChatService::builder()
+        .provider(Arc::new(provider.clone()))
+        .store(store)
+        .build()
+        .unwrap()
+}
+
+fn chat() -> ChatId {
+    ChatId::generate()
+}
+
+#[derive(Debug, Default)]
+struct Drained {
+    events: Vec<HubEvent>,
+    text: String,
+    done: Option<(
+        MessageStatus,
+        Option<FinishReason>,
+        Option<chatstream::Usage>,
+    )>,
+    errors: Vec<String>,
+}
+
+fn absorb(d: &mut Drained, e: HubEvent) {
+    match &*e.payload {
+        EventPayload::Delta(Delta::Text { text }) => d.text.push_str(text),
+        EventPayload::Done {
+            status,
+            finish_reason,
+            usage,
+            ..
+        } => d.done = Some((*status, *finish_reason, *usage)),
+        EventPayload::Error { code, .. } => d.errors.push(code.clone()),
+        _ => {}
+    }
+    d.events.push(e);
+}
+
+async fn drain(mut events: HubEventStream) -> Drained {
+    let mut d = Drained::default();
+    while let Some(e) = events.next().await {
+        absorb(&mut d, e.expect("event"));
+    }
+    d
+}
+
+/// Reads until the first `n` deltas were seen (delta k is event k + 1, after `start`; a
+/// subscriber that lags may get several deltas coalesced into one event).
+async fn read_texts(events: &mut HubEventStream, n: u64) -> Drained {
+    let mut d = Drained::default();
+    while d.events.last().is_none_or(|e| e.seq < n + 1) {
+        absorb(&mut d, events.next().await.expect("more events").unwrap());
+    }
+    d
+}
+
+async fn message(store: &DynMessageStore, id: MessageId) -> Message {
+    store.get_message(&id).await.unwrap().expect("stored")
+}
+
+/// Waits (on tokio's clock) until the message is no longer streaming.
+async fn wait_final(store: &DynMessageStore, id: MessageId) -> Message {
+    for _ in 0..10_000 {
+        let m = message(store, id).await;
+        if m.status.is_final() {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("message {id} never finished");
+}
+
+fn words(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("w{i} ")).collect()
+}
+
+async fn text_reply_is_persisted_complete(store: DynMessageStore) {
+    let provider = ScriptedProvider::new().then(Script::reply(["Hel", "lo", " world"]));
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    let reply = session.send(UserInput::new("Hi there")).await.unwrap();
+    assert!(reply.is_new());
+    let user_id = reply.user_message.id;
+    let assistant_id = reply.assistant_message_id;
+    let d = drain(reply.events).await;
+    assert_eq!(d.text, "Hello world");
+    let names: Vec<_> = d.events.iter().map(|e| e.event_name()).collect();
+    assert_eq!(names.first(), Some(&"start"));
+    assert_eq!(names.last(), Some(&"done"));
+    assert!(d.events.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    assert_eq!(d.events[0].seq, 1);
+    match &*d.events[0].payload {
+        EventPayload::Start {
+            message_id,
+            user_message_id,
+            chat_id,
+        } => {
+            assert_eq!((*message_id, *user_message_id), (assistant_id, user_id));
+            assert_eq!(chat_id, session.chat_id());
+        }
+        other => panic!("{other:?}"),
+    }
+    let (status, finish, usage) = d.done.unwrap();
+    assert_eq!(status, MessageStatus::Complete);
+    assert_eq!(finish, Some(FinishReason::Stop));
+    assert_eq!(
+        usage.map(|u| (u.input_tokens, u.output_tokens)),
+        Some((10, 10))
+    );
+
+    let history = session.history(HistoryPage::default()).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        (history[0].role, history[0].content.as_str()),
+        (Role::User, "Hi there")
+    );
+    let a = &history[1];
+    assert_eq!(a.id, assistant_id);
+    assert_eq!(a.status, MessageStatus::Complete);
+    assert_eq!(a.content, "Hello world");
+    assert_eq!(a.reply_to, Some(user_id));
+    assert_eq!(a.finish_reason, Some(FinishReason::Stop));
+    assert_eq!(a.usage.map(|u| u.output_tokens), Some(10));
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].messages.len(), 1);
+    assert_eq!(requests[0].messages[0].content, "Hi there");
+    assert_eq!(provider.open_streams(), 0);
+    assert!(!session.is_live().await.unwrap());
+}
+
+async fn cancel_mid_reply_persists_the_partial_reply(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::new().text("Par").text("tial").stall())
+        .then(Script::new().text("again").stall());
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    let mut reply = session.send(UserInput::new("go")).await.unwrap();
+    read_texts(&mut reply.events, 2).await;
+    assert_eq!(provider.open_streams(), 1);
+    assert!(reply.cancel().await.unwrap());
+    assert!(!reply.cancel().await.unwrap(), "second cancel is harmless");
+    let rest = drain(reply.events).await;
+    assert_eq!(rest.done.map(|d| d.0), Some(MessageStatus::Cancelled));
+    assert_eq!(provider.open_streams(), 0, "upstream dropped");
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(m.status, MessageStatus::Cancelled);
+    assert_eq!(m.content, "Partial");
+    assert!(!session.cancel().await.unwrap(), "nothing live");
+
+    // The same through the session (the hub's terminate), from another handle.
+    let mut reply = session.send(UserInput::new("more")).await.unwrap();
+    read_texts(&mut reply.events, 1).await;
+    assert!(session.cancel().await.unwrap());
+    assert!(!session.cancel().await.unwrap());
+    let rest = drain(reply.events).await;
+    assert_eq!(rest.done.map(|d| d.0), Some(MessageStatus::Cancelled));
+    assert_eq!(provider.open_streams(), 0);
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(
+        (m.status, m.content.as_str()),
+        (MessageStatus::Cancelled, "again")
+    );
+    // The cancelled partial reply is context for the next request.
+    assert_eq!(
+        provider.requests()[1]
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        ["go", "Partial", "more"]
+    );
+}
+
+async fn resending_a_client_message_id_returns_the_same_reply(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(["one"]))
+        .then(Script::reply(["slow", " two"]).per_delta_delay(Duration::from_millis(20)));
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    let first = session
+        .send(UserInput::new("hello").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    let first_ids = (first.user_message.id, first.assistant_message_id);
+    assert_eq!(drain(first.events).await.text, "one");
+    // Repeat of a finished reply: same ids, same text, nothing new stored or started.
+    let again = session
+        .send(UserInput::new("hello").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    assert!(!again.is_new());
+    assert_eq!(
+        (again.user_message.id, again.assistant_message_id),
+        first_ids
+    );
+    let d = drain(again.events).await;
+    assert_eq!(d.text, "one");
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Complete));
+    assert_eq!(provider.started(), 1);
+    assert_eq!(
+        session.history(HistoryPage::default()).await.unwrap().len(),
+        2
+    );
+
+    // Repeat while the reply is live: it follows the running reply, from its start.
+    let live = session
+        .send(UserInput::new("again").with_client_message_id("k2"))
+        .await
+        .unwrap();
+    let repeat = session
+        .send(UserInput::new("again").with_client_message_id("k2"))
+        .await
+        .unwrap();
+    assert!(!repeat.is_new());
+    assert_eq!(repeat.assistant_message_id, live.assistant_message_id);
+    let (a, b) = tokio::join!(drain(live.events), drain(repeat.events));
+    assert_eq!(a.text, "slow two");
+    assert_eq!(b.text, "slow two");
+    assert_eq!(provider.started(), 2);
+    let history = session.history(HistoryPage::default()).await.unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(
+        history.iter().filter(|m| m.role == Role::User).count(),
+        2,
+        "one user message per key"
+    );
+}
+
+async fn a_second_send_while_live_is_busy(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::new().text("x").stall())
+        .then(Script::reply(["ok"]));
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    let mut reply = session.send(UserInput::new("first")).await.unwrap();
+    read_texts(&mut reply.events, 1).await;
+    let err = session.send(UserInput::new("second")).await.unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+    assert_eq!(err.code(), "busy");
+    // Another chat is not affected.
+    let other = service.session(chat());
+    let elsewhere = other.send(UserInput::new("elsewhere")).await.unwrap();
+    assert_eq!(drain(elsewhere.events).await.text, "ok");
+    assert_eq!(
+        session.history(HistoryPage::default()).await.unwrap().len(),
+        2,
+        "a busy send stores nothing"
+    );
+    reply.cancel().await.unwrap();
+    drain(reply.events).await;
+}
+
+async fn a_late_subscriber_replays_exactly(store: DynMessageStore) {
+    let w = words(300);
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(w.clone()).per_delta_delay(Duration::from_millis(1)));
+    let service = service(&provider, store);
+    let session = service.session(chat());
+    let mut reply = session.send(UserInput::new("long")).await.unwrap();
+    let first = read_texts(&mut reply.events, 120).await;
+    let late = session.subscribe(None).await.unwrap().unwrap();
+    let (late, rest) = tokio::join!(drain(late), drain(reply.events));
+    assert_eq!(late.text, w.concat());
+    assert_eq!(first.text + &rest.text, w.concat());
+    assert_eq!(late.done.map(|d| d.0), Some(MessageStatus::Complete));
+}
+
+async fn resume_after_n_loses_and_doubles_nothing(store: DynMessageStore) {
+    let w = words(200);
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(w.clone()).per_delta_delay(Duration::from_millis(1)));
+    let service = service(&provider, store);
+    let session = service.session(chat());
+    let mut reply = session.send(UserInput::new("long")).await.unwrap();
+    // Resume while live: a client read up to N, dropped, and reconnects with Last-Event-ID N.
+    let part = read_texts(&mut reply.events, 50).await;
+    let seen = part.events.last().unwrap().seq;
+    drop(reply.events);
+    let rest = drain(session.subscribe(Some(seen)).await.unwrap().unwrap()).await;
+    assert_eq!(part.text + &rest.text, w.concat());
+    assert!(rest.events.iter().all(|e| e.seq > seen));
+    let done_seq = rest.events.last().unwrap().seq;
+    // And after the end, for several N (text delta k has number k + 1).
+    for n in [0u64, 1, 2, 3, 17, 64, 100, 150, 199, 200, 201] {
+        let d = drain(session.subscribe(Some(n)).await.unwrap().unwrap()).await;
+        let skip = (n as usize).saturating_sub(1).min(w.len());
+        assert_eq!(d.text, w[skip..].concat(), "after {n}");
+        assert!(d.events.iter().all(|e| e.seq > n));
+        assert_eq!(d.events.last().unwrap().seq, done_seq);
+    }
+    assert!(session.subscribe(Some(done_seq)).await.unwrap().is_none());
+}
+
+async fn dropping_every_subscriber_does_not_stop_the_reply(store: DynMessageStore) {
+    let w = words(50);
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(w.clone()).per_delta_delay(Duration::from_millis(10)));
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    let mut reply = session.send(UserInput::new("go")).await.unwrap();
+    read_texts(&mut reply.events, 3).await;
+    let id = reply.assistant_message_id;
+    drop(reply);
+    let m = wait_final(&store, id).await;
+    assert_eq!(m.status, MessageStatus::Complete);
+    assert_eq!(m.content, w.concat());
+    assert_eq!(provider.open_streams(), 0);
+}
+
+/// Replies with the last user message, one character per delta: each chat gets its own text.
+#[derive(Debug)]
+struct Echo;
+
+impl LlmProvider for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+    fn default_model(&self) -> &str {
+        "echo"
+    }
+    fn stream(&self, request: ChatRequest) -> DeltaStream {
+        let text = request
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        futures::stream::iter(chars)
+            .then(|c| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok(Delta::text(c))
+            })
+            .chain(futures::stream::iter([Ok(Delta::finish(
+                FinishReason::Stop,
+            ))]))
+            .boxed()
+    }
+}
+
+async fn two_hundred_chats_stream_at_once(store: DynMessageStore) {
+    let service = ChatService::builder()
+        .provider(Arc::new(Echo))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let session = service.session(format!("chat-{i}").parse().unwrap());
+        tasks.push(tokio::spawn(async move {
+            let content = format!("reply number {i} for this chat");
+            let reply = session.send(UserInput::new(content.clone())).await.unwrap();
+            let d = drain(reply.events).await;
+            (content, d, reply.assistant_message_id)
+        }));
+    }
+    for t in tasks {
+        let (content, d, id) = t.await.unwrap();
+        assert_eq!(d.text, content);
+        assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Complete));
+        let m = message(&store, id).await;
+        assert_eq!((m.status, m.content), (MessageStatus::Complete, content));
+    }
+}
+
+async fn a_slow_subscriber_does_not_delay_a_fast_one(store: DynMessageStore) {
+    let w = words(2_000);
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(w.clone()).per_delta_delay(Duration::from_millis(1)));
+    let service = service(&provider, store);
+    let session = service.session(chat());
+    let started = Instant::now();
+    // The handle's own stream is the slow subscriber: never polled until the end.
+    let slow = session.send(UserInput::new("go")).await.unwrap();
+    let fast = drain(session.subscribe(None).await.unwrap().unwrap()).await;
+    let took = started.elapsed();
+    assert_eq!(fast.text, w.concat());
+    // 2,000 deltas 1 ms apart (tokio's paused clock): the fast one was never held back.
+    assert!(
+        took < Duration::from_millis(2_100),
+        "fast subscriber took {took:?}"
+    );
+    let late = drain(slow.events).await;
+    assert_eq!(late.text, w.concat());
+}
+
+/// A store that records every update (time, status, content) and can be told to fail them.
+#[derive(Debug)]
+struct Recording {
+    inner: DynMessageStore,
+    updates: Mutex<Vec<(Instant, MessageStatus, String)>>,
+    fail_updates: Mutex<u32>,
+}
+
+impl Recording {
+    fn new(inner: DynMessageStore) -> Arc<Self> {
+        Arc::new(Recording {
+            inner,
+            updates: Mutex::new(Vec::new()),
+            fail_updates: Mutex::new(0),
+        })
+    }
+    fn updates(&self) -> Vec<(Instant, MessageStatus, String)> {
+        self.updates.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl MessageStore for Recording {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn create_chat(
+        &self,
+        id: Option<ChatId>,
+        title: Option<String>,
+    ) -> chatstream::Result<Chat> {
+        self.inner.create_chat(id, title).await
+    }
+    async fn get_chat(&self, id: &ChatId) -> chatstream::Result<Option<Chat>> {
+        self.inner.get_chat(id).await
+    }
+    async fn list_chats(&self, page: ChatPage) -> chatstream::Result<Vec<Chat>> {
+        self.inner.list_chats(page).await
+    }
+    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> chatstream::Result<Chat> {
+        self.inner.rename_chat(id, title).await
+    }
+    async fn delete_chat(&self, id: &ChatId) -> chatstream::Result<bool> {
+        self.inner.delete_chat(id).await
+    }
+    async fn append(&self, message: &Message) -> chatstream::Result<()> {
+        self.inner.append(message).await
+    }
+    async fn append_idempotent(&self, message: &Message) -> chatstream::Result<Appended> {
+        self.inner.append_idempotent(message).await
+    }
+    async fn update(&self, message: &Message) -> chatstream::Result<()> {
+        {
+            let mut fail = self.fail_updates.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(Error::Store {
+                    backend: "recording",
+                    message: "injected failure".into(),
+                    source: None,
+                });
+            }
+        }
+        self.updates.lock().unwrap().push((
+            Instant::now(),
+            message.status,
+            message.content.clone(),
+        ));
+        self.inner.update(message).await
+    }
+    async fn get_message(&self, id: &MessageId) -> chatstream::Result<Option<Message>> {
+        self.inner.get_message(id).await
+    }
+    async fn history(&self, chat: &ChatId, page: HistoryPage) -> chatstream::Result<Vec<Message>> {
+        self.inner.history(chat, page).await
+    }
+    async fn recover_streaming(&self, before: Option<DateTime<Utc>>) -> chatstream::Result<u64> {
+        self.inner.recover_streaming(before).await
+    }
+}
+
+async fn checkpoints_follow_time_or_count(store: DynMessageStore) {
+    let recording = Recording::new(store);
+    let mut script = Script::new();
+    for i in 0..10 {
+        script = script.sleep(Duration::from_millis(10)).text(format!("{i}"));
+    }
+    script = script.sleep(Duration::from_secs(1));
+    for _ in 0..100 {
+        script = script.text("x");
+    }
+    let provider = ScriptedProvider::new().then(script.stall());
+    let service = ChatService::builder()
+        .provider(Arc::new(provider.clone()))
+        .store(recording.clone())
+        .checkpoint(Duration::from_millis(250), 64)
+        .build()
+        .unwrap();
+    let session = service.session(chat());
+    let t0 = Instant::now();
+    let mut reply = session.send(UserInput::new("go")).await.unwrap();
+    read_texts(&mut reply.events, 110).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    reply.cancel().await.unwrap();
+    let d = drain(reply.events).await;
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Cancelled));
+    let ups: Vec<_> = recording
+        .updates()
+        .into_iter()
+        .map(|(t, s, c)| ((t - t0).as_millis(), s, c.len()))
+        .collect();
+    // 1: 250 ms after the first unsaved delta (10 ms); 2: the 64th delta; 3: 250 ms after the
+    // first unsaved one after that (1,100 ms); then nothing until the final write.
+    let ten = "0123456789".len();
+    assert_eq!(ups.len(), 4, "{ups:?}");
+    assert_eq!(
+        (ups[0].0, ups[0].1, ups[0].2),
+        (260, MessageStatus::Streaming, ten)
+    );
+    assert_eq!(
+        (ups[1].0, ups[1].1, ups[1].2),
+        (1100, MessageStatus::Streaming, ten + 64)
+    );
+    assert_eq!(
+        (ups[2].0, ups[2].1, ups[2].2),
+        (1350, MessageStatus::Streaming, ten + 100)
+    );
+    assert_eq!((ups[3].1, ups[3].2), (MessageStatus::Cancelled, ten + 100));
+}
+
+async fn failing_checkpoints_do_not_stop_the_reply(store: DynMessageStore) {
+    let recording = Recording::new(store.clone());
+    *recording.fail_updates.lock().unwrap() = 3;
+    let w = words(200);
+    let provider = ScriptedProvider::new().then(Script::reply(w.clone()));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider))
+        .store(recording.clone())
+        .build()
+        .unwrap();
+    let reply = service.session(chat()).send("go".into()).await.unwrap();
+    let d = drain(reply.events).await;
+    assert_eq!(d.text, w.concat());
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!((m.status, m.content), (MessageStatus::Complete, w.concat()));
+}
+
+async fn a_failed_reply_is_persisted_failed_with_an_error_event(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::new().text("Half a ").fail(|| {
+            Error::from_status("scripted", 500, Some("server_error".into()), "boom", None)
+        }))
+        .then(Script::new().text("no finish"));
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    let reply = session.send(UserInput::new("go")).await.unwrap();
+    let d = drain(reply.events).await;
+    let names: Vec<_> = d.events.iter().map(|e| e.event_name()).collect();
+    assert_eq!(names, ["start", "delta", "error", "done"]);
+    assert_eq!(d.errors, ["upstream"]);
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Failed));
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(
+        (m.status, m.content.as_str()),
+        (MessageStatus::Failed, "Half a ")
+    );
+    assert!(
+        m.error.as_deref().unwrap().contains("boom"),
+        "{:?}",
+        m.error
+    );
+    assert_eq!(provider.open_streams(), 0);
+
+    // A stream that ends without finishing is a failure too, never a silent success.
+    let reply = session.send(UserInput::new("again")).await.unwrap();
+    let d = drain(reply.events).await;
+    assert_eq!(d.errors, ["truncated"]);
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(
+        (m.status, m.content.as_str()),
+        (MessageStatus::Failed, "no finish")
+    );
+}
+
+async fn retry_notices_pass_through_without_touching_the_text(store: DynMessageStore) {
+    let notice = Delta::Retry(RetryNotice {
+        attempt: 2,
+        provider: "scripted".into(),
+        reason: "connection reset".into(),
+    });
+    let provider = ScriptedProvider::new().then(
+        Script::new()
+            .text("Hello")
+            .delta(notice.clone())
+            .text(", again")
+            .finish(FinishReason::Stop),
+    );
+    let service = service(&provider, store.clone());
+    let reply = service.session(chat()).send("hi".into()).await.unwrap();
+    let d = drain(reply.events).await;
+    assert!(
+        d.events
+            .iter()
+            .any(|e| *e.payload == EventPayload::Delta(notice.clone()))
+    );
+    assert_eq!(d.text, "Hello, again");
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(
+        (m.status, m.content.as_str()),
+        (MessageStatus::Complete, "Hello, again")
+    );
+}
+
+async fn the_context_budget_drops_the_oldest_and_keeps_the_system_prompt(store: DynMessageStore) {
+    let chat_id = chat();
+    store
+        .create_chat(Some(chat_id.clone()), None)
+        .await
+        .unwrap();
+    for (role, text) in [
+        (Role::User, "aaaaaaaaaa"),
+        (Role::Assistant, "bbbbbbbbbb"),
+        (Role::User, "cccccccccc"),
+        (Role::Assistant, "dddddddddd"),
+    ] {
+        store
+            .append(&Message::new(chat_id.clone(), role, text))
+            .await
+            .unwrap();
+    }
+    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
+    let build = |budget| {
+        ChatService::builder()
+            .provider(Arc::new(provider.clone()))
+            .store(store.clone())
+            .system_prompt("SYS")
+            .context_budget(budget)
+            .build()
+            .unwrap()
+    };
+    // 3 (system) + 10 + 10 fits in 30; the next older message would not.
+    let reply = build(ContextBudget::Chars(30))
+        .session(chat_id.clone())
+        .send("eeeeeeeeee".into())
+        .await
+        .unwrap();
+    drain(reply.events).await;
+    let sent = |i: usize| -> Vec<(Role, String)> {
+        provider.requests()[i]
+            .messages
+            .iter()
+            .map(|m| (m.role, m.content.clone()))
+            .collect()
+    };
+    assert_eq!(
+        sent(0),
+        [
+            (Role::System, "SYS".to_string()),
+            (Role::Assistant, "dddddddddd".into()),
+            (Role::User, "eeeeeeeeee".into()),
+        ]
+    );
+    // A budget smaller than the new message alone still sends it, with the system prompt.
+    let reply = build(ContextBudget::Chars(1))
+        .session(chat_id.clone())
+        .send("ffffffffff".into())
+        .await
+        .unwrap();
+    drain(reply.events).await;
+    assert_eq!(
+        sent(1),
+        [
+            (Role::System, "SYS".to_string()),
+            (Role::User, "ffffffffff".into())
+        ]
+    );
+    // Tokens: 4 per message plus a token per 4 characters: SYS = 5, each 10-char message = 7.
+    let reply = build(ContextBudget::Tokens(5 + 7 * 3))
+        .session(chat_id.clone())
+        .send("gggggggggg".into())
+        .await
+        .unwrap();
+    drain(reply.events).await;
+    let contents: Vec<_> = sent(2).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(contents, ["SYS", "ffffffffff", "ok", "gggggggggg"]);
+    // Unlimited: everything.
+    let reply = build(ContextBudget::Unlimited)
+        .session(chat_id)
+        .send("h".into())
+        .await
+        .unwrap();
+    drain(reply.events).await;
+    assert_eq!(sent(3).len(), 1 + 4 + 2 * 3 + 1);
+}
+
+async fn finished_replies_expire_after_the_grace_period(store: DynMessageStore) {
+    let hub = LocalHub::with_grace(Duration::from_secs(30));
+    let provider = ScriptedProvider::new().then(Script::reply(["done"]));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider))
+        .store(store)
+        .hub(Arc::new(hub.clone()))
+        .build()
+        .unwrap();
+    let session = service.session(chat());
+    drain(session.send("go".into()).await.unwrap().events).await;
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(
+        drain(session.subscribe(None).await.unwrap().unwrap())
+            .await
+            .text,
+        "done"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(session.subscribe(None).await.unwrap().is_none());
+    assert_eq!(hub.held_replies(), 0);
+}
+
+async fn an_unwatched_reply_is_cancelled_after_the_timeout(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::new().text("a").stall())
+        .then(Script::new().text("b").stall());
+    let service = ChatService::builder()
+        .provider(Arc::new(provider.clone()))
+        .store(store.clone())
+        .unwatched_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    // Watched all along: not cancelled.
+    let watched = service.session(chat());
+    let mut kept = watched.send("go".into()).await.unwrap();
+    read_texts(&mut kept.events, 1).await;
+    // Nobody watching: cancelled after 10 to 12.5 s.
+    let session = service.session(chat());
+    let reply = session.send("go".into()).await.unwrap();
+    let id = reply.assistant_message_id;
+    drop(reply);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(message(&store, id).await.status, MessageStatus::Streaming);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = message(&store, id).await;
+    assert_eq!(
+        (m.status, m.content.as_str()),
+        (MessageStatus::Cancelled, "b")
+    );
+    assert!(watched.is_live().await.unwrap());
+    kept.cancel().await.unwrap();
+    drain(kept.events).await;
+    assert_eq!(provider.open_streams(), 0);
+}
+
+/// Runs the service on a runtime of its own and drops that runtime mid-reply, like a crash;
+/// recovery then finds the reply `interrupted` with its last checkpoint.
+fn a_crash_leaves_the_last_checkpoint_interrupted(store: DynMessageStore) {
+    let mut script = Script::new();
+    for i in 0..70 {
+        script = script.text(format!("{i},"));
+    }
+    let provider = ScriptedProvider::new().then(script.stall());
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = doomed.block_on(async {
+        let service = ChatService::builder()
+            .provider(Arc::new(provider.clone()))
+            .store(store.clone())
+            .checkpoint(Duration::from_secs(3600), 64)
+            .build()
+            .unwrap();
+        let mut reply = service.session(chat()).send("go".into()).await.unwrap();
+        read_texts(&mut reply.events, 70).await;
+        reply.assistant_message_id
+    });
+    drop(doomed);
+    assert_eq!(provider.open_streams(), 0, "the crash dropped the upstream");
+    let fresh = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    fresh.block_on(async {
+        assert_eq!(store.recover_streaming(None).await.unwrap(), 1);
+        let m = message(&store, id).await;
+        assert_eq!(m.status, MessageStatus::Interrupted);
+        let expected: String = (0..64).map(|i| format!("{i},")).collect();
+        assert_eq!(m.content, expected);
+    });
+}
+
+macro_rules! for_every_store {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        $(
+            $(#[$attr])*
+            async fn $name() {
+                for store in stores().await {
+                    super::$name(store).await;
+                }
+            }
+        )*
+    };
+}
+
+mod every_store {
+    use super::stores;
+
+    for_every_store!(
+        #[tokio::test]
+        text_reply_is_persisted_complete,
+        #[tokio::test]
+        cancel_mid_reply_persists_the_partial_reply,
+        #[tokio::test(start_paused = true)]
+        resending_a_client_message_id_returns_the_same_reply,
+        #[tokio::test]
+        a_second_send_while_live_is_busy,
+        #[tokio::test(start_paused = true)]
+        a_late_subscriber_replays_exactly,
+        #[tokio::test(start_paused = true)]
+        resume_after_n_loses_and_doubles_nothing,
+        #[tokio::test(start_paused = true)]
+        dropping_every_subscriber_does_not_stop_the_reply,
+        #[tokio::test(start_paused = true)]
+        two_hundred_chats_stream_at_once,
+        #[tokio::test(start_paused = true)]
+        a_slow_subscriber_does_not_delay_a_fast_one,
+        #[tokio::test(start_paused = true)]
+        checkpoints_follow_time_or_count,
+        #[tokio::test]
+        failing_checkpoints_do_not_stop_the_reply,
+        #[tokio::test]
+        a_failed_reply_is_persisted_failed_with_an_error_event,
+        #[tokio::test]
+        retry_notices_pass_through_without_touching_the_text,
+        #[tokio::test]
+        the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
+        #[tokio::test(start_paused = true)]
+        finished_replies_expire_after_the_grace_period,
+        #[tokio::test(start_paused = true)]
+        an_unwatched_reply_is_cancelled_after_the_timeout,
+    );
+
+    #[test]
+    fn a_crash_leaves_the_last_checkpoint_interrupted() {
+        let stores = tokio::runtime::Runtime::new().unwrap().block_on(stores());
+        for store in stores {
+            super::a_crash_leaves_the_last_checkpoint_interrupted(store);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_service_needs_a_provider() {
+    let err = ChatService::builder().build().unwrap_err();
+    assert!(matches!(err, Error::Config(_)));
+    let provider = ScriptedProvider::new();
+    let service = service(&provider, Arc::new(MemoryStore::new()));
+    let session = service.session(chat());
+    assert!(matches!(
+        session.send(UserInput::new("  ")).await,
+        Err(Error::Invalid { .. })
+    ));
+}
