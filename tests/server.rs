@@ -3,6 +3,9 @@
 // The example is a binary; its modules are compiled into this test, where some of their items
 // are unused.
 #[allow(dead_code)]
+#[path = "../examples/server/api.rs"]
+mod api;
+#[allow(dead_code)]
 #[path = "../examples/server/app.rs"]
 mod app;
 #[allow(dead_code)]
@@ -32,7 +35,12 @@ struct Server {
 async fn serve(provider: DynProvider, config: config::Config) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let service = chatstream::ChatService::builder()
+        .provider(provider.clone())
+        .build()
+        .unwrap();
     let state = app::AppState {
+        service,
         model: provider.default_model().to_string(),
         provider,
         config: Arc::new(config),

@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response, sse::Event},
 };
 use chatstream::{
-    Chat, ChatId, ChatSession, Message, MessageId, MessageStore, UserInput,
+    Chat, ChatId, ChatSession, Message, MessageId, UserInput,
     store::{ChatPage, HistoryPage},
 };
 use futures::StreamExt;
@@ -104,7 +104,10 @@ pub async fn send_message(
         ));
     }
     if body.content.trim().is_empty() {
-        return Err(ApiError::bad_request("empty_content", "content must not be empty"));
+        return Err(ApiError::bad_request(
+            "empty_content",
+            "content must not be empty",
+        ));
     }
     let mut input = UserInput::new(body.content);
     if let Some(key) = body.client_message_id {
@@ -188,9 +191,9 @@ pub async fn stream(
                 .data(e.data_json()),
             // The hub lost the reply (e.g. its backend went away): tell the client to reload
             // history instead of leaving it hanging.
-            Err(e) => Event::default()
-                .event("error")
-                .data(json!({"code": e.code(), "message": e.to_string(), "reload": true}).to_string()),
+            Err(e) => Event::default().event("error").data(
+                json!({"code": e.code(), "message": e.to_string(), "reload": true}).to_string(),
+            ),
         })
     });
     Ok(sse_response(events, &state))

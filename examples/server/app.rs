@@ -56,7 +56,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/api/chats", get(api::list_chats).post(api::create_chat))
-        .route("/api/chats/{chat_id}", axum::routing::delete(api::delete_chat))
+        .route(
+            "/api/chats/{chat_id}",
+            axum::routing::delete(api::delete_chat),
+        )
         .route("/api/messages", post(api::send_message))
         .route("/api/messages/{chat_id}", get(api::history))
         .route("/api/stream/{chat_id}", get(api::stream))

@@ -44,7 +44,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // stopped is over.
     let recovered = store.recover_streaming(None).await?;
     if recovered > 0 {
-        tracing::warn!(recovered, "marked replies left streaming by the last run as interrupted");
+        tracing::warn!(
+            recovered,
+            "marked replies left streaming by the last run as interrupted"
+        );
     }
     let service = ChatService::builder()
         .provider(provider.clone())
