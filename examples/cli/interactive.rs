@@ -211,7 +211,7 @@ impl Repl {
             .map_or(0, |h| h.len());
         let title = chat
             .and_then(|c| c.title)
-            .map(|t| format!(" “{t}”"))
+            .map(|t| format!(" {t:?}"))
             .unwrap_or_default();
         let what = if count == 0 {
             "new".to_string()
