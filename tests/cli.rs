@@ -7,6 +7,7 @@
 //! cargo's JSON messages rather than guessed, so a custom `CARGO_TARGET_DIR` or `--release` works.
 //! Every test has its own temporary directory: the SQLite file (`CHATSTREAM_DATABASE_URL`), the
 //! data directory (`XDG_DATA_HOME`, for line history and the remembered chat) and `HOME`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
