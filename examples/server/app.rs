@@ -53,7 +53,8 @@ where
 /// The whole HTTP surface; `main` serves it, tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
-    Router::new()
+    let cors = cors(&state.config.cors_origins);
+    let router = Router::new()
         .route("/", get(index))
         .route("/api/chats", get(api::list_chats).post(api::create_chat))
         .route(
@@ -70,7 +71,42 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS is off unless origins are configured (`CHATSTREAM_CORS_ORIGINS`, comma-separated).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring an invalid CORS origin");
+                None
+            }
+        })
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::DELETE,
+            ])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ]),
+    )
 }
 
 async fn index() -> Html<&'static str> {
