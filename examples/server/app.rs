@@ -70,12 +70,26 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(openai_compat::models))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(request_log())
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// One log line per request, at `info`: method, path, status and latency.
+fn request_log() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    tower_http::trace::DefaultMakeSpan,
+    (),
+    tower_http::trace::DefaultOnResponse,
+> {
+    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+    TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
 }
 
 /// CORS is off unless origins are configured (`CHATSTREAM_CORS_ORIGINS`, comma-separated).
