@@ -1,4 +1,5 @@
 //! The server example's HTTP contract, served on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // The example is a binary; its modules are compiled into this test, where some of their items
 // are unused.
