@@ -221,10 +221,10 @@ fn eventsource_borrowed(reads: &[Bytes]) -> Accumulator {
             }
             let chunk: BorrowedChunk<'_> = serde_json::from_str(&event.data).unwrap();
             if let Some(choice) = chunk.choices.into_iter().next() {
-                if let Some(content) = choice.delta.and_then(|d| d.content) {
-                    if !content.0.is_empty() {
-                        acc.push(&Delta::text(content.0.into_owned()));
-                    }
+                if let Some(content) = choice.delta.and_then(|d| d.content)
+                    && !content.0.is_empty()
+                {
+                    acc.push(&Delta::text(content.0.into_owned()));
                 }
                 if choice.finish_reason.is_some() {
                     acc.push(&Delta::finish(FinishReason::Stop));

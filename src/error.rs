@@ -106,6 +106,9 @@ pub enum Error {
         /// The chat that is busy.
         chat_id: String,
     },
+    /// The service is shutting down and takes no new work.
+    #[error("shutting down")]
+    ShuttingDown,
     /// A message store backend failed.
     #[error("{backend} store: {message}")]
     Store {
@@ -208,6 +211,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::AlreadyExists { .. } => "already_exists",
             Error::Busy { .. } => "busy",
+            Error::ShuttingDown => "shutting_down",
             Error::Store { .. } => "store",
             Error::Hub { .. } => "hub",
             Error::Config(_) => "config",

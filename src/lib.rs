@@ -73,3 +73,8 @@ pub use session::{
 };
 
 pub use store::{DynMessageStore, MessageStore, MessageStoreExt};
+
+// The README's code examples are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -57,7 +57,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::{StreamExt, stream};
 use tokio::time::{Instant, Interval};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Accumulator, ChatId, ChatRequest, Delta, Error, Message, MessageId, MessageStatus,
@@ -211,6 +211,10 @@ struct Inner {
     store: DynMessageStore,
     hub: DynStreamHub,
     settings: Settings,
+    /// Every reply task, so that shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Fired when shutdown stops waiting: live replies end as `interrupted`.
+    shutdown: CancellationToken,
 }
 
 /// The conversations of an application: owns the provider, the store, the hub and the settings,
@@ -320,6 +324,8 @@ impl ChatServiceBuilder {
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
                 hub: self.hub.unwrap_or_else(|| Arc::new(LocalHub::new())),
                 settings: self.settings,
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
             }),
         })
     }
@@ -357,6 +363,40 @@ impl ChatService {
     /// Stops the live reply of a chat (see [`ChatSession::cancel`]).
     pub async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
         self.inner.hub.terminate(chat_id).await
+    }
+
+    /// Shuts the service down: new sends are refused, live replies get `grace` to finish, and
+    /// those still running then are stopped (upstream closed) and persisted as `interrupted`.
+    /// Returns once every reply's final state is written.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+    /// use chatstream::{ChatService, provider::DemoProvider};
+    /// use std::{sync::Arc, time::Duration};
+    ///
+    /// let service = ChatService::builder().provider(Arc::new(DemoProvider::new())).build()?;
+    /// service.shutdown(Duration::from_secs(5)).await;
+    /// assert!(service.is_shutting_down());
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                live = self.inner.tasks.len(),
+                "grace period over; interrupting live replies"
+            );
+            self.inner.shutdown.cancel();
+            self.inner.tasks.wait().await;
+        }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called: sends fail from then on.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.tasks.is_closed()
     }
 }
 
@@ -448,6 +488,9 @@ impl ChatSession for Session {
             return Err(Error::invalid("message", "the message is empty"));
         }
         let inner = &self.service.inner;
+        if inner.tasks.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
         inner.store.get_or_create_chat(&self.chat_id).await?;
         let key = input.client_message_id.as_deref();
         // A repeat of a recent send needs neither the hub nor a write.
@@ -626,7 +669,7 @@ impl Session {
             finished: finished.clone(),
             message: assistant.clone(),
         };
-        tokio::spawn(run.run(request));
+        inner.tasks.spawn(run.run(request));
         Ok(ReplyHandle {
             chat_id: self.chat_id.clone(),
             user_message: user,
@@ -744,6 +787,8 @@ enum End {
     Complete,
     Cancelled,
     Failed(Error),
+    /// The service shut down before the reply finished.
+    Interrupted,
 }
 
 /// The task of one reply: provider stream in, hub events and store checkpoints out.
@@ -772,6 +817,8 @@ impl ReplyRun {
         let mut acc = Accumulator::new();
         let token = self.cancel.clone();
         let mut cancelled = pin!(token.cancelled());
+        let shutdown = service.shutdown.clone();
+        let mut shutting_down = pin!(shutdown.cancelled());
         let mut checkpoint_due = pin!(tokio::time::sleep(Duration::ZERO));
         let mut unsaved: u64 = 0;
         let mut watch = settings.unwatched_timeout.map(|t| {
@@ -784,6 +831,7 @@ impl ReplyRun {
             tokio::select! {
                 biased;
                 () = &mut cancelled => break End::Cancelled,
+                () = &mut shutting_down => break End::Interrupted,
                 () = &mut checkpoint_due, if unsaved > 0 => {
                     self.checkpoint(&acc).await;
                     unsaved = 0;
@@ -870,6 +918,7 @@ impl ReplyRun {
             End::Complete => (MessageStatus::Complete, None),
             End::Cancelled => (MessageStatus::Cancelled, None),
             End::Failed(e) => (MessageStatus::Failed, Some(e)),
+            End::Interrupted => (MessageStatus::Interrupted, Some(Error::ShuttingDown)),
         };
         if let Some(e) = &error
             && let Err(hub_error) = publisher.publish(EventPayload::error(e)).await

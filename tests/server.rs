@@ -1,4 +1,5 @@
 //! The server example's HTTP contract, served on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // The example is a binary; its modules are compiled into this test, where some of their items
 // are unused.
@@ -23,20 +24,31 @@ mod stateless;
 
 use std::{sync::Arc, time::Duration};
 
-use chatstream::{DynProvider, Error, Script, ScriptedProvider, provider::DemoProvider};
+use chatstream::{
+    ChatRequest, DynProvider, Error, FinishReason, Script, ScriptedProvider,
+    provider::{DemoProvider, OpenAiProvider},
+    store::{DynMessageStore, MemoryStore},
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 struct Server {
     base: String,
     client: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
 }
 
 async fn serve(provider: DynProvider, config: config::Config) -> Server {
+    serve_on(provider, Arc::new(MemoryStore::new()), config).await
+}
+
+async fn serve_on(provider: DynProvider, store: DynMessageStore, config: config::Config) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = chatstream::ChatService::builder()
         .provider(provider.clone())
+        .store(store)
+        .checkpoint(Duration::from_millis(50), 8)
         .build()
         .unwrap();
     let state = app::AppState {
@@ -45,10 +57,11 @@ async fn serve(provider: DynProvider, config: config::Config) -> Server {
         provider,
         config: Arc::new(config),
     };
-    tokio::spawn(async move { axum::serve(listener, app::app(state)).await.unwrap() });
+    let task = tokio::spawn(async move { axum::serve(listener, app::app(state)).await.unwrap() });
     Server {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
+        task,
     }
 }
 
@@ -308,4 +321,681 @@ fn configuration_from_the_environment() {
     let e = config::Config::from_lookup(env(&[("CHATSTREAM_PROVIDER", "gpt")])).unwrap_err();
     assert!(e.contains("openai, anthropic or demo"), "{e}");
     assert!(config::Config::from_lookup(env(&[("CHATSTREAM_ADDR", "nope")])).is_err());
+}
+
+// ---- the stateful endpoints ----
+
+/// One server-sent event as a client sees it.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+fn sse_events(resp: reqwest::Response) -> impl futures::Stream<Item = Sse> {
+    sse_stream::SseByteStream::new(resp.bytes_stream()).filter_map(|e| async move {
+        let e = e.unwrap();
+        let data = e.data?;
+        Some(Sse {
+            id: e.id.map(|i| i.parse().unwrap()),
+            event: e.event.unwrap_or_else(|| "message".into()),
+            data: serde_json::from_str(&data).unwrap(),
+        })
+    })
+}
+
+fn text_of(events: &[Sse]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "delta" && e.data["type"] == "text")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect()
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, chat: &str, content: &str, key: Option<&str>) -> reqwest::Response {
+        let mut body = json!({"chatId": chat, "content": content, "sender": "user"});
+        if let Some(key) = key {
+            body["clientMessageId"] = json!(key);
+        }
+        self.client
+            .post(self.url("/api/messages"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stream(&self, chat: &str, last_event_id: Option<u64>) -> reqwest::Response {
+        let mut req = self.client.get(self.url(&format!("/api/stream/{chat}")));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn history(&self, chat: &str) -> Vec<Value> {
+        let resp = self
+            .client
+            .get(self.url(&format!("/api/messages/{chat}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Waits until the chat's newest message has left `streaming`.
+    async fn settled_history(&self, chat: &str) -> Vec<Value> {
+        for _ in 0..500 {
+            let h = self.history(chat).await;
+            if h.last().is_some_and(|m| m["status"] != "streaming") {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the reply in {chat} never settled");
+    }
+}
+
+fn slow_reply(words: usize, delay_ms: u64) -> Script {
+    let mut script = Script::new().per_delta_delay(Duration::from_millis(delay_ms));
+    for i in 0..words {
+        script = script.text(format!("w{i} "));
+    }
+    script.finish(FinishReason::Stop).usage(3, words as u64)
+}
+
+fn words(n: usize) -> String {
+    (0..n).map(|i| format!("w{i} ")).collect()
+}
+
+#[tokio::test]
+async fn chats_are_created_listed_and_deleted() {
+    let s = demo().await;
+    let resp = s
+        .client
+        .post(s.url("/api/chats"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let generated: Value = resp.json().await.unwrap();
+    assert!(generated["id"].as_str().is_some_and(|id| !id.is_empty()));
+    let resp = s
+        .client
+        .post(s.url("/api/chats"))
+        .json(&json!({"id": "my-chat", "title": "Mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let again = s
+        .client
+        .post(s.url("/api/chats"))
+        .json(&json!({"id": "my-chat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(again).await, (409, "already_exists".into()));
+    let bad = s
+        .client
+        .post(s.url("/api/chats"))
+        .json(&json!({"id": "no spaces"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(bad).await, (400, "invalid_chat_id".into()));
+    let list: Vec<Value> = s
+        .client
+        .get(s.url("/api/chats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<_> = list.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"my-chat") && ids.len() == 2, "{ids:?}");
+    assert_eq!(
+        list.iter().find(|c| c["id"] == "my-chat").unwrap()["title"],
+        "Mine"
+    );
+    let del = s
+        .client
+        .delete(s.url("/api/chats/my-chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let del = s
+        .client
+        .delete(s.url("/api/chats/my-chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(del).await, (404, "not_found".into()));
+    let del = s
+        .client
+        .delete(s.url("/api/chats/bad%20id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(del).await, (400, "invalid_chat_id".into()));
+}
+
+#[tokio::test]
+async fn a_message_streams_a_reply_that_lands_in_history() {
+    let s = demo().await;
+    assert!(
+        s.history("fresh").await.is_empty(),
+        "a chat with no messages gives []"
+    );
+    let resp = s.send("fresh", "Tell me <b>something</b>", None).await;
+    assert_eq!(resp.status(), 202);
+    let sent: Value = resp.json().await.unwrap();
+    assert_eq!(sent["userMessage"]["content"], "Tell me <b>something</b>");
+    assert_eq!(sent["userMessage"]["role"], "user");
+    let assistant_id = sent["assistantMessageId"].as_str().unwrap().to_string();
+
+    let resp = s.stream("fresh", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let events: Vec<Sse> = sse_events(resp).collect().await;
+    assert_eq!(events[0].event, "start");
+    assert_eq!(events[0].id, Some(1));
+    assert_eq!(events[0].data["messageId"], assistant_id.as_str());
+    assert_eq!(events[0].data["userMessageId"], sent["userMessage"]["id"]);
+    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let done = events.last().unwrap();
+    assert_eq!(done.event, "done");
+    assert_eq!(done.data["status"], "complete");
+    assert_eq!(done.data["finishReason"], "stop");
+    let expected = DemoProvider::reply_for(&ChatRequest::user("Tell me <b>something</b>"));
+    assert_eq!(text_of(&events), expected);
+
+    // Nothing more to send to a client that saw the end: 204 stops EventSource reconnecting.
+    let after_end = s.stream("fresh", done.id).await;
+    assert_eq!(after_end.status(), 204);
+    let unknown = s.stream("never-used", None).await;
+    assert_eq!(unknown.status(), 204);
+
+    let history = s.history("fresh").await;
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1]["id"], assistant_id.as_str());
+    assert_eq!(history[1]["status"], "complete");
+    assert_eq!(history[1]["content"], expected.as_str());
+    assert!(
+        history[1]["reasoning"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_resumes_with_last_event_id() {
+    let provider = ScriptedProvider::new().repeat(slow_reply(40, 5));
+    let s = serve(Arc::new(provider), config::Config::default()).await;
+    for cut in [1u64, 2, 7, 20] {
+        let chat = format!("resume-{cut}");
+        assert_eq!(s.send(&chat, "go", None).await.status(), 202);
+        let mut first = Box::pin(sse_events(s.stream(&chat, None).await));
+        let mut seen = Vec::new();
+        while seen.last().is_none_or(|e: &Sse| e.id.unwrap() < cut) {
+            seen.push(first.next().await.unwrap());
+        }
+        drop(first); // the connection drops mid-reply
+        let rest: Vec<Sse> = sse_events(s.stream(&chat, seen.last().unwrap().id).await)
+            .collect()
+            .await;
+        assert!(rest.iter().all(|e| e.id.unwrap() > cut));
+        seen.extend(rest);
+        assert_eq!(text_of(&seen), words(40), "cut after {cut}");
+        assert_eq!(seen.iter().filter(|e| e.event == "start").count(), 1);
+        assert_eq!(seen.last().unwrap().event, "done");
+    }
+    // ?after=N works like Last-Event-ID.
+    let all: Vec<Sse> = sse_events(
+        s.client
+            .get(s.url("/api/stream/resume-1?after=3"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .collect()
+    .await;
+    assert!(all.iter().all(|e| e.id.unwrap() > 3));
+    let bad = s
+        .client
+        .get(s.url("/api/stream/resume-1"))
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(bad).await, (400, "invalid_last_event_id".into()));
+}
+
+#[tokio::test]
+async fn a_send_while_busy_is_409_and_a_repeat_is_idempotent() {
+    let provider = ScriptedProvider::new().repeat(slow_reply(30, 10));
+    let s = serve(Arc::new(provider.clone()), config::Config::default()).await;
+    let first: Value = s
+        .send("busy", "one", Some("key-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let repeat = s.send("busy", "one", Some("key-1")).await;
+    assert_eq!(repeat.status(), 202);
+    let repeat: Value = repeat.json().await.unwrap();
+    assert_eq!(repeat["userMessage"]["id"], first["userMessage"]["id"]);
+    assert_eq!(repeat["assistantMessageId"], first["assistantMessageId"]);
+    let other = s.send("busy", "two", Some("key-2")).await;
+    assert_eq!(error_of(other).await, (409, "busy".into()));
+    let history = s.settled_history("busy").await;
+    assert_eq!(history.len(), 2, "one user message, one reply");
+    assert_eq!(provider.started(), 1);
+    // After the reply ended, the same key still returns the original.
+    let late: Value = s
+        .send("busy", "one", Some("key-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(late["userMessage"]["id"], first["userMessage"]["id"]);
+    assert_eq!(s.history("busy").await.len(), 2);
+}
+
+#[tokio::test]
+async fn bad_stateful_input_gets_json_errors_and_writes_nothing() {
+    let s = demo().await;
+    let post = |body: Value| s.client.post(s.url("/api/messages")).json(&body).send();
+    let cases = [
+        (
+            json!({"chatId": "bad id", "content": "x"}),
+            400,
+            "invalid_chat_id",
+        ),
+        (
+            json!({"chatId": "x".repeat(65), "content": "x"}),
+            400,
+            "invalid_chat_id",
+        ),
+        (
+            json!({"chatId": "c", "content": "   "}),
+            400,
+            "empty_content",
+        ),
+        (json!({"chatId": "c"}), 422, "invalid_body"),
+        (
+            json!({"chatId": "c", "content": "x", "sender": "bot"}),
+            422,
+            "invalid_sender",
+        ),
+        (
+            json!({"chatId": "c", "content": "x", "clientMessageId": ""}),
+            400,
+            "invalid_client_message_id",
+        ),
+    ];
+    for (body, status, code) in cases {
+        assert_eq!(
+            error_of(post(body.clone()).await.unwrap()).await,
+            (status, code.into()),
+            "{body}"
+        );
+    }
+    let list: Vec<Value> = s
+        .client
+        .get(s.url("/api/chats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.is_empty(), "nothing was written: {list:?}");
+    let bad_cursor = s
+        .client
+        .get(s.url("/api/messages/c?before=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(bad_cursor).await,
+        (400, "invalid_message_id".into())
+    );
+    let bad_limit = s
+        .client
+        .get(s.url("/api/messages/c?limit=lots"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(bad_limit).await, (400, "bad_query".into()));
+    let bad_chat = s
+        .client
+        .get(s.url("/api/messages/a%2Fb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(bad_chat).await, (400, "invalid_chat_id".into()));
+}
+
+#[tokio::test]
+async fn history_pages_with_a_cursor() {
+    let s = demo().await;
+    for i in 0..3 {
+        assert_eq!(s.send("paged", &format!("m{i}"), None).await.status(), 202);
+        s.settled_history("paged").await;
+    }
+    let newest: Vec<Value> = s
+        .client
+        .get(s.url("/api/messages/paged?limit=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 2);
+    assert_eq!(newest[0]["content"], "m2");
+    let cursor = newest[0]["id"].as_str().unwrap();
+    let older: Vec<Value> = s
+        .client
+        .get(s.url(&format!("/api/messages/paged?limit=10&before={cursor}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 4);
+    assert_eq!(older[0]["content"], "m0");
+}
+
+/// A raw upstream that speaks OpenAI SSE slowly and reports when the client closes.
+async fn slow_openai_upstream() -> (String, tokio::sync::oneshot::Receiver<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let _ = sock.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let mut sent = 0;
+        for i in 0..1000 {
+            let event = format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            );
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if sock.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = closed_tx.send(sent);
+    });
+    (format!("http://{addr}/v1"), closed_rx)
+}
+
+#[tokio::test]
+async fn terminate_closes_the_upstream_and_persists_cancelled() {
+    let (base, closed) = slow_openai_upstream().await;
+    let provider = OpenAiProvider::builder()
+        .base_url(base)
+        .model("m")
+        .build()
+        .unwrap();
+    let s = serve(Arc::new(provider), config::Config::default()).await;
+    assert_eq!(s.send("stop-me", "go", None).await.status(), 202);
+    let mut events = Box::pin(sse_events(s.stream("stop-me", None).await));
+    let mut seen = Vec::new();
+    while seen.iter().filter(|e: &&Sse| e.event == "delta").count() < 3 {
+        seen.push(events.next().await.unwrap());
+    }
+    let resp: Value = s
+        .client
+        .post(s.url("/api/stream/stop-me/terminate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp, json!({"terminated": true}));
+    let sent = tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the upstream saw the connection close")
+        .unwrap();
+    assert!(
+        sent < 1000,
+        "the upstream stopped sending after {sent} chunks"
+    );
+    seen.extend(events.collect::<Vec<_>>().await);
+    let done = seen.last().unwrap();
+    assert_eq!(
+        (done.event.as_str(), &done.data["status"]),
+        ("done", &json!("cancelled"))
+    );
+    let history = s.settled_history("stop-me").await;
+    assert_eq!(history[1]["status"], "cancelled");
+    assert_eq!(history[1]["content"].as_str().unwrap(), text_of(&seen));
+    let again: Value = s
+        .client
+        .post(s.url("/api/stream/stop-me/terminate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, json!({"terminated": false}));
+}
+
+#[tokio::test]
+async fn twenty_chats_stream_at_once() {
+    let s = serve(
+        Arc::new(DemoProvider::new().with_delay(Duration::from_millis(1))),
+        config::Config::default(),
+    )
+    .await;
+    let s = Arc::new(s);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let chat = format!("many-{i}");
+                let prompt = format!("question number {i}");
+                assert_eq!(s.send(&chat, &prompt, None).await.status(), 202);
+                let events: Vec<Sse> = sse_events(s.stream(&chat, None).await).collect().await;
+                assert_eq!(
+                    text_of(&events),
+                    DemoProvider::reply_for(&ChatRequest::user(prompt))
+                );
+                assert_eq!(events.last().unwrap().data["status"], "complete");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_restart_on_the_same_sqlite_file_keeps_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let demo: DynProvider = Arc::new(DemoProvider::new().with_delay(Duration::ZERO));
+    let first = serve_on(
+        demo.clone(),
+        chatstream::store::open(&url).await.unwrap(),
+        config::Config::default(),
+    )
+    .await;
+    assert_eq!(first.send("kept", "remember me", None).await.status(), 202);
+    let before = first.settled_history("kept").await;
+    first.task.abort();
+    let second = serve_on(
+        demo,
+        chatstream::store::open(&url).await.unwrap(),
+        config::Config::default(),
+    )
+    .await;
+    let after = second.history("kept").await;
+    assert_eq!(after, before);
+    assert_eq!(after[0]["content"], "remember me");
+}
+
+// ---- the real binary, killed and restarted ----
+
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+/// Starts the example's binary (built by `cargo test` next to this test's own binary).
+fn start_server(db_url: &str, extra: &[(&str, &str)]) -> Process {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test`, which builds the examples",
+        bin.display()
+    );
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CHATSTREAM_ADDR", "127.0.0.1:0")
+        .env("CHATSTREAM_DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    // "chatstream listening on http://ADDR (provider …, model …, store …)"
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    assert!(line.contains("provider demo"), "{line}");
+    Process { child, base }
+}
+
+impl Process {
+    fn server(&self) -> Server {
+        Server {
+            base: self.base.clone(),
+            client: reqwest::Client::new(),
+            task: tokio::spawn(async {}),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_the_reply_interrupted_with_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let mut p = start_server(&url, &[]);
+    let s = p.server();
+    assert_eq!(
+        s.send("crash", "please write a long answer", None)
+            .await
+            .status(),
+        202
+    );
+    let mut events = Box::pin(sse_events(s.stream("crash", None).await));
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .filter(|e: &&Sse| e.event == "delta" && e.data["type"] == "text")
+        .count()
+        < 12
+    {
+        seen.push(events.next().await.unwrap());
+    }
+    // Past at least one checkpoint interval (250 ms) of the demo's 30 ms tokens.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    drop(events);
+
+    let p2 = start_server(&url, &[]);
+    let history = p2.server().history("crash").await;
+    let reply = &history[1];
+    assert_eq!(reply["status"], "interrupted");
+    let content = reply["content"].as_str().unwrap();
+    let full = DemoProvider::reply_for(&ChatRequest::user("please write a long answer"));
+    assert!(
+        content.len() >= text_of(&seen).len(),
+        "the checkpoint holds what was streamed before"
+    );
+    assert!(
+        full.starts_with(content) && content.len() < full.len(),
+        "{content:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully_and_persists_live_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let mut p = start_server(&url, &[("CHATSTREAM_SHUTDOWN_GRACE_SECS", "0")]);
+    let s = p.server();
+    assert_eq!(
+        s.send("term", "a long reply please", None).await.status(),
+        202
+    );
+    let mut events = Box::pin(sse_events(s.stream("term", None).await));
+    while events.next().await.unwrap().data["type"] != "text" {}
+    let pid = p.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The open event stream ends with the reply's end, and the process exits by itself.
+    let rest: Vec<Sse> = events.collect().await;
+    assert_eq!(rest.last().unwrap().data["status"], "interrupted");
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let p2 = start_server(&url, &[]);
+    let history = p2.server().history("term").await;
+    assert_eq!(history[1]["status"], "interrupted");
+    assert!(!history[1]["content"].as_str().unwrap().is_empty());
 }

@@ -22,7 +22,18 @@ use tokio::time::Instant;
 
 /// Every store the session tests run against.
 async fn stores() -> Vec<DynMessageStore> {
-    vec![Arc::new(MemoryStore::new())]
+    vec![Arc::new(MemoryStore::new()), sqlite_store().await]
+}
+
+/// A SQLite file store in a fresh temp dir (kept until the process ends: the crash test needs
+/// the file to outlive the runtime the store was opened on).
+async fn sqlite_store() -> DynMessageStore {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Arc::new(
+        chatstream::store::SqliteStore::open_path(dir.join("session.db"))
+            .await
+            .unwrap(),
+    )
 }
 
 fn service(provider: &ScriptedProvider, store: DynMessageStore) -> ChatService {
@@ -801,6 +812,41 @@ fn a_crash_leaves_the_last_checkpoint_interrupted(store: DynMessageStore) {
     });
 }
 
+async fn shutdown_interrupts_replies_after_the_grace_period(store: DynMessageStore) {
+    let quick = ScriptedProvider::new()
+        .then(Script::reply(["done", " in time"]).per_delta_delay(Duration::from_millis(5)));
+    let first = service(&quick, store.clone());
+    let reply = first.session(chat()).send("a".into()).await.unwrap();
+    let finished_in_time = reply.assistant_message_id;
+    first.shutdown(Duration::from_secs(2)).await;
+    let m = message(&store, finished_in_time).await;
+    assert_eq!(
+        (m.status, m.content.as_str()),
+        (MessageStatus::Complete, "done in time")
+    );
+
+    let mut script = Script::new();
+    for i in 0..5 {
+        script = script.text(format!("{i} "));
+    }
+    let slow = ScriptedProvider::new().then(script.stall());
+    let service = service(&slow, store.clone());
+    let mut reply = service.session(chat()).send("b".into()).await.unwrap();
+    read_texts(&mut reply.events, 5).await;
+    service.shutdown(Duration::from_millis(300)).await;
+    assert!(service.is_shutting_down());
+    assert_eq!(slow.open_streams(), 0, "the upstream is closed");
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(m.status, MessageStatus::Interrupted);
+    assert_eq!(m.content, "0 1 2 3 4 ");
+    let d = drain(reply.events).await;
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Interrupted));
+    assert!(matches!(
+        service.session(chat()).send("c".into()).await,
+        Err(Error::ShuttingDown)
+    ));
+}
+
 macro_rules! for_every_store {
     ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         $(
@@ -822,10 +868,40 @@ mod every_store {
         text_reply_is_persisted_complete,
         #[tokio::test]
         cancel_mid_reply_persists_the_partial_reply,
-        #[tokio::test(start_paused = true)]
-        resending_a_client_message_id_returns_the_same_reply,
         #[tokio::test]
         a_second_send_while_live_is_busy,
+        #[tokio::test]
+        failing_checkpoints_do_not_stop_the_reply,
+        #[tokio::test]
+        a_failed_reply_is_persisted_failed_with_an_error_event,
+        #[tokio::test]
+        retry_notices_pass_through_without_touching_the_text,
+        #[tokio::test]
+        the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
+    );
+
+    #[test]
+    fn a_crash_leaves_the_last_checkpoint_interrupted() {
+        let stores = tokio::runtime::Runtime::new().unwrap().block_on(stores());
+        for store in stores {
+            super::a_crash_leaves_the_last_checkpoint_interrupted(store);
+        }
+    }
+}
+
+/// Tests written on tokio's paused clock run on the memory store. A database on its own thread
+/// (sqlx's SQLite worker) lets the paused clock jump ahead while a query runs, so on SQLite the
+/// same tests run on the real clock instead (their delays are a few milliseconds); the tests of
+/// exact timing (checkpoint cadence, grace period, unwatched timeout, slow subscriber) measure
+/// the session's timers, not the store, and run on the memory store only.
+mod paused_on_memory {
+    async fn stores() -> Vec<super::DynMessageStore> {
+        vec![std::sync::Arc::new(super::MemoryStore::new())]
+    }
+
+    for_every_store!(
+        #[tokio::test(start_paused = true)]
+        resending_a_client_message_id_returns_the_same_reply,
         #[tokio::test(start_paused = true)]
         a_late_subscriber_replays_exactly,
         #[tokio::test(start_paused = true)]
@@ -838,27 +914,34 @@ mod every_store {
         a_slow_subscriber_does_not_delay_a_fast_one,
         #[tokio::test(start_paused = true)]
         checkpoints_follow_time_or_count,
-        #[tokio::test]
-        failing_checkpoints_do_not_stop_the_reply,
-        #[tokio::test]
-        a_failed_reply_is_persisted_failed_with_an_error_event,
-        #[tokio::test]
-        retry_notices_pass_through_without_touching_the_text,
-        #[tokio::test]
-        the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
         #[tokio::test(start_paused = true)]
         finished_replies_expire_after_the_grace_period,
         #[tokio::test(start_paused = true)]
         an_unwatched_reply_is_cancelled_after_the_timeout,
+        #[tokio::test(start_paused = true)]
+        shutdown_interrupts_replies_after_the_grace_period,
     );
+}
 
-    #[test]
-    fn a_crash_leaves_the_last_checkpoint_interrupted() {
-        let stores = tokio::runtime::Runtime::new().unwrap().block_on(stores());
-        for store in stores {
-            super::a_crash_leaves_the_last_checkpoint_interrupted(store);
-        }
+mod real_time_on_sqlite {
+    async fn stores() -> Vec<super::DynMessageStore> {
+        vec![super::sqlite_store().await]
     }
+
+    for_every_store!(
+        #[tokio::test]
+        resending_a_client_message_id_returns_the_same_reply,
+        #[tokio::test]
+        a_late_subscriber_replays_exactly,
+        #[tokio::test]
+        resume_after_n_loses_and_doubles_nothing,
+        #[tokio::test]
+        dropping_every_subscriber_does_not_stop_the_reply,
+        #[tokio::test]
+        two_hundred_chats_stream_at_once,
+        #[tokio::test]
+        shutdown_interrupts_replies_after_the_grace_period,
+    );
 }
 
 #[tokio::test]

@@ -53,7 +53,8 @@ where
 /// The whole HTTP surface; `main` serves it, tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
-    Router::new()
+    let cors = cors(&state.config.cors_origins);
+    let router = Router::new()
         .route("/", get(index))
         .route("/api/chats", get(api::list_chats).post(api::create_chat))
         .route(
@@ -69,8 +70,57 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(openai_compat::models))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(request_log())
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// One log line per request, at `info`: method, path, status and latency.
+fn request_log() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    tower_http::trace::DefaultMakeSpan,
+    (),
+    tower_http::trace::DefaultOnResponse,
+> {
+    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+    TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+}
+
+/// CORS is off unless origins are configured (`CHATSTREAM_CORS_ORIGINS`, comma-separated).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring an invalid CORS origin");
+                None
+            }
+        })
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::DELETE,
+            ])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ]),
+    )
 }
 
 async fn index() -> Html<&'static str> {

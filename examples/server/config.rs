@@ -90,6 +90,12 @@ impl Config {
                 .map_err(|_| format!("CHATSTREAM_KEEP_ALIVE_SECS={secs:?} is not a number"))?;
             c.keep_alive = Duration::from_secs(secs.max(1));
         }
+        if let Some(secs) = get("CHATSTREAM_SHUTDOWN_GRACE_SECS") {
+            let secs: u64 = secs
+                .parse()
+                .map_err(|_| format!("CHATSTREAM_SHUTDOWN_GRACE_SECS={secs:?} is not a number"))?;
+            c.shutdown_grace = Duration::from_secs(secs);
+        }
         if let Some(origins) = get("CHATSTREAM_CORS_ORIGINS") {
             c.cors_origins = origins
                 .split(',')

@@ -59,6 +59,7 @@ impl From<chatstream::Error> for ApiError {
             | E::BadData { .. }
             | E::RetriesExhausted { .. } => StatusCode::BAD_GATEWAY,
             E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -20,7 +20,10 @@ use crate::config::{Config, ProviderKind};
 
 #[tokio::main]
 async fn main() {
+    // Logs go to standard error; standard output carries only the start-up line.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
@@ -63,6 +66,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         model,
         redact(&config.database_url),
     );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    // On a signal the listener stops accepting at once; live replies get the grace period, then
+    // are stopped and persisted `interrupted`, which ends their event streams so that the
+    // server's graceful shutdown can finish.
+    let replies_done = tokio::spawn({
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        let grace = config.shutdown_grace;
+        async move {
+            shutdown.cancelled().await;
+            service.shutdown(grace).await;
+        }
+    });
     let state = app::AppState {
         service,
         provider,
@@ -70,8 +87,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         config: Arc::new(config),
     };
     axum::serve(listener, app::app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
+    replies_done.await?;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -105,7 +124,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn shutdown_signal() {
+async fn watch_signals(shutdown: tokio_util::sync::CancellationToken) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -125,4 +144,5 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+    shutdown.cancel();
 }
