@@ -416,6 +416,50 @@ fn serve(
     }
 }
 
+#[test]
+fn ctrl_c_in_a_pipeline_stops_the_reply_and_exits_130() {
+    let upstream = SlowUpstream::start(true);
+    let sandbox = Sandbox::new(upstream.url.clone());
+    let mut command = sandbox.command();
+    command
+        .args(["--chat", "piped", "Tell me a long story"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("the cli starts");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("Partial answer") {
+        assert_eq!(
+            stdout.read(&mut byte).expect("read"),
+            1,
+            "the reply streams"
+        );
+        seen.push(byte[0]);
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    upstream
+        .closed
+        .recv_timeout(Duration::from_millis(EXPECT_TIMEOUT_MS))
+        .expect("the upstream connection is closed");
+    let status = child.wait().expect("the cli exits");
+    assert_eq!(status.code(), Some(130));
+
+    // The partial reply was kept: it is context for the chat's next message.
+    let mut command = sandbox.command();
+    command.args(["--chat", "piped", "Go on"]);
+    let out = command.output().expect("the cli runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Reply number 2.\n");
+    let requests = upstream.requests();
+    assert_eq!(requests[1].len(), 3, "{:?}", requests[1]);
+    assert!(requests[1][1].1.starts_with("Partial answer"));
+}
+
 fn spawn_pty(sandbox: &Sandbox, args: &[&str]) -> rexpect::session::PtySession {
     let mut command = sandbox.command();
     command.args(args).env("TERM", "xterm").env("NO_COLOR", "1");
