@@ -59,6 +59,7 @@ use crate::{
 
 pub mod local;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
 pub use local::LocalHub;
@@ -310,7 +311,7 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
 /// still generating are never touched, on this instance or another one sharing the hub.
 ///
 /// "Gone" is the hub's word: a reply is spared while its chat [is live](StreamHub::is_live)
-/// in the hub with this very reply (for the [`RedisHub`](crate::hub::RedisHub), while its
+/// in the hub with this very reply (for the `RedisHub`, while its
 /// owner's lease has not expired). Call it at start-up and then periodically (every lease or
 /// so): with a `RedisHub`, a dead instance's replies are marked once their lease expired, never
 /// earlier. With a [`LocalHub`] nothing is live at start-up, so it marks every streaming reply,
