@@ -35,7 +35,9 @@
 //!   and a cancel handle, read history; replies run detached and are checkpointed as they grow
 //!   ([`session`]).
 //! - [`StreamHub`]: live replies as numbered events, replayable after any event id, followed by
-//!   any number of subscribers, terminated by chat id — [`hub`] has the in-process [`LocalHub`].
+//!   any number of subscribers, terminated by chat id — [`hub`] has the in-process [`LocalHub`]
+//!   and, with the `redis` feature, `RedisHub` for several instances sharing live replies;
+//!   [`hub::recover_orphans`] marks the replies of a dead instance `interrupted`.
 //!
 //! ## Feature flags
 //!

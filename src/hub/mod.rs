@@ -5,6 +5,10 @@
 //! | in-process | [`LocalHub`] | always | one process (the default) |
 //! | Redis | `RedisHub` | `redis` | several instances sharing live replies |
 //!
+//! [`recover_orphans`] marks `interrupted` the stored replies whose generating process is gone,
+//! and only those: with several instances on one store and one Redis, call it at start-up and
+//! then periodically.
+//!
 //! A reply is a numbered sequence of [`HubEvent`]s: one [`EventPayload::Start`], any number of
 //! [`EventPayload::Delta`]s, an optional [`EventPayload::Error`] and exactly one
 //! [`EventPayload::Done`]. Sequence numbers start at 1 and increase within a reply; they are what
@@ -44,15 +48,23 @@
 use std::{fmt::Debug, sync::Arc};
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::{StreamExt, stream::BoxStream};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{ChatId, Delta, Error, FinishReason, MessageId, MessageStatus, Result, Usage};
+use crate::{
+    ChatId, Delta, Error, FinishReason, Message, MessageId, MessageStatus, MessageStore, Result,
+    Usage,
+};
 
 pub mod local;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 pub use local::LocalHub;
+#[cfg(feature = "redis")]
+pub use redis::{RedisHub, RedisHubBuilder};
 
 /// The events of one subscription: `Send + 'static`, so it can be handed to axum's `Sse`.
 pub type HubEventStream = BoxStream<'static, Result<HubEvent>>;
@@ -292,6 +304,79 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
         let _ = chat_id;
         Ok(None)
     }
+}
+
+/// Marks `interrupted` every stored reply left `streaming` whose generating process is gone,
+/// keeping its checkpointed content; returns how many it marked. Replies that some instance is
+/// still generating are never touched, on this instance or another one sharing the hub.
+///
+/// "Gone" is the hub's word: a reply is spared while its chat [is live](StreamHub::is_live)
+/// in the hub with this very reply (for the `RedisHub`, while its
+/// owner's lease has not expired). Call it at start-up and then periodically (every lease or
+/// so): with a `RedisHub`, a dead instance's replies are marked once their lease expired, never
+/// earlier. With a [`LocalHub`] nothing is live at start-up, so it marks every streaming reply,
+/// like [`MessageStore::recover_streaming`].
+///
+/// # Why it never marks a live reply
+///
+/// A session takes the chat in the hub ([`StreamHub::start`]) *before* it stores the streaming
+/// assistant message, and gives the chat back only *after* the message's final write. Recovery
+/// reads the store first ([`MessageStore::streaming_replies`]), then asks the hub about each
+/// reply, and marks it with a conditional write ([`MessageStore::interrupt_reply`]: only if
+/// still `streaming`). So a reply found streaming whose chat is not live either lost its owner,
+/// or finished in the meantime, and then the conditional write leaves its final state alone.
+/// A chat that is live with another reply (one started after this one's owner died) spares
+/// nothing while that reply's `start` event is not published yet: such a reply is marked on a
+/// later pass.
+///
+/// ```
+/// use chatstream::{Message, MessageStatus, MessageStore, hub::{LocalHub, recover_orphans}, store::MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+/// let store = MemoryStore::new();
+/// let chat = store.create_chat(None, None).await?;
+/// let left_behind = Message::assistant_streaming(chat.id.clone());
+/// store.append(&left_behind).await?;
+/// assert_eq!(recover_orphans(&store, &LocalHub::new()).await?, 1);
+/// let message = store.get_message(&left_behind.id).await?.expect("stored");
+/// assert_eq!(message.status, MessageStatus::Interrupted);
+/// # Ok(()) }
+/// ```
+pub async fn recover_orphans(store: &dyn MessageStore, hub: &dyn StreamHub) -> Result<u64> {
+    // The store first, the hub second: see "Why it never marks a live reply".
+    let streaming = store.streaming_replies().await?;
+    let mut marked = 0;
+    for message in streaming {
+        if generating(hub, &message).await? {
+            continue;
+        }
+        if store.interrupt_reply(&message.id).await? {
+            tracing::info!(chat_id = %message.chat_id, message_id = %message.id, "marked a reply whose process is gone as interrupted");
+            marked += 1;
+        }
+    }
+    Ok(marked)
+}
+
+/// Whether the hub may have a live generation of this reply.
+async fn generating(hub: &dyn StreamHub, message: &Message) -> Result<bool> {
+    if !hub.is_live(&message.chat_id).await? {
+        return Ok(false);
+    }
+    let Some(mut events) = hub.subscribe(&message.chat_id, None).await? else {
+        // Finished since: its final write came first.
+        return Ok(false);
+    };
+    // The live reply's `start` names its message; a reply still starting may not have published
+    // it yet, and counts as this one (spared) until a later pass.
+    let first = tokio::time::timeout(std::time::Duration::from_millis(250), events.next()).await;
+    Ok(match first {
+        Ok(Some(Ok(event))) => match &*event.payload {
+            EventPayload::Start { message_id, .. } => message_id == &message.id,
+            _ => true,
+        },
+        _ => true,
+    })
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     chats(store).await;
     unicode_and_large(store).await;
     recovery(store).await;
+    reply_recovery(store).await;
 }
 
 #[track_caller]
@@ -801,6 +802,100 @@ pub async fn recovery(store: &dyn MessageStore) {
         get(user.id).await,
         user,
         "[{b}] user messages are never touched"
+    );
+}
+
+/// Recovery one reply at a time: `streaming_replies` lists the assistant replies still streaming
+/// (and nothing else), `interrupt_reply` marks one of them `interrupted` with its checkpointed
+/// content, and leaves finished replies and other messages alone.
+pub async fn reply_recovery(store: &dyn MessageStore) {
+    let b = store.backend();
+    let chat = new_chat(store).await;
+    let user = message_at(&chat.id, Role::User, "question", now());
+    ok(store, store.append(&user).await, "append");
+    let mut first = Message::assistant_streaming(chat.id.clone()).replying_to(user.id);
+    first.content = "checkpointed".into();
+    ok(store, store.append(&first).await, "append streaming reply");
+    let second = Message::assistant_streaming(chat.id.clone());
+    ok(store, store.append(&second).await, "append streaming reply");
+    let mut done = message_at(&chat.id, Role::Assistant, "finished", now());
+    done.status = MessageStatus::Complete;
+    ok(store, store.append(&done).await, "append finished reply");
+
+    let listed = ok(store, store.streaming_replies().await, "streaming_replies");
+    let mine: Vec<MessageId> = listed
+        .iter()
+        .filter(|m| m.chat_id == chat.id)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        mine,
+        [first.id, second.id],
+        "[{b}] streaming_replies lists exactly the streaming assistant replies, oldest first"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|m| m.role == Role::Assistant && m.status == MessageStatus::Streaming),
+        "[{b}] streaming_replies lists only streaming assistant messages"
+    );
+    let listed_first = listed.iter().find(|m| m.id == first.id);
+    assert_eq!(
+        listed_first.map(|m| m.content.as_str()),
+        Some("checkpointed"),
+        "[{b}] streaming_replies returns the checkpointed content"
+    );
+
+    assert!(
+        ok(
+            store,
+            store.interrupt_reply(&first.id).await,
+            "interrupt_reply"
+        ),
+        "[{b}] a streaming reply is interrupted"
+    );
+    assert!(
+        !ok(
+            store,
+            store.interrupt_reply(&first.id).await,
+            "interrupt_reply again"
+        ),
+        "[{b}] a reply already interrupted does not change again"
+    );
+    for id in [done.id, user.id, MessageId::generate()] {
+        assert!(
+            !ok(store, store.interrupt_reply(&id).await, "interrupt_reply"),
+            "[{b}] only streaming assistant replies can be interrupted"
+        );
+    }
+    let got = ok(store, store.get_message(&first.id).await, "get_message");
+    let Some(got) = got else {
+        panic!("[{b}] message vanished")
+    };
+    assert_eq!(
+        (got.status, got.content.as_str()),
+        (MessageStatus::Interrupted, "checkpointed"),
+        "[{b}] interrupt_reply keeps the checkpointed content"
+    );
+    assert_eq!(
+        ok(store, store.get_message(&done.id).await, "get_message"),
+        Some(done.clone()),
+        "[{b}] finished replies are never touched"
+    );
+    let still: Vec<MessageId> = ok(store, store.streaming_replies().await, "streaming_replies")
+        .iter()
+        .filter(|m| m.chat_id == chat.id)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        still,
+        [second.id],
+        "[{b}] the other reply is still streaming"
+    );
+    ok(
+        store,
+        store.interrupt_reply(&second.id).await,
+        "interrupt_reply",
     );
 }
 

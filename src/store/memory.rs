@@ -265,4 +265,28 @@ impl MessageStore for MemoryStore {
         }
         Ok(changed)
     }
+
+    async fn streaming_replies(&self) -> Result<Vec<Message>> {
+        let inner = self.lock();
+        let mut found: Vec<_> = inner
+            .messages
+            .values()
+            .filter(|(_, m)| m.role == Role::Assistant && m.status == MessageStatus::Streaming)
+            .cloned()
+            .collect();
+        found.sort_by_key(|(seq, m)| (m.created_at, *seq));
+        Ok(found.into_iter().map(|(_, m)| m).collect())
+    }
+
+    async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
+        let mut inner = self.lock();
+        match inner.messages.get_mut(id) {
+            Some((_, m)) if m.role == Role::Assistant && m.status == MessageStatus::Streaming => {
+                m.status = MessageStatus::Interrupted;
+                m.updated_at = Utc::now();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }

@@ -184,6 +184,61 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// checkpoint is older than that are touched (so live replies of other processes are left
     /// alone). Call it on start-up to recover from a crash.
     async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64>;
+
+    /// Every assistant message still `streaming`, oldest first: the replies some process is
+    /// generating, or left behind when it died. Recovery with several instances
+    /// ([`hub::recover_orphans`](crate::hub::recover_orphans)) checks each against the hub.
+    ///
+    /// The default walks every chat's history; the crate's backends answer with one query.
+    async fn streaming_replies(&self) -> Result<Vec<Message>> {
+        let mut found = Vec::new();
+        let mut offset = 0;
+        loop {
+            let chats = self.list_chats(ChatPage { limit: 100, offset }).await?;
+            for chat in &chats {
+                let mut before = None;
+                loop {
+                    let page = self
+                        .history(&chat.id, HistoryPage { limit: 100, before })
+                        .await?;
+                    found.extend(page.iter().filter(|m| is_streaming_reply(m)).cloned());
+                    if page.len() < 100 {
+                        break;
+                    }
+                    before = page.first().map(|m| m.id);
+                }
+            }
+            if chats.len() < 100 {
+                break;
+            }
+            offset += chats.len();
+        }
+        found.sort_by_key(|m| m.created_at);
+        Ok(found)
+    }
+
+    /// Marks one assistant message `interrupted` if it is still `streaming`, keeping its
+    /// checkpointed content; returns whether it changed. A reply that finished meanwhile is left
+    /// as it is.
+    ///
+    /// The default reads then writes, so it can race with the reply's own final write; the
+    /// crate's backends do it in one conditional statement.
+    async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
+        let Some(mut message) = self.get_message(id).await? else {
+            return Ok(false);
+        };
+        if !is_streaming_reply(&message) {
+            return Ok(false);
+        }
+        message.status = crate::MessageStatus::Interrupted;
+        message.updated_at = Utc::now();
+        self.update(&message).await?;
+        Ok(true)
+    }
+}
+
+fn is_streaming_reply(m: &Message) -> bool {
+    m.role == crate::Role::Assistant && m.status == crate::MessageStatus::Streaming
 }
 
 /// Conveniences for every [`MessageStore`].

@@ -524,6 +524,34 @@ impl MessageStore for SqliteStore {
         .map_err(err("recover streaming messages"))?;
         Ok(done.rows_affected())
     }
+
+    async fn streaming_replies(&self) -> Result<Vec<Message>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE status = 'streaming' AND role = 'assistant' \
+             ORDER BY created_at, seq"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("list streaming replies"))?
+        .iter()
+        .map(decode_message)
+        .collect()
+    }
+
+    async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'interrupted', updated_at = ? \
+             WHERE id = ? AND status = 'streaming' AND role = 'assistant'",
+        )
+        .bind(nanos(Utc::now())?)
+        .bind(id.as_uuid())
+        .execute(&self.pool)
+        .await
+        .map_err(err("interrupt reply"))?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 #[cfg(test)]
