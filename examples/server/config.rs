@@ -28,6 +28,11 @@ pub struct Config {
     pub provider: ProviderKind,
     pub model: Option<String>,
     pub redis_url: Option<String>,
+    /// The prefix of every Redis key (several deployments can share one Redis).
+    pub redis_prefix: String,
+    /// How long a live reply's lease lasts without renewal (how soon other instances may take
+    /// over the replies of an instance that died).
+    pub redis_lease: Option<Duration>,
     pub body_limit: usize,
     pub keep_alive: Duration,
     pub cors_origins: Vec<String>,
@@ -42,6 +47,8 @@ impl Default for Config {
             provider: ProviderKind::Demo,
             model: None,
             redis_url: None,
+            redis_prefix: "chatstream".into(),
+            redis_lease: None,
             body_limit: 1024 * 1024,
             keep_alive: Duration::from_secs(15),
             cors_origins: Vec::new(),
@@ -79,6 +86,15 @@ impl Config {
         };
         c.model = get("CHATSTREAM_MODEL");
         c.redis_url = get("CHATSTREAM_REDIS_URL");
+        if let Some(prefix) = get("CHATSTREAM_REDIS_PREFIX") {
+            c.redis_prefix = prefix;
+        }
+        if let Some(ms) = get("CHATSTREAM_REDIS_LEASE_MS") {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| format!("CHATSTREAM_REDIS_LEASE_MS={ms:?} is not a number"))?;
+            c.redis_lease = Some(Duration::from_millis(ms.max(100)));
+        }
         if let Some(limit) = get("CHATSTREAM_BODY_LIMIT") {
             c.body_limit = limit
                 .parse()

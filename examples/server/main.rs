@@ -18,6 +18,9 @@ use chatstream::{
 
 use crate::config::{Config, ProviderKind};
 
+/// How often an instance on Redis looks for replies whose owner died (their lease expired).
+const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[tokio::main]
 async fn main() {
     // Logs go to standard error; standard output carries only the start-up line.
@@ -43,28 +46,34 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| provider.default_model().to_string());
     let store = chatstream::store::open(&config.database_url).await?;
-    // One instance owns every reply in this store: whatever was streaming when the last run
-    // stopped is over.
-    let recovered = store.recover_streaming(None).await?;
-    if recovered > 0 {
-        tracing::warn!(
-            recovered,
-            "marked replies left streaming by the last run as interrupted"
-        );
-    }
+    let hub = app::open_hub(&config).await?;
     let service = ChatService::builder()
         .provider(provider.clone())
         .store(store)
+        .hub(hub)
         .build()?;
+    // Replies left streaming by an instance that is gone (this one's last run, or another
+    // instance whose lease expired) are marked interrupted, now and, with Redis, periodically.
+    let recovered = app::recover(&service).await?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "marked replies whose instance is gone as interrupted"
+        );
+    }
+    if config.redis_url.is_some() {
+        app::spawn_recovery(service.clone(), RECOVERY_EVERY);
+    }
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     println!(
-        "chatstream listening on http://{} (provider {}, model {}, store {})",
+        "chatstream listening on http://{} (provider {}, model {}, store {}, hub {})",
         listener.local_addr()?,
         config.provider.as_str(),
         model,
         redact(&config.database_url),
+        config.redis_url.as_deref().map_or("local".into(), redact),
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
