@@ -1356,3 +1356,27 @@ mod scale {
         .await;
     }
 }
+
+#[tokio::test]
+async fn cors_is_off_unless_origins_are_configured() {
+    let preflight = |s: &Server| {
+        s.client
+            .request(reqwest::Method::OPTIONS, s.url("/api/chats"))
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let closed = demo().await;
+    let resp = preflight(&closed).await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    let config = config::Config {
+        cors_origins: vec!["https://app.example".into()],
+        ..config::Config::default()
+    };
+    let open = serve(Arc::new(DemoProvider::new()), config).await;
+    let resp = preflight(&open).await.unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}

@@ -114,6 +114,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai_compat::completions))
         .route("/v1/models", get(openai_compat::models))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(request_log())
         .with_state(state);
@@ -170,6 +171,14 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("static/index.html"))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 async fn not_found() -> ApiError {
