@@ -167,6 +167,12 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
     /// it again with the same client message id then starts the missing reply.
     async fn send(&self, input: UserInput) -> Result<ReplyHandle>;
 
+    /// Generates a new reply to the chat's last user message, in place of the replies it already
+    /// has: they stay in the history but are left out of the new request's context. Fails with
+    /// [`Error::Busy`] while a reply is live, and with [`Error::Invalid`] when the chat has no
+    /// user message.
+    async fn regenerate(&self) -> Result<ReplyHandle>;
+
     /// Stops the chat's live reply: the upstream request is closed and the partial reply is
     /// persisted as `cancelled`. Returns whether a running reply was stopped; with nothing live,
     /// or when called again, it does nothing and returns `false`.
@@ -523,7 +529,20 @@ impl ChatSession for Session {
         } else {
             inner.store.append(&user).await?;
         }
-        self.launch(live, user).await
+        self.launch(live, user, false).await
+    }
+
+    async fn regenerate(&self) -> Result<ReplyHandle> {
+        let inner = &self.service.inner;
+        if inner.tasks.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let user = self
+            .last_user_message()
+            .await?
+            .ok_or_else(|| Error::invalid("chat", "there is no user message to answer again"))?;
+        let live = inner.hub.start(&self.chat_id).await?;
+        self.launch(live, user, true).await
     }
 
     async fn cancel(&self) -> Result<bool> {
@@ -579,7 +598,8 @@ impl Session {
                     },
                 )
                 .await?;
-            if let Some(reply) = page.iter().find(|m| m.reply_to == Some(user.id)) {
+            // The newest reply wins: a regenerated one replaces the earlier ones.
+            if let Some(reply) = page.iter().rev().find(|m| m.reply_to == Some(user.id)) {
                 return Ok(Some(reply.clone()));
             }
             // The reply comes after its user message: once that is passed, there is none.
@@ -596,7 +616,7 @@ impl Session {
         let inner = &self.service.inner;
         let Some(assistant) = self.find_reply(&user).await? else {
             let live = inner.hub.start(&self.chat_id).await?;
-            return self.launch(live, user).await;
+            return self.launch(live, user, false).await;
         };
         let control = Control::Existing {
             service: self.service.clone(),
@@ -636,7 +656,33 @@ impl Session {
     }
 
     /// Creates the assistant message, builds the request and starts the reply's task.
-    async fn launch(&self, live: LiveReply, user: Message) -> Result<ReplyHandle> {
+    /// The newest user message of the chat.
+    async fn last_user_message(&self) -> Result<Option<Message>> {
+        let store = &self.service.inner.store;
+        let mut before = None;
+        loop {
+            let page = store
+                .history(
+                    &self.chat_id,
+                    HistoryPage {
+                        limit: PAGE,
+                        before,
+                    },
+                )
+                .await?;
+            if let Some(user) = page.iter().rev().find(|m| m.role == Role::User) {
+                return Ok(Some(user.clone()));
+            }
+            if page.len() < PAGE {
+                return Ok(None);
+            }
+            before = page.first().map(|m| m.id);
+        }
+    }
+
+    /// Starts generating the reply to `user`; with `replacing`, the earlier replies to `user`
+    /// are left out of the request.
+    async fn launch(&self, live: LiveReply, user: Message, replacing: bool) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         let LiveReply {
             mut publisher,
@@ -644,7 +690,7 @@ impl Session {
         } = live;
         let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
         inner.store.append(&assistant).await?;
-        let request = self.build_request().await?;
+        let request = self.build_request(replacing.then_some(user.id)).await?;
         publisher
             .publish(EventPayload::Start {
                 chat_id: self.chat_id.clone(),
@@ -684,7 +730,7 @@ impl Session {
     }
 
     /// The request: the system prompt, then the newest history that fits the budget.
-    async fn build_request(&self) -> Result<ChatRequest> {
+    async fn build_request(&self, superseded_replies_to: Option<MessageId>) -> Result<ChatRequest> {
         let inner = &self.service.inner;
         let budget = inner.settings.budget;
         let limit = budget.limit();
@@ -695,6 +741,8 @@ impl Session {
             .map(|p| RequestMessage::new(Role::System, p.clone()));
         let mut used = system.as_ref().map_or(0, |m| budget.cost(m));
         let mut picked = Vec::new();
+        let mut answered: std::collections::HashSet<MessageId> =
+            superseded_replies_to.into_iter().collect();
         let mut before = None;
         'pages: loop {
             let page = inner
@@ -713,7 +761,12 @@ impl Session {
                 let empty_reply = m.role == Role::Assistant
                     && (m.status == MessageStatus::Streaming
                         || (m.content.is_empty() && m.tool_calls.is_empty()));
-                if empty_reply {
+                // Only the newest reply to a user message is context: a regenerated reply
+                // replaces the earlier ones.
+                let superseded = m.role == Role::Assistant
+                    && !empty_reply
+                    && m.reply_to.is_some_and(|u| !answered.insert(u));
+                if empty_reply || superseded {
                     continue;
                 }
                 let message = RequestMessage::from(m);

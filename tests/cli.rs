@@ -562,6 +562,10 @@ fn chats_can_be_created_listed_switched_and_shown() {
     p.send_line("Back again").expect("type");
     p.exp_string("Reply number 3.").expect("a reply");
     p.exp_string(PROMPT).expect("a prompt");
+    p.send_line("/retry").expect("type");
+    p.exp_string("Reply number 4.")
+        .expect("a regenerated reply");
+    p.exp_string(PROMPT).expect("a prompt");
 
     p.send_line(&format!("/switch {}", &second[..12]))
         .expect("type");
@@ -586,6 +590,8 @@ fn chats_can_be_created_listed_switched_and_shown() {
             pair("user", "Back again"),
         ]
     );
+    // /retry asked again without the reply it replaces.
+    assert_eq!(requests[3], requests[2]);
 
     // The next interactive run continues the chat this one was in.
     let mut p = spawn_pty(&sandbox, &[]);

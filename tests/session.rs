@@ -812,6 +812,54 @@ fn a_crash_leaves_the_last_checkpoint_interrupted(store: DynMessageStore) {
     });
 }
 
+async fn regenerate_replaces_the_last_reply_in_the_context(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(["first answer"]))
+        .then(Script::reply(["second answer"]))
+        .then(Script::reply(["third"]));
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    assert!(matches!(
+        session.regenerate().await,
+        Err(Error::Invalid { .. })
+    ));
+    let first = session
+        .send(UserInput::new("question").with_client_message_id("q"))
+        .await
+        .unwrap();
+    let user_id = first.user_message.id;
+    drain(first.events).await;
+    let again = session.regenerate().await.unwrap();
+    assert_eq!(again.user_message.id, user_id);
+    let second_id = again.assistant_message_id;
+    assert_eq!(drain(again.events).await.text, "second answer");
+    // The new request carries the question but not the answer it replaces.
+    let request = &provider.requests()[1];
+    let contents: Vec<_> = request
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(contents, ["question"]);
+    let history = session.history(HistoryPage::default()).await.unwrap();
+    assert_eq!(history.len(), 3, "the earlier reply stays in the history");
+    assert_eq!(history[2].reply_to, Some(user_id));
+    // A repeat of the original send now finds the newest reply.
+    let repeat = session
+        .send(UserInput::new("question").with_client_message_id("q"))
+        .await
+        .unwrap();
+    assert_eq!(repeat.assistant_message_id, second_id);
+    // The next turn's context holds the regenerated answer only.
+    drain(session.send(UserInput::new("next")).await.unwrap().events).await;
+    let contents: Vec<_> = provider.requests()[2]
+        .messages
+        .iter()
+        .map(|m| m.content.clone())
+        .collect();
+    assert_eq!(contents, ["question", "second answer", "next"]);
+}
+
 async fn shutdown_interrupts_replies_after_the_grace_period(store: DynMessageStore) {
     let quick = ScriptedProvider::new()
         .then(Script::reply(["done", " in time"]).per_delta_delay(Duration::from_millis(5)));
@@ -878,6 +926,8 @@ mod every_store {
         retry_notices_pass_through_without_touching_the_text,
         #[tokio::test]
         the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
+        #[tokio::test]
+        regenerate_replaces_the_last_reply_in_the_context,
     );
 
     #[test]

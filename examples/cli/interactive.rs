@@ -25,7 +25,7 @@ const HELP: &str = "\
 /list            list chats, most recent first
 /switch <chat>   go to a chat (its id, a unique start of it, or its number in /list)
 /history [n]     show the last n messages (default 20)
-/retry           send the last message again for a new reply
+/retry           generate the last reply again
 /model [name]    show or change the model
 /help            this help
 /quit            leave (or Ctrl-D, or Ctrl-C at an empty prompt)
@@ -254,6 +254,11 @@ impl Repl {
             .send(UserInput::new(text))
             .await
             .map_err(|e| e.to_string())?;
+        self.show(handle).await
+    }
+
+    /// Prints a reply as it streams, and how it ended.
+    async fn show(&mut self, handle: chatstream::ReplyHandle) -> Result<(), String> {
         let outcome = reply::follow(handle, Show::Terminal(self.style), &mut self.interrupts)
             .await
             .map_err(|e| e.to_string())?;
@@ -425,22 +430,22 @@ impl Repl {
         );
     }
 
-    /// Sends the last user message again: the chat then has the earlier reply too, which the
-    /// model sees as context (the store keeps every message, it never rewrites history).
+    /// Generates the last reply again: the earlier one stays in the history but leaves the
+    /// model's context.
     async fn retry(&mut self) -> Result<(), String> {
-        let recent = self
-            .app
-            .store
-            .history(&self.chat, HistoryPage::newest(64))
+        self.interrupts.clear();
+        let handle = self
+            .service
+            .session(self.chat.clone())
+            .regenerate()
             .await
-            .map_err(|e| e.to_string())?;
-        let last = recent
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .ok_or("nothing to retry in this chat yet")?;
-        let text = last.content.clone();
-        self.send(text).await
+            .map_err(|e| match e {
+                chatstream::Error::Invalid { .. } => {
+                    "nothing to retry in this chat yet".to_string()
+                }
+                other => other.to_string(),
+            })?;
+        self.show(handle).await
     }
 
     fn set_model(&mut self, name: &str) -> Result<(), String> {
