@@ -401,6 +401,35 @@ impl Server {
         resp.json().await.unwrap()
     }
 
+    /// `POST /api/stream/{chat}/terminate`, answered with `{"terminated": …}`.
+    async fn terminate(&self, chat: &str) -> Value {
+        let resp = self
+            .client
+            .post(self.url(&format!("/api/stream/{chat}/terminate")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Follows the chat's reply until `n` delta events arrived; returns them and the rest.
+    async fn read_deltas(
+        &self,
+        chat: &str,
+        n: usize,
+    ) -> (
+        Vec<Sse>,
+        std::pin::Pin<Box<dyn futures::Stream<Item = Sse> + Send>>,
+    ) {
+        let mut events = Box::pin(sse_events(self.stream(chat, None).await));
+        let mut seen = Vec::new();
+        while seen.iter().filter(|e: &&Sse| e.event == "delta").count() < n {
+            seen.push(events.next().await.unwrap());
+        }
+        (seen, events)
+    }
+
     /// Waits until the chat's newest message has left `streaming`.
     async fn settled_history(&self, chat: &str) -> Vec<Value> {
         for _ in 0..500 {
@@ -771,21 +800,8 @@ async fn terminate_closes_the_upstream_and_persists_cancelled() {
         .unwrap();
     let s = serve(Arc::new(provider), config::Config::default()).await;
     assert_eq!(s.send("stop-me", "go", None).await.status(), 202);
-    let mut events = Box::pin(sse_events(s.stream("stop-me", None).await));
-    let mut seen = Vec::new();
-    while seen.iter().filter(|e: &&Sse| e.event == "delta").count() < 3 {
-        seen.push(events.next().await.unwrap());
-    }
-    let resp: Value = s
-        .client
-        .post(s.url("/api/stream/stop-me/terminate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(resp, json!({"terminated": true}));
+    let (mut seen, events) = s.read_deltas("stop-me", 3).await;
+    assert_eq!(s.terminate("stop-me").await, json!({"terminated": true}));
     let sent = tokio::time::timeout(Duration::from_secs(10), closed)
         .await
         .expect("the upstream saw the connection close")
@@ -803,16 +819,7 @@ async fn terminate_closes_the_upstream_and_persists_cancelled() {
     let history = s.settled_history("stop-me").await;
     assert_eq!(history[1]["status"], "cancelled");
     assert_eq!(history[1]["content"].as_str().unwrap(), text_of(&seen));
-    let again: Value = s
-        .client
-        .post(s.url("/api/stream/stop-me/terminate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(again, json!({"terminated": false}));
+    assert_eq!(s.terminate("stop-me").await, json!({"terminated": false}));
 }
 
 #[tokio::test]
@@ -1187,21 +1194,8 @@ mod scale {
                 let a = env.instance(upstream.clone()).await;
                 let b = env.instance(upstream).await;
                 assert_eq!(a.send("stop", "go", None).await.status(), 202);
-                let mut on_b = Box::pin(sse_events(b.stream("stop", None).await));
-                let mut seen = Vec::new();
-                while seen.iter().filter(|e: &&Sse| e.event == "delta").count() < 3 {
-                    seen.push(on_b.next().await.unwrap());
-                }
-                let resp: Value = b
-                    .client
-                    .post(b.url("/api/stream/stop/terminate"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                assert_eq!(resp, json!({"terminated": true}));
+                let (mut seen, on_b) = b.read_deltas("stop", 3).await;
+                assert_eq!(b.terminate("stop").await, json!({"terminated": true}));
                 let sent = tokio::time::timeout(Duration::from_secs(10), closed)
                     .await
                     .expect("A's upstream saw its connection close")
