@@ -10,8 +10,10 @@
 //! serde_json), the single-request path (`POST /api/chat`) and the stateful path
 //! (`POST /api/messages` then `GET /api/stream/{chatId}`, SQLite store in a temporary file):
 //!
-//! - deltas/s for one stream of 20,000 tokens (median of 5);
-//! - aggregate deltas/s for 200 concurrent streams of 200 tokens (median of 3 rounds);
+//! - deltas/s for one stream of 20,000 tokens (median and best of 7);
+//! - aggregate deltas/s for 200 concurrent streams of 200 tokens (median and best of 5 rounds);
+//!   the three servers run at once and take turns, run by run, so that other load on the
+//!   machine spreads over all three;
 //! - time to first delta (from sending the request to the first content event), p50 and p99
 //!   over those streams;
 //! - RSS per live stream: (peak − idle) / streams, with 1,000 concurrent slow streams (50 tokens,
@@ -560,7 +562,9 @@ struct Params {
 #[derive(Default)]
 struct Figures {
     one_stream: f64,
+    one_stream_best: f64,
     aggregate: f64,
+    aggregate_best: f64,
     ttfd_p50: Duration,
     ttfd_p99: Duration,
     /// Server process CPU time per delta, one stream and concurrent streams.
@@ -617,46 +621,83 @@ async fn warm_up(client: &Client, p: &Params) {
     }
 }
 
-async fn measure(path: Path, upstream: &str, dir: &std::path::Path, p: &Params) -> Figures {
-    let mut f = Figures::default();
-    {
-        let server = spawn_server(path, upstream, dir, 2 * path as usize);
-        eprintln!("{}: server pid {}", path.label(), server.pid());
-        let client = Client::new(&server.base, path);
-        warm_up(&client, p).await;
-        let cpu = cpu_of(server.pid());
-        let runs: Vec<f64> = {
-            let mut runs = Vec::new();
-            for _ in 0..p.long_runs {
-                let s = tokio::time::timeout(
-                    Duration::from_secs(300),
-                    client.stream(p.long_tokens, 0, false),
-                )
-                .await
-                .expect("the long stream timed out")
-                .expect("long stream");
-                runs.push(p.long_tokens as f64 / s.total.as_secs_f64());
-            }
-            runs
-        };
-        f.one_stream = median(runs);
-        f.cpu_one = (cpu_of(server.pid()) - cpu) / (p.long_runs * p.long_tokens) as u32;
-        let cpu = cpu_of(server.pid());
-        let mut rates = Vec::new();
-        let mut firsts = Vec::new();
-        for _ in 0..p.rounds {
-            let (wall, streams) = client.concurrent(p.streams, p.stream_tokens, 0).await;
-            rates.push((p.streams * p.stream_tokens) as f64 / wall.as_secs_f64());
-            firsts.extend(streams.iter().map(|s| s.to_first));
-        }
-        f.aggregate = median(rates);
-        f.cpu_aggregate =
-            (cpu_of(server.pid()) - cpu) / (p.rounds * p.streams * p.stream_tokens) as u32;
-        firsts.sort();
-        f.ttfd_p50 = percentile(&firsts, 0.50);
-        f.ttfd_p99 = percentile(&firsts, 0.99);
+const PATHS: [Path; 3] = [Path::Baseline, Path::Single, Path::Stateful];
+
+/// Throughput and latency, the three servers taking turns run by run, so that a burst of other
+/// load on the machine spreads over all of them rather than hitting one.
+async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec<Figures> {
+    let servers: Vec<ServerProcess> = PATHS
+        .iter()
+        .map(|&path| {
+            let server = spawn_server(path, upstream, dir, 2 * path as usize);
+            eprintln!("{}: server pid {}", path.label(), server.pid());
+            server
+        })
+        .collect();
+    let clients: Vec<Arc<Client>> = PATHS
+        .iter()
+        .zip(&servers)
+        .map(|(&path, server)| Client::new(&server.base, path))
+        .collect();
+    for client in &clients {
+        warm_up(client, p).await;
     }
-    // Memory in a fresh process, so that its high-water mark is this load's.
+    let n = PATHS.len();
+    let mut one = vec![Vec::new(); n];
+    let mut cpu_one = vec![Duration::ZERO; n];
+    for _ in 0..p.long_runs {
+        for i in 0..n {
+            let cpu = cpu_of(servers[i].pid());
+            let s = tokio::time::timeout(
+                Duration::from_secs(300),
+                clients[i].stream(p.long_tokens, 0, false),
+            )
+            .await
+            .expect("the long stream timed out")
+            .expect("long stream");
+            cpu_one[i] += cpu_of(servers[i].pid()) - cpu;
+            one[i].push(p.long_tokens as f64 / s.total.as_secs_f64());
+        }
+    }
+    let mut rates = vec![Vec::new(); n];
+    let mut firsts = vec![Vec::new(); n];
+    let mut cpu_all = vec![Duration::ZERO; n];
+    for _ in 0..p.rounds {
+        for i in 0..n {
+            let cpu = cpu_of(servers[i].pid());
+            let (wall, streams) = clients[i].concurrent(p.streams, p.stream_tokens, 0).await;
+            cpu_all[i] += cpu_of(servers[i].pid()) - cpu;
+            rates[i].push((p.streams * p.stream_tokens) as f64 / wall.as_secs_f64());
+            firsts[i].extend(streams.iter().map(|s| s.to_first));
+        }
+    }
+    (0..n)
+        .map(|i| {
+            firsts[i].sort();
+            Figures {
+                one_stream: median(one[i].clone()),
+                one_stream_best: one[i].iter().copied().fold(0.0, f64::max),
+                aggregate: median(rates[i].clone()),
+                aggregate_best: rates[i].iter().copied().fold(0.0, f64::max),
+                ttfd_p50: percentile(&firsts[i], 0.50),
+                ttfd_p99: percentile(&firsts[i], 0.99),
+                cpu_one: cpu_one[i] / (p.long_runs * p.long_tokens) as u32,
+                cpu_aggregate: cpu_all[i] / (p.rounds * p.streams * p.stream_tokens) as u32,
+                ..Figures::default()
+            }
+        })
+        .collect()
+}
+
+/// Memory under many slow streams, in a fresh process so that its high-water mark is this
+/// load's.
+async fn measure_memory(
+    path: Path,
+    upstream: &str,
+    dir: &std::path::Path,
+    p: &Params,
+    f: &mut Figures,
+) {
     let server = spawn_server(path, upstream, dir, 2 * path as usize + 1);
     let client = Client::new(&server.base, path);
     warm_up(&client, p).await;
@@ -687,7 +728,6 @@ async fn measure(path: Path, upstream: &str, dir: &std::path::Path, p: &Params) 
     f.peak_kib = hwm;
     f.peak_live = most_live;
     f.per_stream_kib = hwm.saturating_sub(f.idle_kib) as f64 / p.slow_streams as f64;
-    f
 }
 
 fn open_file_limit() -> Option<u64> {
@@ -713,10 +753,10 @@ async fn bench() {
     } else {
         Params {
             long_tokens: 20_000,
-            long_runs: 5,
+            long_runs: 7,
             streams: 200,
             stream_tokens: 200,
-            rounds: 3,
+            rounds: 5,
             slow_streams: 1_000,
             slow_tokens: 50,
             slow_delay_ms: 20,
@@ -753,15 +793,10 @@ async fn bench() {
             .collect::<Vec<_>>()
             .join(" "),
     );
+    let rates = measure_rates(&upstream.base, dir.path(), &p).await;
     let mut results = Vec::new();
-    for path in [Path::Baseline, Path::Single, Path::Stateful] {
-        let f = measure(path, &upstream.base, dir.path(), &p).await;
-        eprintln!(
-            "{:<15} done: {:.0} deltas/s on one stream, {:.0} aggregate",
-            path.label(),
-            f.one_stream,
-            f.aggregate
-        );
+    for (path, mut f) in PATHS.into_iter().zip(rates) {
+        measure_memory(path, &upstream.base, dir.path(), &p, &mut f).await;
         results.push((path, f));
     }
     print_table(&results, &p);
@@ -793,17 +828,22 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     row(
-        format!("deltas/s, 1 stream of {}", p.long_tokens),
+        format!("deltas/s, 1 stream of {}, median", p.long_tokens),
         &|f| f.one_stream,
         "",
         true,
     );
+    row("  best".into(), &|f| f.one_stream_best, "", true);
     row(
-        format!("deltas/s, {} streams of {}", p.streams, p.stream_tokens),
+        format!(
+            "deltas/s, {} streams of {}, median",
+            p.streams, p.stream_tokens
+        ),
         &|f| f.aggregate,
         "",
         true,
     );
+    row("  best".into(), &|f| f.aggregate_best, "", true);
     row(
         "time to first delta p50".into(),
         &|f| ms(f.ttfd_p50),
@@ -856,6 +896,7 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
     let check = |ok: bool| if ok { "met" } else { "MISSED" };
     for (path, f) in &results[1..] {
         let target = if *path == Path::Single { 1.0 } else { 0.7 };
+        // Judged on medians; the best runs are shown for how noisy the machine was.
         let worst = (f.one_stream / base.one_stream).min(f.aggregate / base.aggregate);
         println!(
             "target {}: ≥ {target:.1}× the baseline's throughput {} (worst {worst:.2}×); < 32 KiB per live stream {} ({:.1} KiB)",
