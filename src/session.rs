@@ -302,8 +302,10 @@ impl ChatServiceBuilder {
     }
 
     /// How often a growing reply is checkpointed to the store: `every` after the first delta not
-    /// yet saved, or after `every_deltas` deltas, whichever comes first (defaults: 250 ms, 64). A
-    /// crash loses at most that much of a reply.
+    /// yet saved, or after `every_deltas` deltas, whichever comes first (defaults: 250 ms, 64).
+    /// Writes run beside the stream, one at a time, so a slow store never slows a reply; a
+    /// checkpoint that comes due during a write follows it at once. A crash loses at most the
+    /// deltas since the last write that landed.
     pub fn checkpoint(mut self, every: Duration, every_deltas: u64) -> Self {
         self.settings.checkpoint_every = every;
         self.settings.checkpoint_deltas = every_deltas.max(1);
@@ -714,6 +716,7 @@ impl Session {
             cancel: cancel.clone(),
             finished: finished.clone(),
             message: assistant.clone(),
+            checkpoint_write: None,
         };
         inner.tasks.spawn(run.run(request));
         Ok(ReplyHandle {
@@ -850,7 +853,20 @@ struct ReplyRun {
     publisher: Box<dyn ReplyPublisher>,
     cancel: CancellationToken,
     finished: Arc<AtomicBool>,
+    /// The assistant message as first stored; the reply's content lives in the accumulator.
     message: Message,
+    /// The checkpoint write in flight, if any: at most one at a time, and the reply never waits
+    /// for it (a slow store must not slow the stream).
+    checkpoint_write: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn wait_write(write: &mut Option<tokio::task::JoinHandle<()>>) {
+    match write {
+        Some(w) => {
+            let _ = w.await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn tick(interval: &mut Option<Interval>) {
@@ -880,14 +896,26 @@ impl ReplyRun {
             i
         });
         let mut unwatched_since: Option<Instant> = None;
+        let mut checkpoint_owed = false;
         let end = loop {
             tokio::select! {
                 biased;
                 () = &mut cancelled => break End::Cancelled,
                 () = &mut shutting_down => break End::Interrupted,
-                () = &mut checkpoint_due, if unsaved > 0 => {
-                    self.checkpoint(&acc).await;
-                    unsaved = 0;
+                () = &mut checkpoint_due, if unsaved > 0 && !checkpoint_owed => {
+                    if self.checkpoint(&acc) {
+                        unsaved = 0;
+                    } else {
+                        checkpoint_owed = true;
+                    }
+                }
+                _ = wait_write(&mut self.checkpoint_write), if self.checkpoint_write.is_some() => {
+                    self.checkpoint_write = None;
+                    // A checkpoint that came due during the write goes now, with all since.
+                    if checkpoint_owed && self.checkpoint(&acc) {
+                        checkpoint_owed = false;
+                        unsaved = 0;
+                    }
                 }
                 () = tick(&mut watch) => {
                     if self.unwatched_for_too_long(&mut unwatched_since).await {
@@ -906,9 +934,12 @@ impl ReplyRun {
                         if let Err(e) = self.publisher.publish(EventPayload::Delta(delta)).await {
                             tracing::warn!(chat_id = %self.message.chat_id, error = %e, "hub publish failed");
                         }
-                        if unsaved >= settings.checkpoint_deltas {
-                            self.checkpoint(&acc).await;
-                            unsaved = 0;
+                        if unsaved >= settings.checkpoint_deltas && !checkpoint_owed {
+                            if self.checkpoint(&acc) {
+                                unsaved = 0;
+                            } else {
+                                checkpoint_owed = true;
+                            }
                         }
                         // A provider that is always ready (in memory, or a fast local server)
                         // must not starve other tasks of this worker.
@@ -946,17 +977,31 @@ impl ReplyRun {
         false
     }
 
-    async fn checkpoint(&mut self, acc: &Accumulator) {
-        acc.apply_to(&mut self.message);
-        self.message.updated_at = Utc::now();
-        if let Err(e) = self.service.store.update(&self.message).await {
-            tracing::warn!(
-                chat_id = %self.message.chat_id,
-                message_id = %self.message.id,
-                error = %e,
-                "checkpoint failed; the reply goes on"
-            );
+    /// Starts writing the reply so far, unless a write is still in flight (then returns
+    /// `false`, and the caller tries again when it is done).
+    fn checkpoint(&mut self, acc: &Accumulator) -> bool {
+        if self
+            .checkpoint_write
+            .as_ref()
+            .is_some_and(|w| !w.is_finished())
+        {
+            return false;
         }
+        let mut snapshot = self.message.clone();
+        acc.apply_to(&mut snapshot);
+        snapshot.updated_at = Utc::now();
+        let store = self.service.store.clone();
+        self.checkpoint_write = Some(tokio::spawn(async move {
+            if let Err(e) = store.update(&snapshot).await {
+                tracing::warn!(
+                    chat_id = %snapshot.chat_id,
+                    message_id = %snapshot.id,
+                    error = %e,
+                    "checkpoint failed; the reply goes on"
+                );
+            }
+        }));
+        true
     }
 
     async fn finish(self, acc: Accumulator, end: End) {
@@ -965,8 +1010,13 @@ impl ReplyRun {
             mut publisher,
             finished,
             message,
+            checkpoint_write,
             ..
         } = self;
+        // The final write must land after any checkpoint, never be overwritten by one.
+        if let Some(write) = checkpoint_write {
+            let _ = write.await;
+        }
         let (status, error) = match end {
             End::Complete => (MessageStatus::Complete, None),
             End::Cancelled => (MessageStatus::Cancelled, None),

@@ -795,7 +795,16 @@ fn a_crash_leaves_the_last_checkpoint_interrupted(store: DynMessageStore) {
             .unwrap();
         let mut reply = service.session(chat()).send("go".into()).await.unwrap();
         read_texts(&mut reply.events, 70).await;
-        reply.assistant_message_id
+        // Checkpoints are written beside the stream, not in its way: wait for the one due at
+        // delta 64 to land, then crash.
+        let id = reply.assistant_message_id;
+        for _ in 0..500 {
+            if !message(&store, id).await.content.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        id
     });
     drop(doomed);
     assert_eq!(provider.open_streams(), 0, "the crash dropped the upstream");

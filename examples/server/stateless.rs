@@ -55,6 +55,20 @@ pub async fn chat(
     Ok(sse_response(events, &state))
 }
 
+/// One stateless event's data: `{"content":…}` or `{"reasoning":…}`, serialized straight from
+/// the delta's text.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Piece<'a> {
+    Content(&'a str),
+    Reasoning(&'a str),
+}
+
+fn piece(p: Piece<'_>) -> Event {
+    // Serializing a map of one string cannot fail; an empty event would be dropped by clients.
+    Event::default().data(serde_json::to_string(&p).unwrap_or_default())
+}
+
 /// Maps deltas onto the stateless event shapes; dropping this stream (the client went away)
 /// drops the provider stream and so closes the upstream request.
 fn relay(
@@ -64,8 +78,8 @@ fn relay(
         let mut deltas = state?;
         loop {
             let event = match deltas.next().await {
-                Some(Ok(Delta::Text { text })) => json!({ "content": text }),
-                Some(Ok(Delta::Reasoning { text })) => json!({ "reasoning": text }),
+                Some(Ok(Delta::Text { text })) => piece(Piece::Content(&text)),
+                Some(Ok(Delta::Reasoning { text })) => piece(Piece::Reasoning(&text)),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
                     let event =
@@ -77,7 +91,7 @@ fn relay(
                     return Some((Ok(event), None));
                 }
             };
-            return Some((Ok(Event::default().data(event.to_string())), Some(deltas)));
+            return Some((Ok(event), Some(deltas)));
         }
     })
 }
