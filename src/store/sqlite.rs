@@ -50,8 +50,9 @@ const SELECT_BY_CLIENT_KEY: &str = concat!(
 /// mode with `synchronous = NORMAL` (a committed write survives a crash of the process; a power
 /// loss may lose the last few commits), foreign keys on and a busy timeout, so any number of
 /// tasks of one process may write at once, and several stores (or processes) may share one file.
-/// Every write transaction starts with `BEGIN IMMEDIATE`, so writers queue on the busy timeout
-/// instead of failing on a lock upgrade.
+/// Writers of one process queue in order on an in-process lock; every write transaction starts
+/// with `BEGIN IMMEDIATE`, so a writer of another process waits on the busy timeout instead of
+/// failing on a lock upgrade.
 ///
 /// Timestamps are stored as integer nanoseconds: a message reads back exactly as written.
 ///
@@ -70,6 +71,10 @@ const SELECT_BY_CLIENT_KEY: &str = concat!(
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite has one writer at a time; writers of this process queue here, in order, rather
+    /// than on SQLite's busy handler, which sleeps in steps of milliseconds under contention.
+    /// (Other processes on the same file still meet the busy timeout.)
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -137,7 +142,10 @@ impl SqliteStore {
             message: format!("schema migration failed: {e}"),
             source: Some(Box::new(e)),
         })?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Default::default(),
+        })
     }
 
     /// The connection pool, for queries of your own (the tables are `chats` and `messages`).
@@ -236,6 +244,7 @@ impl SqliteStore {
     /// Appends `message`; with `key`, returns the chat's existing message with that client
     /// message id instead, if there is one.
     async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
+        let _writing = self.writer.lock().await;
         let updated_at = nanos(message.updated_at)?;
         let created_at = nanos(message.created_at)?;
         let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
@@ -327,6 +336,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
+        let _writing = self.writer.lock().await;
         let now = Utc::now();
         let chat = Chat {
             id: id.unwrap_or_else(ChatId::generate),
@@ -382,6 +392,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
+        let _writing = self.writer.lock().await;
         sqlx::query(
             "UPDATE chats SET title = ? WHERE id = ? RETURNING id, title, created_at, updated_at",
         )
@@ -397,6 +408,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
+        let _writing = self.writer.lock().await;
         // Messages go with it: ON DELETE CASCADE.
         let done = sqlx::query("DELETE FROM chats WHERE id = ?")
             .bind(id.as_str())
@@ -427,6 +439,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn update(&self, message: &Message) -> Result<()> {
+        let _writing = self.writer.lock().await;
         let updated_at = nanos(message.updated_at)?;
         let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
         let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
@@ -512,6 +525,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64> {
+        let _writing = self.writer.lock().await;
         let before = updated_before.map(nanos).transpose()?.unwrap_or(i64::MAX);
         let done = sqlx::query(
             "UPDATE messages SET status = 'interrupted', updated_at = ? \
@@ -541,6 +555,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
+        let _writing = self.writer.lock().await;
         let done = sqlx::query(
             "UPDATE messages SET status = 'interrupted', updated_at = ? \
              WHERE id = ? AND status = 'streaming' AND role = 'assistant'",
