@@ -391,14 +391,17 @@ impl Server {
     }
 
     async fn history(&self, chat: &str) -> Vec<Value> {
-        let resp = self
-            .client
-            .get(self.url(&format!("/api/messages/{chat}")))
-            .send()
-            .await
-            .unwrap();
+        let resp = self.get(&format!("/api/messages/{chat}")).await;
         assert_eq!(resp.status(), 200);
         resp.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.unwrap()
     }
 
     /// `POST /api/stream/{chat}/terminate`, answered with `{"terminated": …}`.
@@ -492,41 +495,18 @@ async fn chats_are_created_listed_and_deleted() {
         .await
         .unwrap();
     assert_eq!(error_of(bad).await, (400, "invalid_chat_id".into()));
-    let list: Vec<Value> = s
-        .client
-        .get(s.url("/api/chats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = s.get("/api/chats").await.json().await.unwrap();
     let ids: Vec<_> = list.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"my-chat") && ids.len() == 2, "{ids:?}");
     assert_eq!(
         list.iter().find(|c| c["id"] == "my-chat").unwrap()["title"],
         "Mine"
     );
-    let del = s
-        .client
-        .delete(s.url("/api/chats/my-chat"))
-        .send()
-        .await
-        .unwrap();
+    let del = s.delete("/api/chats/my-chat").await;
     assert_eq!(del.status(), 204);
-    let del = s
-        .client
-        .delete(s.url("/api/chats/my-chat"))
-        .send()
-        .await
-        .unwrap();
+    let del = s.delete("/api/chats/my-chat").await;
     assert_eq!(error_of(del).await, (404, "not_found".into()));
-    let del = s
-        .client
-        .delete(s.url("/api/chats/bad%20id"))
-        .send()
-        .await
-        .unwrap();
+    let del = s.delete("/api/chats/bad%20id").await;
     assert_eq!(error_of(del).await, (400, "invalid_chat_id".into()));
 }
 
@@ -603,15 +583,9 @@ async fn a_reconnecting_client_resumes_with_last_event_id() {
         assert_eq!(seen.last().unwrap().event, "done");
     }
     // ?after=N works like Last-Event-ID.
-    let all: Vec<Sse> = sse_events(
-        s.client
-            .get(s.url("/api/stream/resume-1?after=3"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .collect()
-    .await;
+    let all: Vec<Sse> = sse_events(s.get("/api/stream/resume-1?after=3").await)
+        .collect()
+        .await;
     assert!(all.iter().all(|e| e.id.unwrap() > 3));
     let bad = s
         .client
@@ -693,39 +667,16 @@ async fn bad_stateful_input_gets_json_errors_and_writes_nothing() {
             "{body}"
         );
     }
-    let list: Vec<Value> = s
-        .client
-        .get(s.url("/api/chats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = s.get("/api/chats").await.json().await.unwrap();
     assert!(list.is_empty(), "nothing was written: {list:?}");
-    let bad_cursor = s
-        .client
-        .get(s.url("/api/messages/c?before=nope"))
-        .send()
-        .await
-        .unwrap();
+    let bad_cursor = s.get("/api/messages/c?before=nope").await;
     assert_eq!(
         error_of(bad_cursor).await,
         (400, "invalid_message_id".into())
     );
-    let bad_limit = s
-        .client
-        .get(s.url("/api/messages/c?limit=lots"))
-        .send()
-        .await
-        .unwrap();
+    let bad_limit = s.get("/api/messages/c?limit=lots").await;
     assert_eq!(error_of(bad_limit).await, (400, "bad_query".into()));
-    let bad_chat = s
-        .client
-        .get(s.url("/api/messages/a%2Fb"))
-        .send()
-        .await
-        .unwrap();
+    let bad_chat = s.get("/api/messages/a%2Fb").await;
     assert_eq!(error_of(bad_chat).await, (400, "invalid_chat_id".into()));
 }
 
@@ -737,11 +688,8 @@ async fn history_pages_with_a_cursor() {
         s.settled_history("paged").await;
     }
     let newest: Vec<Value> = s
-        .client
-        .get(s.url("/api/messages/paged?limit=2"))
-        .send()
+        .get("/api/messages/paged?limit=2")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -749,11 +697,8 @@ async fn history_pages_with_a_cursor() {
     assert_eq!(newest[0]["content"], "m2");
     let cursor = newest[0]["id"].as_str().unwrap();
     let older: Vec<Value> = s
-        .client
-        .get(s.url(&format!("/api/messages/paged?limit=10&before={cursor}")))
-        .send()
+        .get(&format!("/api/messages/paged?limit=10&before={cursor}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
