@@ -32,26 +32,8 @@
 // A benchmark stops at the first failure, like a test.
 #![allow(clippy::expect_used)]
 
-// The example is a binary; its modules are compiled into this bench, where some of their items
-// are unused.
-#[allow(dead_code)]
-#[path = "../examples/server/api.rs"]
-mod api;
-#[allow(dead_code)]
-#[path = "../examples/server/app.rs"]
-mod app;
-#[allow(dead_code)]
-#[path = "../examples/server/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../examples/server/error.rs"]
-mod error;
-#[allow(dead_code)]
-#[path = "../examples/server/openai_compat.rs"]
-mod openai_compat;
-#[allow(dead_code)]
-#[path = "../examples/server/stateless.rs"]
-mod stateless;
+// The example is a binary: its modules are compiled into this target.
+include!("../examples/server/embed.rs");
 
 use std::{
     convert::Infallible,

@@ -4,24 +4,8 @@
 //! chromedriver on the machine the test prints that it was SKIPPED and passes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
-#[path = "../examples/server/api.rs"]
-mod api;
-#[allow(dead_code)]
-#[path = "../examples/server/app.rs"]
-mod app;
-#[allow(dead_code)]
-#[path = "../examples/server/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../examples/server/error.rs"]
-mod error;
-#[allow(dead_code)]
-#[path = "../examples/server/openai_compat.rs"]
-mod openai_compat;
-#[allow(dead_code)]
-#[path = "../examples/server/stateless.rs"]
-mod stateless;
+// The example is a binary: its modules are compiled into this target.
+include!("../examples/server/embed.rs");
 
 use std::{
     io::Write,
