@@ -229,6 +229,24 @@ fn decode_chat(row: &SqliteRow) -> Result<Chat> {
 }
 
 impl SqliteStore {
+    /// Begins a write transaction: writers of this process queue on `writer` (held until the
+    /// guard drops), then `BEGIN IMMEDIATE` takes SQLite's write lock at once.
+    async fn begin_write(
+        &self,
+        what: &'static str,
+    ) -> Result<(
+        tokio::sync::MutexGuard<'_, ()>,
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+    )> {
+        let writing = self.writer.lock().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err(what))?;
+        Ok((writing, tx))
+    }
+
     async fn by_client_key(&self, chat: &ChatId, key: &str) -> Result<Option<Message>> {
         sqlx::query(SELECT_BY_CLIENT_KEY)
             .bind(chat.as_str())
@@ -244,17 +262,12 @@ impl SqliteStore {
     /// Appends `message`; with `key`, returns the chat's existing message with that client
     /// message id instead, if there is one.
     async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
-        let _writing = self.writer.lock().await;
         let updated_at = nanos(message.updated_at)?;
         let created_at = nanos(message.created_at)?;
         let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
         let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
 
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err("append message"))?;
+        let (_writing, mut tx) = self.begin_write("append message").await?;
         // Taking the next sequence number first also takes the write lock, so the duplicate
         // check below cannot race another append to this chat.
         let seq: Option<i64> = sqlx::query_scalar(
@@ -439,15 +452,10 @@ impl MessageStore for SqliteStore {
     }
 
     async fn update(&self, message: &Message) -> Result<()> {
-        let _writing = self.writer.lock().await;
         let updated_at = nanos(message.updated_at)?;
         let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
         let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err("update message"))?;
+        let (_writing, mut tx) = self.begin_write("update message").await?;
         let chat_id: Option<String> = sqlx::query_scalar(
             "UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, \
              finish_reason = ?, usage_input_tokens = ?, usage_output_tokens = ?, error = ?, \
