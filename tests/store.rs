@@ -9,7 +9,7 @@
 use std::{future::Future, io::Write, panic::AssertUnwindSafe, path::Path, sync::Arc};
 
 use chatstream::{
-    Error, Message, MessageStore,
+    ChatId, Error, Message, MessageStore,
     store::{
         self, DynMessageStore, HistoryPage, MemoryStore, PostgresStore, SqliteStore, conformance,
     },
@@ -21,6 +21,43 @@ use sqlx::Connection;
 async fn suite(store: DynMessageStore) {
     conformance::run_all(&*store).await;
     conformance::idempotent_append_spawned(store).await;
+}
+
+/// The SQL backends store a turn in one transaction: when the reply cannot be stored, neither is
+/// the user message, nor the chat the turn would have created. (The trait's default, which the
+/// memory store uses, makes no such promise.)
+async fn turn_is_all_or_nothing(store: &dyn MessageStore) {
+    let b = store.backend();
+    let chat = store.create_chat(None, None).await.unwrap();
+    let earlier = Message::user(chat.id.clone(), "earlier");
+    store.append(&earlier).await.unwrap();
+    for chat_id in [chat.id.clone(), ChatId::generate()] {
+        let user = Message::user(chat_id.clone(), "lost with its reply");
+        let mut reply = Message::assistant_streaming(chat_id.clone()).replying_to(user.id);
+        reply.id = earlier.id; // taken: the reply's insert fails
+        match store.append_turn(&user, &reply).await {
+            Err(Error::AlreadyExists { .. }) => {}
+            other => panic!("[{b}] a reply with a taken id must fail, got {other:?}"),
+        }
+        assert!(
+            store.get_message(&user.id).await.unwrap().is_none(),
+            "[{b}] the user message of a failed turn must not be stored"
+        );
+    }
+    let history = store
+        .history(&chat.id, HistoryPage::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![earlier.id],
+        "[{b}] a failed turn leaves the chat as it was"
+    );
+    assert_eq!(
+        store.list_chats(Default::default()).await.unwrap().len(),
+        1,
+        "[{b}] a failed turn creates no chat"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -45,6 +82,7 @@ async fn sqlite_file_conformance() {
         .await
         .unwrap();
     assert_eq!(mode, "wal", "a file store runs in WAL mode");
+    turn_is_all_or_nothing(&store).await;
     suite(Arc::new(store)).await;
 }
 
@@ -52,6 +90,7 @@ async fn sqlite_file_conformance() {
 async fn sqlite_memory_conformance() {
     let store = store::open("sqlite::memory:").await.unwrap();
     assert_eq!(store.backend(), "sqlite");
+    turn_is_all_or_nothing(&*store).await;
     suite(store).await;
 }
 
@@ -212,6 +251,7 @@ where
 async fn postgres_conformance() {
     with_schema("postgres_conformance", |url, schema| async move {
         let store = PostgresStore::open_in_schema(&url, &schema).await.unwrap();
+        turn_is_all_or_nothing(&store).await;
         suite(Arc::new(store)).await;
     })
     .await;

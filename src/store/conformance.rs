@@ -46,6 +46,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     ordering(store).await;
     pagination(store).await;
     idempotent_append(store).await;
+    turns(store).await;
     updates(store).await;
     chats(store).await;
     unicode_and_large(store).await;
@@ -372,6 +373,115 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
         all_history(store, &chat.id).await.len(),
         2,
         "[{b}] failed appends must store nothing"
+    );
+}
+
+/// A turn (a user message and the reply that answers it) is stored in one call: the chat is
+/// created when missing, the reply follows its user message, a repeated client key stores
+/// nothing, and [`DUPLICATE_SENDS`] identical turns at once store one user message and one reply.
+pub async fn turns(store: &dyn MessageStore) {
+    let b = store.backend();
+    let turn = |chat: &ChatId, content: &str, key: Option<&str>| {
+        let mut user = message_at(chat, Role::User, content, now());
+        if let Some(key) = key {
+            user = user.with_client_message_id(key);
+        }
+        let mut reply = Message::assistant_streaming(chat.clone()).replying_to(user.id);
+        reply.created_at = user.created_at;
+        reply.updated_at = user.updated_at;
+        (user, reply)
+    };
+
+    // A chat that does not exist yet is created by its first turn.
+    let chat = ChatId::generate();
+    let (user, reply) = turn(&chat, "first", None);
+    let first = ok(store, store.append_turn(&user, &reply).await, "append_turn");
+    assert!(
+        first.created && first.message == user,
+        "[{b}] a new turn is created and returns its user message"
+    );
+    assert!(
+        ok(store, store.get_chat(&chat).await, "get_chat").is_some(),
+        "[{b}] append_turn creates a missing chat"
+    );
+    assert_eq!(
+        all_history(store, &chat).await,
+        vec![user.clone(), reply.clone()],
+        "[{b}] a turn stores the user message, then its reply"
+    );
+
+    // The next turn comes after the earlier messages, in an existing chat.
+    let (keyed, keyed_reply) = turn(&chat, "second", Some("turn-1"));
+    assert!(
+        ok(
+            store,
+            store.append_turn(&keyed, &keyed_reply).await,
+            "append_turn"
+        )
+        .created,
+        "[{b}] a turn with a new key is created"
+    );
+    assert_eq!(
+        ids(&all_history(store, &chat).await),
+        vec![user.id, reply.id, keyed.id, keyed_reply.id],
+        "[{b}] a turn is appended after the chat's earlier messages"
+    );
+
+    // A repeat of the key stores nothing and returns the original user message.
+    let (again, again_reply) = turn(&chat, "second, again", Some("turn-1"));
+    let repeat = ok(
+        store,
+        store.append_turn(&again, &again_reply).await,
+        "repeat turn",
+    );
+    assert!(
+        !repeat.created && repeat.message == keyed,
+        "[{b}] a repeated key returns the original user message and creates nothing"
+    );
+    assert_eq!(
+        all_history(store, &chat).await.len(),
+        4,
+        "[{b}] a repeated turn stores nothing"
+    );
+
+    // Identical turns at once: one user message and one reply.
+    let racing = ChatId::generate();
+    let turns: Vec<(Message, Message)> = (0..DUPLICATE_SENDS)
+        .map(|_| turn(&racing, "only once", Some("race")))
+        .collect();
+    let results: Vec<Appended> = join_all(turns.iter().map(|(u, r)| store.append_turn(u, r)))
+        .await
+        .into_iter()
+        .map(|r| ok(store, r, "concurrent append_turn"))
+        .collect();
+    let winners: Vec<usize> = (0..results.len()).filter(|&i| results[i].created).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "[{b}] exactly one of {DUPLICATE_SENDS} identical turns is created"
+    );
+    let (won_user, won_reply) = &turns[winners[0]];
+    assert!(
+        results.iter().all(|r| r.message == *won_user),
+        "[{b}] every identical turn returns the stored user message"
+    );
+    assert_eq!(
+        all_history(store, &racing).await,
+        vec![won_user.clone(), won_reply.clone()],
+        "[{b}] identical turns store one user message and one reply"
+    );
+
+    // A reply in another chat is refused, and nothing is stored.
+    let (stray, _) = turn(&chat, "stray", None);
+    let elsewhere = Message::assistant_streaming(ChatId::generate()).replying_to(stray.id);
+    match store.append_turn(&stray, &elsewhere).await {
+        Err(Error::Invalid { .. }) => {}
+        other => panic!("[{b}] a reply in another chat must be Invalid, got {other:?}"),
+    }
+    assert_eq!(
+        all_history(store, &chat).await.len(),
+        4,
+        "[{b}] a refused turn stores nothing"
     );
 }
 

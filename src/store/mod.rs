@@ -167,6 +167,61 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// `created: false`. Safe under concurrent duplicate sends: exactly one message is stored.
     async fn append_idempotent(&self, message: &Message) -> Result<Appended>;
 
+    /// Stores the start of a turn in one write: creates `user`'s chat if it does not exist yet,
+    /// appends `user`, then `reply` (the assistant message that answers it, usually
+    /// `streaming`) right after it, in the same chat.
+    ///
+    /// When `user` has a `client_message_id` that the chat already holds, nothing is written and
+    /// the original user message comes back with `created: false`, as with
+    /// [`append_idempotent`](MessageStore::append_idempotent); otherwise `created: true` and
+    /// both messages are stored.
+    ///
+    /// This is what a session does on every send, before the reply can start: the crate's
+    /// backends do it in one transaction (all or nothing, one commit). The default calls
+    /// [`get_or_create_chat`](MessageStoreExt::get_or_create_chat), `append_idempotent` (or
+    /// `append`) and `append` in turn.
+    ///
+    /// ```
+    /// use chatstream::{ChatId, Message, MessageStore, store::{HistoryPage, MemoryStore}};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+    /// let store = MemoryStore::new();
+    /// let chat = ChatId::new("support-42")?;
+    /// let user = Message::user(chat.clone(), "hi").with_client_message_id("k1");
+    /// let reply = Message::assistant_streaming(chat.clone()).replying_to(user.id);
+    /// assert!(store.append_turn(&user, &reply).await?.created);
+    /// // The same key again: nothing new is stored.
+    /// let again = Message::user(chat.clone(), "hi").with_client_message_id("k1");
+    /// let retry = Message::assistant_streaming(chat.clone()).replying_to(again.id);
+    /// let appended = store.append_turn(&again, &retry).await?;
+    /// assert!(!appended.created);
+    /// assert_eq!(appended.message.id, user.id);
+    /// assert_eq!(store.history(&chat, HistoryPage::default()).await?.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        if reply.chat_id != user.chat_id {
+            return Err(crate::Error::invalid(
+                "message",
+                "a reply belongs to its user message's chat",
+            ));
+        }
+        self.get_or_create_chat(&user.chat_id).await?;
+        let appended = if user.client_message_id.is_some() {
+            self.append_idempotent(user).await?
+        } else {
+            self.append(user).await?;
+            Appended {
+                message: user.clone(),
+                created: true,
+            }
+        };
+        if appended.created {
+            self.append(reply).await?;
+        }
+        Ok(appended)
+    }
+
     /// Saves a message's changing fields: content, reasoning, tool calls, status, finish reason,
     /// usage, error and `updated_at`. Fails with [`Error::NotFound`](crate::Error::NotFound) if it
     /// was never appended.

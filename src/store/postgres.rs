@@ -272,82 +272,110 @@ impl PostgresStore {
     /// Appends `message`; with `key`, returns the chat's existing message with that client
     /// message id instead, if there is one.
     async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
-        let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
-        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-
         let mut tx = self.pool.begin().await.map_err(err("append message"))?;
-        // The row lock taken here serialises appends to one chat across every process: the
-        // duplicate check below then sees any message a concurrent send committed first.
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE chats SET next_seq = next_seq + 1, updated_at = GREATEST(updated_at, $1) \
-             WHERE id = $2 RETURNING next_seq - 1",
-        )
-        .bind(message.updated_at)
-        .bind(message.chat_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err("append message"))?;
-        let Some(seq) = seq else {
-            return Err(not_found("chat", &message.chat_id));
-        };
-        if let Some(key) = key {
-            let existing = sqlx::query(SELECT_BY_CLIENT_KEY)
-                .bind(message.chat_id.as_str())
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err("append message"))?;
-            if let Some(row) = existing {
+        match insert_in(&mut tx, message, key).await? {
+            Insert::Created => {
+                tx.commit().await.map_err(err("append message"))?;
+                Ok(None)
+            }
+            Insert::Existing(original) => {
                 tx.rollback().await.map_err(err("append message"))?;
-                return decode_message(&row).map(Some);
+                Ok(Some(*original))
+            }
+            Insert::Duplicate => {
+                drop(tx);
+                self.after_duplicate(message, key).await.map(Some)
             }
         }
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO messages (",
-            message_columns!(),
-            ", seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             $16, $17)"
-        ))
-        .bind(message.id.as_uuid())
-        .bind(message.chat_id.as_str())
-        .bind(message.role.as_str())
-        .bind(&message.content)
-        .bind(&message.reasoning)
-        .bind(tool_calls)
-        .bind(&message.tool_call_id)
-        .bind(message.status.as_str())
-        .bind(message.finish_reason.map(|f| f.as_str()))
-        .bind(input_tokens)
-        .bind(output_tokens)
-        .bind(&message.error)
-        .bind(&message.client_message_id)
-        .bind(message.reply_to.map(|id| *id.as_uuid()))
-        .bind(message.created_at)
-        .bind(message.updated_at)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if sql::is_unique_violation(&e) => {
-                // The chat lock above makes this unreachable for a repeated key, but should a
-                // duplicate slip past it, the unique constraint still decides: answer with the
-                // message that won.
-                if let Some(key) = key {
-                    drop(tx);
-                    if let Some(original) = self.by_client_key(&message.chat_id, key).await? {
-                        return Ok(Some(original));
-                    }
-                }
-                return Err(Error::AlreadyExists {
-                    what: "message",
-                    id: message.id.to_string(),
-                });
-            }
-            Err(e) => return Err(sql::store_error(BACKEND, "append message", e)),
+    }
+
+    /// The answer to an insert that broke a unique constraint: the chat's row lock taken by
+    /// [`insert_in`] makes this unreachable for a repeated key, but should a duplicate slip past
+    /// it, the constraint still decides: the message that won, or `AlreadyExists`.
+    async fn after_duplicate(&self, message: &Message, key: Option<&str>) -> Result<Message> {
+        if let Some(key) = key
+            && let Some(original) = self.by_client_key(&message.chat_id, key).await?
+        {
+            return Ok(original);
         }
-        tx.commit().await.map_err(err("append message"))?;
-        Ok(None)
+        Err(Error::AlreadyExists {
+            what: "message",
+            id: message.id.to_string(),
+        })
+    }
+}
+
+/// What [`insert_in`] did.
+enum Insert {
+    Created,
+    /// The chat already has a message with the key: nothing was written.
+    Existing(Box<Message>),
+    /// A unique constraint refused the row; the transaction must be dropped.
+    Duplicate,
+}
+
+/// Appends `message` inside a transaction (see [`PostgresStore::insert`]).
+async fn insert_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    message: &Message,
+    key: Option<&str>,
+) -> Result<Insert> {
+    let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
+    let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
+    // The row lock taken here serialises appends to one chat across every process: the
+    // duplicate check below then sees any message a concurrent send committed first.
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE chats SET next_seq = next_seq + 1, updated_at = GREATEST(updated_at, $1) \
+         WHERE id = $2 RETURNING next_seq - 1",
+    )
+    .bind(message.updated_at)
+    .bind(message.chat_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(err("append message"))?;
+    let Some(seq) = seq else {
+        return Err(not_found("chat", &message.chat_id));
+    };
+    if let Some(key) = key {
+        let existing = sqlx::query(SELECT_BY_CLIENT_KEY)
+            .bind(message.chat_id.as_str())
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(err("append message"))?;
+        if let Some(row) = existing {
+            return decode_message(&row).map(|m| Insert::Existing(Box::new(m)));
+        }
+    }
+    let inserted = sqlx::query(concat!(
+        "INSERT INTO messages (",
+        message_columns!(),
+        ", seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $17)"
+    ))
+    .bind(message.id.as_uuid())
+    .bind(message.chat_id.as_str())
+    .bind(message.role.as_str())
+    .bind(&message.content)
+    .bind(&message.reasoning)
+    .bind(tool_calls)
+    .bind(&message.tool_call_id)
+    .bind(message.status.as_str())
+    .bind(message.finish_reason.map(|f| f.as_str()))
+    .bind(input_tokens)
+    .bind(output_tokens)
+    .bind(&message.error)
+    .bind(&message.client_message_id)
+    .bind(message.reply_to.map(|id| *id.as_uuid()))
+    .bind(message.created_at)
+    .bind(message.updated_at)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Ok(_) => Ok(Insert::Created),
+        Err(e) if sql::is_unique_violation(&e) => Ok(Insert::Duplicate),
+        Err(e) => Err(sql::store_error(BACKEND, "append message", e)),
     }
 }
 
@@ -459,6 +487,64 @@ impl MessageStore for PostgresStore {
                     created: true,
                 }
             }
+        })
+    }
+
+    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        if reply.chat_id != user.chat_id {
+            return Err(Error::invalid(
+                "message",
+                "a reply belongs to its user message's chat",
+            ));
+        }
+        let key = user.client_message_id.as_deref();
+        let now = micros(Utc::now());
+        let mut tx = self.pool.begin().await.map_err(err("append turn"))?;
+        sqlx::query(
+            "INSERT INTO chats (id, title, created_at, updated_at) VALUES ($1, NULL, $2, $2) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(user.chat_id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("append turn"))?;
+        match insert_in(&mut tx, user, key).await? {
+            Insert::Created => {}
+            Insert::Existing(original) => {
+                tx.rollback().await.map_err(err("append turn"))?;
+                return Ok(Appended {
+                    message: *original,
+                    created: false,
+                });
+            }
+            Insert::Duplicate => {
+                drop(tx);
+                return Ok(Appended {
+                    message: self.after_duplicate(user, key).await?,
+                    created: false,
+                });
+            }
+        }
+        match insert_in(&mut tx, reply, None).await? {
+            Insert::Created => {}
+            Insert::Existing(_) | Insert::Duplicate => {
+                // Neither message is kept: the whole turn fails.
+                tx.rollback().await.map_err(err("append turn"))?;
+                return Err(Error::AlreadyExists {
+                    what: "message",
+                    id: reply.id.to_string(),
+                });
+            }
+        }
+        tx.commit().await.map_err(err("append turn"))?;
+        // Hand back what a later read gives, so a repeat compares equal.
+        let mut stored = user.clone();
+        stored.created_at = micros(stored.created_at);
+        stored.updated_at = micros(stored.updated_at);
+        Ok(Appended {
+            message: stored,
+            created: true,
         })
     }
 
