@@ -1,6 +1,7 @@
 //! Message store costs: persisting one streamed reply (append, 20 checkpoints, final update), one
-//! checkpoint alone, and loading the newest page of 50 from chats of 100 and 10,000 messages,
-//! for the memory store and a SQLite file in WAL mode.
+//! checkpoint alone, starting a turn (what a session writes and reads before a reply can start),
+//! and loading the newest page of 50 from chats of 100 and 10,000 messages, for the memory store
+//! and a SQLite file in WAL mode.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -95,6 +96,40 @@ fn checkpoint(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a send costs the store before its reply can start, in a new chat: the turn (chat, user
+/// message, reply placeholder) and the history read that builds the request. Beside it, the same
+/// writes made one by one (`get_or_create_chat`, `append`, `append`), as the trait's default does.
+fn turn(c: &mut Criterion) {
+    use chatstream::MessageStoreExt;
+    let rt = runtime();
+    let backends = backends(&rt);
+    let mut group = c.benchmark_group("turn_new_chat_then_history");
+    for (name, store) in &backends.stores {
+        let store = &**store;
+        group.bench_function(BenchmarkId::new("append_turn", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let chat = ChatId::generate();
+                let user = Message::user(chat.clone(), CHUNK);
+                let reply = Message::assistant_streaming(chat.clone()).replying_to(user.id);
+                assert!(store.append_turn(&user, &reply).await.unwrap().created);
+                store.history(&chat, HistoryPage::newest(64)).await.unwrap()
+            });
+        });
+        group.bench_function(BenchmarkId::new("one_by_one", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let chat = ChatId::generate();
+                let user = Message::user(chat.clone(), CHUNK);
+                let reply = Message::assistant_streaming(chat.clone()).replying_to(user.id);
+                store.get_or_create_chat(&chat).await.unwrap();
+                store.append(&user).await.unwrap();
+                store.append(&reply).await.unwrap();
+                store.history(&chat, HistoryPage::newest(64)).await.unwrap()
+            });
+        });
+    }
+    group.finish();
+}
+
 fn history(c: &mut Criterion) {
     let rt = runtime();
     let backends = backends(&rt);
@@ -124,5 +159,5 @@ fn history(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, reply, checkpoint, history);
+criterion_group!(benches, reply, checkpoint, turn, history);
 criterion_main!(benches);

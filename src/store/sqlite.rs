@@ -125,6 +125,9 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(FILE_POOL_SIZE)
+            // A connection to a local file does not go stale: no round trip to check it on
+            // every acquire (each is a hop to the connection's thread and back).
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| sql::store_error(BACKEND, &format!("open {file}"), e))?;
@@ -228,6 +231,136 @@ fn decode_chat(row: &SqliteRow) -> Result<Chat> {
     })
 }
 
+// Scripts take anonymous parameters only, bound in the order they appear across all their
+// statements: sqlx numbers a script's parameters statement by statement, so a `?NNN` that skips
+// numbers would shift the ones after it.
+
+/// A checkpoint as one script (see [`SqliteStore::script`]): the message, then its chat's
+/// activity time. `RETURNING` gives no row when there is no such message.
+const UPDATE_SCRIPT: &str = "BEGIN IMMEDIATE;
+UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, finish_reason = ?,
+    usage_input_tokens = ?, usage_output_tokens = ?, error = ?, updated_at = ?
+    WHERE id = ? RETURNING chat_id;
+UPDATE chats SET updated_at = MAX(updated_at, ?)
+    WHERE id = (SELECT chat_id FROM messages WHERE id = ?);
+COMMIT;";
+
+/// A turn as one script (see [`SqliteStore::script`]): the chat if it is new; the user message
+/// unless the chat already has its client message id; the reply only if the user message was
+/// stored now, each with the chat's next sequence number; then the stored user message (the new
+/// one or the original) comes back.
+const TURN_SCRIPT: &str = concat!(
+    "BEGIN IMMEDIATE;
+INSERT INTO chats (id, title, created_at, updated_at) VALUES (?, NULL, ?, ?)
+    ON CONFLICT (id) DO NOTHING;
+INSERT INTO messages (",
+    message_columns!(),
+    ", seq)
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq FROM chats WHERE id = ?
+    AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = ? AND client_message_id = ?);
+INSERT INTO messages (",
+    message_columns!(),
+    ", seq)
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq + 1 FROM chats WHERE id = ?
+    AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
+UPDATE chats SET next_seq = next_seq + 2, updated_at = MAX(updated_at, ?)
+    WHERE id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
+SELECT ",
+    message_columns!(),
+    " FROM messages WHERE id = ? OR (chat_id = ? AND client_message_id = ?);
+COMMIT;"
+);
+
+/// A message's columns as a script binds them, in `message_columns!()` order.
+struct Columns<'a> {
+    message: &'a Message,
+    tool_calls: Option<String>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+impl<'a> Columns<'a> {
+    fn of(message: &'a Message) -> Result<Self> {
+        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
+        Ok(Columns {
+            message,
+            tool_calls: sql::tool_calls_to_json(BACKEND, &message.tool_calls)?,
+            input_tokens,
+            output_tokens,
+            created_at: nanos(message.created_at)?,
+            updated_at: nanos(message.updated_at)?,
+        })
+    }
+
+    fn bind<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q>
+    where
+        'a: 'q,
+    {
+        let m = self.message;
+        query
+            .bind(m.id.as_uuid())
+            .bind(m.chat_id.as_str())
+            .bind(m.role.as_str())
+            .bind(&m.content)
+            .bind(&m.reasoning)
+            .bind(self.tool_calls.clone())
+            .bind(&m.tool_call_id)
+            .bind(m.status.as_str())
+            .bind(m.finish_reason.map(|f| f.as_str()))
+            .bind(self.input_tokens)
+            .bind(self.output_tokens)
+            .bind(&m.error)
+            .bind(&m.client_message_id)
+            .bind(m.reply_to.map(|id| *id.as_uuid()))
+            .bind(self.created_at)
+            .bind(self.updated_at)
+    }
+}
+
+/// A connection running a script; closed rather than reused unless the script is known to have
+/// ended its transaction (a script that failed and could not be rolled back, or whose future was
+/// dropped part-way, may have left it open).
+struct ScriptConnection {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    clean: bool,
+}
+
+impl Drop for ScriptConnection {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Runs a write script (`BEGIN IMMEDIATE; …; COMMIT;`) and returns the rows its statements
+    /// return.
+    ///
+    /// The statements go to the connection's thread as one query: one round trip instead of one
+    /// per statement, which is most of what a small write costs (measured with
+    /// `cargo bench --bench store`). When a statement fails the script stops there, inside its
+    /// transaction, which is then rolled back: a script applies entirely or not at all, also when
+    /// its future is dropped part-way (the connection is closed, which rolls back).
+    async fn script(
+        &self,
+        query: SqliteQuery<'_>,
+    ) -> std::result::Result<Vec<SqliteRow>, sqlx::Error> {
+        let _writing = self.writer.lock().await;
+        let mut c = ScriptConnection {
+            conn: self.pool.acquire().await?,
+            clean: false,
+        };
+        let result = query.fetch_all(&mut *c.conn).await;
+        c.clean = result.is_ok() || sqlx::query("ROLLBACK").execute(&mut *c.conn).await.is_ok();
+        result
+    }
+}
+
 impl SqliteStore {
     /// Begins a write transaction: writers of this process queue on `writer` (held until the
     /// guard drops), then `BEGIN IMMEDIATE` takes SQLite's write lock at once.
@@ -262,83 +395,111 @@ impl SqliteStore {
     /// Appends `message`; with `key`, returns the chat's existing message with that client
     /// message id instead, if there is one.
     async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
-        let updated_at = nanos(message.updated_at)?;
-        let created_at = nanos(message.created_at)?;
-        let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
-        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-
         let (_writing, mut tx) = self.begin_write("append message").await?;
-        // Taking the next sequence number first also takes the write lock, so the duplicate
-        // check below cannot race another append to this chat.
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE chats SET next_seq = next_seq + 1, updated_at = MAX(updated_at, ?) \
-             WHERE id = ? RETURNING next_seq - 1",
-        )
-        .bind(updated_at)
-        .bind(message.chat_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err("append message"))?;
-        let Some(seq) = seq else {
-            return Err(not_found("chat", &message.chat_id));
-        };
-        if let Some(key) = key {
-            let existing = sqlx::query(SELECT_BY_CLIENT_KEY)
-                .bind(message.chat_id.as_str())
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err("append message"))?;
-            if let Some(row) = existing {
+        match insert_in(&mut tx, message, key).await? {
+            Insert::Created => {
+                tx.commit().await.map_err(err("append message"))?;
+                Ok(None)
+            }
+            Insert::Existing(original) => {
                 tx.rollback().await.map_err(err("append message"))?;
-                return decode_message(&row).map(Some);
+                Ok(Some(*original))
+            }
+            Insert::Duplicate => {
+                drop(tx);
+                self.after_duplicate(message, key).await.map(Some)
             }
         }
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO messages (",
-            message_columns!(),
-            ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(message.id.as_uuid())
-        .bind(message.chat_id.as_str())
-        .bind(message.role.as_str())
-        .bind(&message.content)
-        .bind(&message.reasoning)
-        .bind(tool_calls)
-        .bind(&message.tool_call_id)
-        .bind(message.status.as_str())
-        .bind(message.finish_reason.map(|f| f.as_str()))
-        .bind(input_tokens)
-        .bind(output_tokens)
-        .bind(&message.error)
-        .bind(&message.client_message_id)
-        .bind(message.reply_to.map(|id| *id.as_uuid()))
-        .bind(created_at)
-        .bind(updated_at)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if sql::is_unique_violation(&e) => {
-                // The chat lock above makes this unreachable for a repeated key, but should a
-                // duplicate slip past it, the unique constraint still decides: answer with the
-                // message that won.
-                if let Some(key) = key {
-                    drop(tx);
-                    if let Some(original) = self.by_client_key(&message.chat_id, key).await? {
-                        return Ok(Some(original));
-                    }
-                }
-                return Err(Error::AlreadyExists {
-                    what: "message",
-                    id: message.id.to_string(),
-                });
-            }
-            Err(e) => return Err(sql::store_error(BACKEND, "append message", e)),
+    }
+
+    /// The answer to an insert that broke a unique constraint: the chat lock taken by
+    /// [`insert_in`] makes this unreachable for a repeated key, but should a duplicate slip past
+    /// it, the constraint still decides: the message that won, or `AlreadyExists`.
+    async fn after_duplicate(&self, message: &Message, key: Option<&str>) -> Result<Message> {
+        if let Some(key) = key
+            && let Some(original) = self.by_client_key(&message.chat_id, key).await?
+        {
+            return Ok(original);
         }
-        tx.commit().await.map_err(err("append message"))?;
-        Ok(None)
+        Err(Error::AlreadyExists {
+            what: "message",
+            id: message.id.to_string(),
+        })
+    }
+}
+
+/// What [`insert_in`] did.
+enum Insert {
+    Created,
+    /// The chat already has a message with the key: nothing was written.
+    Existing(Box<Message>),
+    /// A unique constraint refused the row; the transaction must be dropped.
+    Duplicate,
+}
+
+/// Appends `message` inside a write transaction (see [`SqliteStore::insert`]).
+async fn insert_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    message: &Message,
+    key: Option<&str>,
+) -> Result<Insert> {
+    let updated_at = nanos(message.updated_at)?;
+    let created_at = nanos(message.created_at)?;
+    let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
+    let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
+    // Taking the next sequence number first also takes the write lock, so the duplicate
+    // check below cannot race another append to this chat.
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE chats SET next_seq = next_seq + 1, updated_at = MAX(updated_at, ?) \
+         WHERE id = ? RETURNING next_seq - 1",
+    )
+    .bind(updated_at)
+    .bind(message.chat_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(err("append message"))?;
+    let Some(seq) = seq else {
+        return Err(not_found("chat", &message.chat_id));
+    };
+    if let Some(key) = key {
+        let existing = sqlx::query(SELECT_BY_CLIENT_KEY)
+            .bind(message.chat_id.as_str())
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(err("append message"))?;
+        if let Some(row) = existing {
+            return decode_message(&row).map(|m| Insert::Existing(Box::new(m)));
+        }
+    }
+    let inserted = sqlx::query(concat!(
+        "INSERT INTO messages (",
+        message_columns!(),
+        ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(message.id.as_uuid())
+    .bind(message.chat_id.as_str())
+    .bind(message.role.as_str())
+    .bind(&message.content)
+    .bind(&message.reasoning)
+    .bind(tool_calls)
+    .bind(&message.tool_call_id)
+    .bind(message.status.as_str())
+    .bind(message.finish_reason.map(|f| f.as_str()))
+    .bind(input_tokens)
+    .bind(output_tokens)
+    .bind(&message.error)
+    .bind(&message.client_message_id)
+    .bind(message.reply_to.map(|id| *id.as_uuid()))
+    .bind(created_at)
+    .bind(updated_at)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Ok(_) => Ok(Insert::Created),
+        Err(e) if sql::is_unique_violation(&e) => Ok(Insert::Duplicate),
+        Err(e) => Err(sql::store_error(BACKEND, "append message", e)),
     }
 }
 
@@ -451,39 +612,81 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        if reply.chat_id != user.chat_id {
+            return Err(Error::invalid(
+                "message",
+                "a reply belongs to its user message's chat",
+            ));
+        }
+        let (u, r) = (Columns::of(user)?, Columns::of(reply)?);
+        let chat = user.chat_id.as_str();
+        let key = user.client_message_id.as_deref();
+        let user_id = user.id.as_uuid();
+        let now = nanos(Utc::now())?;
+        let query = sqlx::query(TURN_SCRIPT).bind(chat).bind(now).bind(now);
+        let query = u.bind(query).bind(chat).bind(chat).bind(key);
+        let query = r.bind(query).bind(chat).bind(user_id);
+        let query = query
+            .bind(u.updated_at.max(r.updated_at))
+            .bind(chat)
+            .bind(user_id)
+            .bind(user_id)
+            .bind(chat)
+            .bind(key);
+        let rows = match self.script(query).await {
+            Ok(rows) => rows,
+            Err(e) if sql::is_unique_violation(&e) => {
+                // The key check in the script makes this unreachable for a repeated key; a taken
+                // message id ends up here (and nothing of the turn is kept).
+                let taken = if self.get_message(&user.id).await?.is_some() {
+                    user.id
+                } else {
+                    reply.id
+                };
+                return Err(Error::AlreadyExists {
+                    what: "message",
+                    id: taken.to_string(),
+                });
+            }
+            Err(e) => return Err(sql::store_error(BACKEND, "append turn", e)),
+        };
+        let stored = rows
+            .first()
+            .map(decode_message)
+            .transpose()?
+            .ok_or_else(|| Error::Store {
+                backend: BACKEND,
+                message: "append turn: the user message is missing after the write".into(),
+                source: None,
+            })?;
+        Ok(Appended {
+            created: stored.id == user.id,
+            message: stored,
+        })
+    }
+
     async fn update(&self, message: &Message) -> Result<()> {
-        let updated_at = nanos(message.updated_at)?;
         let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
         let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-        let (_writing, mut tx) = self.begin_write("update message").await?;
-        let chat_id: Option<String> = sqlx::query_scalar(
-            "UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, \
-             finish_reason = ?, usage_input_tokens = ?, usage_output_tokens = ?, error = ?, \
-             updated_at = ? WHERE id = ? RETURNING chat_id",
-        )
-        .bind(&message.content)
-        .bind(&message.reasoning)
-        .bind(tool_calls)
-        .bind(message.status.as_str())
-        .bind(message.finish_reason.map(|f| f.as_str()))
-        .bind(input_tokens)
-        .bind(output_tokens)
-        .bind(&message.error)
-        .bind(updated_at)
-        .bind(message.id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err("update message"))?;
-        let Some(chat_id) = chat_id else {
+        let query = sqlx::query(UPDATE_SCRIPT)
+            .bind(&message.content)
+            .bind(&message.reasoning)
+            .bind(tool_calls)
+            .bind(message.status.as_str())
+            .bind(message.finish_reason.map(|f| f.as_str()))
+            .bind(input_tokens)
+            .bind(output_tokens)
+            .bind(&message.error)
+            .bind(nanos(message.updated_at)?)
+            .bind(message.id.as_uuid())
+            .bind(nanos(message.updated_at)?)
+            .bind(message.id.as_uuid());
+        let rows = self.script(query).await.map_err(err("update message"))?;
+        if rows.is_empty() {
             return Err(not_found("message", message.id));
-        };
-        sqlx::query("UPDATE chats SET updated_at = MAX(updated_at, ?) WHERE id = ?")
-            .bind(updated_at)
-            .bind(chat_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("update message"))?;
-        tx.commit().await.map_err(err("update message"))
+        }
+        Ok(())
     }
 
     async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
