@@ -61,7 +61,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Accumulator, ChatId, ChatRequest, Delta, Error, Message, MessageId, MessageStatus,
-    MessageStoreExt, RequestMessage, Result, Role,
+    RequestMessage, Result, Role,
     hub::{
         DynStreamHub, EventPayload, HubEvent, HubEventStream, LiveReply, LocalHub, ReplyPublisher,
     },
@@ -499,7 +499,6 @@ impl ChatSession for Session {
         if inner.tasks.is_closed() {
             return Err(Error::ShuttingDown);
         }
-        inner.store.get_or_create_chat(&self.chat_id).await?;
         let key = input.client_message_id.as_deref();
         // A repeat of a recent send needs neither the hub nor a write.
         if let Some(key) = key
@@ -523,15 +522,22 @@ impl ChatSession for Session {
         let mut user = Message::user(self.chat_id.clone(), input.content);
         if let Some(key) = key {
             user = user.with_client_message_id(key);
-            let appended = inner.store.append_idempotent(&user).await?;
-            if !appended.created {
-                live.publisher.abort().await?;
-                return self.existing_reply(appended.message).await;
-            }
-        } else {
-            inner.store.append(&user).await?;
         }
-        self.launch(live, user, false).await
+        // One write before the reply can start: the chat (if new), the message and the reply.
+        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
+        let appended = match inner.store.append_turn(&user, &assistant).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                // The store's error is the one to report; the hub forgets the reply either way.
+                let _ = live.publisher.abort().await;
+                return Err(e);
+            }
+        };
+        if !appended.created {
+            live.publisher.abort().await?;
+            return self.existing_reply(appended.message).await;
+        }
+        self.start(live, user, assistant, false).await
     }
 
     async fn regenerate(&self) -> Result<ReplyHandle> {
@@ -657,7 +663,6 @@ impl Session {
         })
     }
 
-    /// Creates the assistant message, builds the request and starts the reply's task.
     /// The newest user message of the chat.
     async fn last_user_message(&self) -> Result<Option<Message>> {
         let store = &self.service.inner.store;
@@ -685,30 +690,61 @@ impl Session {
     /// Starts generating the reply to `user`; with `replacing`, the earlier replies to `user`
     /// are left out of the request.
     async fn launch(&self, live: LiveReply, user: Message, replacing: bool) -> Result<ReplyHandle> {
+        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
+        if let Err(e) = self.service.inner.store.append(&assistant).await {
+            let _ = live.publisher.abort().await;
+            return Err(e);
+        }
+        self.start(live, user, assistant, replacing).await
+    }
+
+    /// Starts the reply task for `assistant`, already stored as `streaming`. Should that fail,
+    /// the stored reply is marked `failed` with the error, so it does not wait for crash
+    /// recovery.
+    async fn start(
+        &self,
+        live: LiveReply,
+        user: Message,
+        mut assistant: Message,
+        replacing: bool,
+    ) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         let LiveReply {
             mut publisher,
             cancel,
         } = live;
-        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
-        inner.store.append(&assistant).await?;
-        let request = self.build_request(replacing.then_some(user.id)).await?;
-        publisher
-            .publish(EventPayload::Start {
-                chat_id: self.chat_id.clone(),
-                message_id: assistant.id,
-                user_message_id: user.id,
-            })
-            .await?;
-        let events = inner
-            .hub
-            .subscribe(&self.chat_id, None)
-            .await?
-            .ok_or_else(|| Error::Hub {
-                backend: inner.hub.backend(),
-                message: "a reply just started is not in the hub".into(),
-                source: None,
-            })?;
+        let started = async {
+            let request = self.build_request(replacing.then_some(user.id)).await?;
+            publisher
+                .publish(EventPayload::Start {
+                    chat_id: self.chat_id.clone(),
+                    message_id: assistant.id,
+                    user_message_id: user.id,
+                })
+                .await?;
+            let events = inner
+                .hub
+                .subscribe(&self.chat_id, None)
+                .await?
+                .ok_or_else(|| Error::Hub {
+                    backend: inner.hub.backend(),
+                    message: "a reply just started is not in the hub".into(),
+                    source: None,
+                })?;
+            Ok::<_, Error>((request, events))
+        }
+        .await;
+        let (request, events) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                assistant.status = MessageStatus::Failed;
+                assistant.error = Some(e.to_string());
+                assistant.updated_at = chrono::Utc::now();
+                persist_final(inner, &assistant).await;
+                let _ = publisher.abort().await;
+                return Err(e);
+            }
+        };
         let finished = Arc::new(AtomicBool::new(false));
         let run = ReplyRun {
             service: self.service.inner.clone(),

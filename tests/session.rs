@@ -429,6 +429,7 @@ struct Recording {
     inner: DynMessageStore,
     updates: Mutex<Vec<(Instant, MessageStatus, String)>>,
     fail_updates: Mutex<u32>,
+    fail_history: Mutex<u32>,
 }
 
 impl Recording {
@@ -437,6 +438,7 @@ impl Recording {
             inner,
             updates: Mutex::new(Vec::new()),
             fail_updates: Mutex::new(0),
+            fail_history: Mutex::new(0),
         })
     }
     fn updates(&self) -> Vec<(Instant, MessageStatus, String)> {
@@ -497,6 +499,17 @@ impl MessageStore for Recording {
         self.inner.get_message(id).await
     }
     async fn history(&self, chat: &ChatId, page: HistoryPage) -> chatstream::Result<Vec<Message>> {
+        {
+            let mut fail = self.fail_history.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(Error::Store {
+                    backend: "recording",
+                    message: "injected history failure".into(),
+                    source: None,
+                });
+            }
+        }
         self.inner.history(chat, page).await
     }
     async fn recover_streaming(&self, before: Option<DateTime<Utc>>) -> chatstream::Result<u64> {
@@ -605,6 +618,52 @@ async fn a_failed_reply_is_persisted_failed_with_an_error_event(store: DynMessag
         (m.status, m.content.as_str()),
         (MessageStatus::Failed, "no finish")
     );
+}
+
+/// A send whose reply cannot get under way (here: the history for the request cannot be read)
+/// fails with the store's error, leaves its reply `failed` with that error rather than
+/// `streaming`, and the chat free for the next send.
+async fn a_send_that_cannot_start_leaves_a_failed_reply(store: DynMessageStore) {
+    let recording = Recording::new(store.clone());
+    let provider = ScriptedProvider::new().then(Script::reply(["fine"]));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider.clone()))
+        .store(recording.clone())
+        .build()
+        .unwrap();
+    let session = service.session(chat());
+    *recording.fail_history.lock().unwrap() = 1;
+    match session.send(UserInput::new("first")).await {
+        Err(Error::Store { message, .. }) => assert!(message.contains("injected"), "{message}"),
+        other => panic!(
+            "the store's error must come back, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let stored = store
+        .history(session.chat_id(), HistoryPage::default())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2, "the turn was stored: {stored:?}");
+    assert_eq!(
+        (stored[0].role, stored[0].content.as_str()),
+        (Role::User, "first")
+    );
+    assert_eq!(stored[1].status, MessageStatus::Failed);
+    assert!(
+        stored[1]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("injected"),
+        "{:?}",
+        stored[1].error
+    );
+    assert!(!session.is_live().await.unwrap(), "the chat is free again");
+    assert_eq!(provider.started(), 0, "no upstream request was made");
+
+    let reply = session.send(UserInput::new("second")).await.unwrap();
+    assert_eq!(drain(reply.events).await.text, "fine");
 }
 
 async fn retry_notices_pass_through_without_touching_the_text(store: DynMessageStore) {
@@ -931,6 +990,8 @@ mod every_store {
         failing_checkpoints_do_not_stop_the_reply,
         #[tokio::test]
         a_failed_reply_is_persisted_failed_with_an_error_event,
+        #[tokio::test]
+        a_send_that_cannot_start_leaves_a_failed_reply,
         #[tokio::test]
         retry_notices_pass_through_without_touching_the_text,
         #[tokio::test]
