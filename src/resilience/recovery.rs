@@ -1,8 +1,13 @@
 //! [`Recovering`]: carries on after a reply broke mid-stream, without repeating a token.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 
 use crate::{
     Accumulator, ChatRequest, Delta, DeltaStream, Error, LlmProvider, RequestMessage, Result,
@@ -148,7 +153,7 @@ impl<P: LlmProvider> LlmProvider for Recovering<P> {
             out: VecDeque::new(),
             done: false,
         };
-        futures::stream::unfold(state, step).boxed()
+        Box::pin(state)
     }
 }
 
@@ -166,38 +171,57 @@ struct State {
     done: bool,
 }
 
-async fn step(mut st: State) -> Option<(Result<Delta>, State)> {
-    loop {
-        if let Some(item) = st.out.pop_front() {
-            if let Ok(delta) = &item
-                && delta.is_output()
-            {
-                st.sent.push(delta);
+/// Written by hand rather than with `unfold`, so that a delta of a healthy reply passes
+/// straight through: no state moved in and out of a future per item, no queueing.
+impl Stream for State {
+    type Item = Result<Delta>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let st = self.get_mut();
+        loop {
+            if let Some(item) = st.out.pop_front() {
+                return Poll::Ready(Some(st.pass(item)));
             }
-            return Some((item, st));
-        }
-        if st.done {
-            return None;
-        }
-        let stream = st.current.as_mut()?;
-        match stream.next().await {
-            None => {
-                st.current = None;
-                st.done = true;
-                st.filter.flush(&mut st.out);
+            if st.done {
+                return Poll::Ready(None);
             }
-            Some(Ok(delta)) => st.filter.apply(delta, &mut st.out),
-            Some(Err(error)) => {
-                // Close the broken attempt before anything else.
-                st.current = None;
-                if recoverable(&st, &error) {
-                    recover(&mut st, &error);
-                } else {
+            let Some(stream) = st.current.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(stream.poll_next_unpin(cx)) {
+                None => {
+                    st.current = None;
                     st.done = true;
-                    st.out.push_back(Err(error));
+                    st.filter.flush(&mut st.out);
+                }
+                Some(Ok(delta)) if matches!(st.filter, Filter::Pass) => {
+                    return Poll::Ready(Some(st.pass(Ok(delta))));
+                }
+                Some(Ok(delta)) => st.filter.apply(delta, &mut st.out),
+                Some(Err(error)) => {
+                    // Close the broken attempt before anything else.
+                    st.current = None;
+                    if recoverable(st, &error) {
+                        recover(st, &error);
+                    } else {
+                        st.done = true;
+                        st.out.push_back(Err(error));
+                    }
                 }
             }
         }
+    }
+}
+
+impl State {
+    /// Notes an item going out: what was sent is what a recovery continues from.
+    fn pass(&mut self, item: Result<Delta>) -> Result<Delta> {
+        if let Ok(delta) = &item
+            && delta.is_output()
+        {
+            self.sent.push(delta);
+        }
+        item
     }
 }
 

@@ -1,12 +1,15 @@
 //! [`Retrying`]: retries a reply that failed before any output, with backoff and full jitter.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use futures::StreamExt;
-use tokio::time::Instant;
+use futures::{Stream, StreamExt};
+use tokio::time::{Instant, Sleep};
 
 use crate::{ChatRequest, Delta, DeltaStream, Error, LlmProvider, Result, RetryNotice};
 
@@ -211,10 +214,11 @@ impl<P: LlmProvider> LlmProvider for Retrying<P> {
             attempts: 0,
             current: None,
             wait: None,
+            sleep: None,
             output_seen: false,
             done: false,
         };
-        futures::stream::unfold(state, step).boxed()
+        Box::pin(state)
     }
 }
 
@@ -228,64 +232,76 @@ struct State {
     current: Option<DeltaStream>,
     /// The wait before the next attempt, taken after its notice went out.
     wait: Option<Duration>,
+    /// That wait, once the consumer asks for the next item.
+    sleep: Option<Pin<Box<Sleep>>>,
     output_seen: bool,
     done: bool,
 }
 
-async fn step(mut st: State) -> Option<(Result<Delta>, State)> {
-    if st.done {
-        return None;
-    }
-    if let Some(wait) = st.wait.take() {
-        tokio::time::sleep(wait).await;
-    }
-    let started = *st.started.get_or_insert_with(Instant::now);
-    let stream = st.current.get_or_insert_with(|| {
-        st.attempts += 1;
-        st.inner.stream(st.request.clone())
-    });
-    match stream.next().await {
-        None => None,
-        Some(Ok(delta)) => {
-            st.output_seen |= delta.is_output();
-            Some((Ok(delta), st))
+/// Written by hand rather than with `unfold`, so that a delta passes straight through: no state
+/// moved in and out of a future per item.
+impl Stream for State {
+    type Item = Result<Delta>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let st = self.get_mut();
+        if st.done {
+            return Poll::Ready(None);
         }
-        Some(Err(error)) => {
-            // Drop the failed attempt (and its connection) before waiting.
-            st.current = None;
-            match next_wait(&mut st, &error, started) {
-                Some(wait) => {
-                    tracing::debug!(
-                        provider = st.inner.name(),
-                        attempt = st.attempts + 1,
-                        ?wait,
-                        %error,
-                        "retrying"
-                    );
-                    st.wait = Some(wait);
-                    let notice = Delta::Retry(RetryNotice {
-                        attempt: st.attempts + 1,
-                        provider: st.inner.name().to_owned(),
-                        reason: error.to_string(),
-                    });
-                    Some((Ok(notice), st))
-                }
-                None => {
-                    st.done = true;
-                    let error =
-                        if st.attempts > 1 && !st.output_seen && !matches!(error, Error::Cancelled)
-                        {
-                            Error::RetriesExhausted {
-                                attempts: st.attempts,
-                                source: Box::new(error),
-                            }
-                        } else {
-                            error
-                        };
-                    Some((Err(error), st))
+        if let Some(wait) = st.wait.take() {
+            st.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+        }
+        if let Some(sleep) = st.sleep.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            st.sleep = None;
+        }
+        let started = *st.started.get_or_insert_with(Instant::now);
+        let stream = st.current.get_or_insert_with(|| {
+            st.attempts += 1;
+            st.inner.stream(st.request.clone())
+        });
+        let error = match ready!(stream.poll_next_unpin(cx)) {
+            None => {
+                st.done = true;
+                return Poll::Ready(None);
+            }
+            Some(Ok(delta)) => {
+                st.output_seen |= delta.is_output();
+                return Poll::Ready(Some(Ok(delta)));
+            }
+            Some(Err(error)) => error,
+        };
+        // Drop the failed attempt (and its connection) before waiting.
+        st.current = None;
+        let item = match next_wait(st, &error, started) {
+            Some(wait) => {
+                tracing::debug!(
+                    provider = st.inner.name(),
+                    attempt = st.attempts + 1,
+                    ?wait,
+                    %error,
+                    "retrying"
+                );
+                st.wait = Some(wait);
+                Ok(Delta::Retry(RetryNotice {
+                    attempt: st.attempts + 1,
+                    provider: st.inner.name().to_owned(),
+                    reason: error.to_string(),
+                }))
+            }
+            None => {
+                st.done = true;
+                if st.attempts > 1 && !st.output_seen && !matches!(error, Error::Cancelled) {
+                    Err(Error::RetriesExhausted {
+                        attempts: st.attempts,
+                        source: Box::new(error),
+                    })
+                } else {
+                    Err(error)
                 }
             }
-        }
+        };
+        Poll::Ready(Some(item))
     }
 }
 

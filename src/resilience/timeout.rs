@@ -1,8 +1,15 @@
 //! [`WithTimeouts`]: turns a stalled upstream into a typed, retryable error.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
-use futures::StreamExt;
+use futures::Stream;
+use tokio::time::{Instant, Sleep};
 
 use crate::{ChatRequest, Delta, DeltaStream, Error, LlmProvider, Result, TimeoutPhase};
 
@@ -117,29 +124,82 @@ impl<P: LlmProvider> LlmProvider for WithTimeouts<P> {
 
 /// Applies `timeouts` to any delta stream (see [`WithTimeouts`]).
 pub fn with_timeouts(stream: DeltaStream, timeouts: Timeouts) -> DeltaStream {
-    futures::stream::unfold(Some((stream, false)), move |state| async move {
-        let (mut inner, seen_item) = state?;
-        let (phase, limit) = if seen_item {
-            (TimeoutPhase::Idle, timeouts.idle)
-        } else {
-            (TimeoutPhase::FirstByte, timeouts.first_byte)
-        };
-        match tokio::time::timeout(limit, inner.next()).await {
-            Ok(Some(item)) => {
-                let more = item.is_ok().then_some((inner, true));
-                Some((item, more))
-            }
-            Ok(None) => None,
-            Err(_elapsed) => {
-                drop(inner);
-                tracing::debug!(%phase, ?limit, "upstream timed out");
-                let error: Result<Delta> = Err(Error::Timeout {
-                    phase,
-                    after: limit,
-                });
-                Some((error, None))
-            }
-        }
+    Box::pin(Timed {
+        inner: Some(stream),
+        timeouts,
+        timer: None,
+        deadline: None,
+        seen_item: false,
     })
-    .boxed()
+}
+
+/// The stream behind [`with_timeouts`].
+///
+/// Written by hand so that an item costs no timer operation: each item only moves the
+/// deadline, and the one timer, armed the first time the inner stream waits, is re-armed to
+/// the current deadline only when it fires early. (A fresh `tokio::time::timeout` per item
+/// would register and cancel a timer for every delta.)
+struct Timed {
+    inner: Option<DeltaStream>,
+    timeouts: Timeouts,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When the current wait times out; set on the first poll, moved by every item.
+    deadline: Option<Instant>,
+    seen_item: bool,
+}
+
+impl Stream for Timed {
+    type Item = Result<Delta>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let deadline = *this
+            .deadline
+            .get_or_insert_with(|| Instant::now() + this.timeouts.first_byte);
+        match inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(delta))) => {
+                this.seen_item = true;
+                this.deadline = Some(Instant::now() + this.timeouts.idle);
+                return Poll::Ready(Some(Ok(delta)));
+            }
+            Poll::Ready(other) => {
+                // An error or the end: nothing follows it.
+                this.inner = None;
+                this.timer = None;
+                return Poll::Ready(other);
+            }
+            Poll::Pending => {}
+        }
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            // Armed for the first byte, now waiting on a shorter idle limit.
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() < deadline {
+                // Armed for an earlier deadline, which items have since moved.
+                timer.as_mut().reset(deadline);
+                continue;
+            }
+            let (phase, limit) = if this.seen_item {
+                (TimeoutPhase::Idle, this.timeouts.idle)
+            } else {
+                (TimeoutPhase::FirstByte, this.timeouts.first_byte)
+            };
+            // Dropping the inner stream closes its upstream connection at once.
+            this.inner = None;
+            this.timer = None;
+            tracing::debug!(%phase, ?limit, "upstream timed out");
+            return Poll::Ready(Some(Err(Error::Timeout {
+                phase,
+                after: limit,
+            })));
+        }
+    }
 }
