@@ -185,10 +185,17 @@ pub async fn stream(
     };
     let events = events.map(|event| {
         Ok::<_, Infallible>(match event {
+            // Serialized straight into the event's buffer. A payload always serializes (strings,
+            // numbers, enums, string-keyed maps); the fallback only keeps the stream well-formed.
             Ok(e) => Event::default()
                 .id(e.seq.to_string())
                 .event(e.event_name())
-                .data(e.data_json()),
+                .json_data(&*e.payload)
+                .unwrap_or_else(|err| {
+                    Event::default()
+                        .event("error")
+                        .data(json!({"code": "internal", "message": err.to_string()}).to_string())
+                }),
             // The hub lost the reply (e.g. its backend went away): tell the client to reload
             // history instead of leaving it hanging.
             Err(e) => Event::default().event("error").data(
