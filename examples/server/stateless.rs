@@ -1,7 +1,11 @@
 //! `POST /api/chat`: a stateless reply as SSE `data: {"content":"…"}` events, then
 //! `data: {"done":true}` (or `data: {"error":"…"}`).
 
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
 use axum::{
     extract::State,
@@ -74,24 +78,40 @@ fn piece(p: Piece<'_>) -> Event {
 fn relay(
     deltas: chatstream::DeltaStream,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    futures::stream::unfold(Some(deltas), |state| async move {
-        let mut deltas = state?;
+    Relay {
+        deltas: Some(deltas),
+    }
+}
+
+/// The stream behind [`relay`]: a delta becomes an event as it is polled, with no future built
+/// per item (as `unfold` would); the last event is `done` or `error`.
+struct Relay {
+    deltas: Option<chatstream::DeltaStream>,
+}
+
+impl Stream for Relay {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(deltas) = this.deltas.as_mut() else {
+            return Poll::Ready(None);
+        };
         loop {
-            let event = match deltas.next().await {
+            let event = match ready!(deltas.poll_next_unpin(cx)) {
                 Some(Ok(Delta::Text { text })) => piece(Piece::Content(&text)),
                 Some(Ok(Delta::Reasoning { text })) => piece(Piece::Reasoning(&text)),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
-                    let event =
-                        Event::default().data(json!({ "error": e.to_string() }).to_string());
-                    return Some((Ok(event), None));
+                    this.deltas = None;
+                    Event::default().data(json!({ "error": e.to_string() }).to_string())
                 }
                 None => {
-                    let event = Event::default().data(r#"{"done":true}"#);
-                    return Some((Ok(event), None));
+                    this.deltas = None;
+                    Event::default().data(r#"{"done":true}"#)
                 }
             };
-            return Some((Ok(event), Some(deltas)));
+            return Poll::Ready(Some(Ok(event)));
         }
-    })
+    }
 }

@@ -30,7 +30,8 @@ use crate::{ChatRequest, Delta, DeltaStream, Error, LlmProvider, Result, Timeout
 pub struct Timeouts {
     /// The longest wait for the first item after the stream is first polled (default 60 s).
     pub first_byte: Duration,
-    /// The longest gap between two items (default 60 s).
+    /// The longest wait for each later item, counted from when it is asked for and is not there
+    /// yet (default 60 s): the longest gap the upstream may leave between two items.
     pub idle: Duration,
 }
 
@@ -130,22 +131,26 @@ pub fn with_timeouts(stream: DeltaStream, timeouts: Timeouts) -> DeltaStream {
         timer: None,
         deadline: None,
         seen_item: false,
+        fresh_item: false,
     })
 }
 
 /// The stream behind [`with_timeouts`].
 ///
-/// Written by hand so that an item costs no timer operation: each item only moves the
-/// deadline, and the one timer, armed the first time the inner stream waits, is re-armed to
-/// the current deadline only when it fires early. (A fresh `tokio::time::timeout` per item
-/// would register and cancel a timer for every delta.)
+/// Written by hand so that an item costs no timer operation and no clock read: only when the
+/// inner stream makes us wait is the deadline set (from the clock, if an item came since the
+/// last wait), and the one timer, armed at the first wait, is re-armed to the current deadline
+/// only when it fires early. (A fresh `tokio::time::timeout` per item would register and cancel
+/// a timer for every delta.)
 struct Timed {
     inner: Option<DeltaStream>,
     timeouts: Timeouts,
     timer: Option<Pin<Box<Sleep>>>,
-    /// When the current wait times out; set on the first poll, moved by every item.
+    /// When the current wait times out.
     deadline: Option<Instant>,
     seen_item: bool,
+    /// An item came since the deadline was set: the next wait starts a new idle period.
+    fresh_item: bool,
 }
 
 impl Stream for Timed {
@@ -156,13 +161,10 @@ impl Stream for Timed {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let deadline = *this
-            .deadline
-            .get_or_insert_with(|| Instant::now() + this.timeouts.first_byte);
         match inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(delta))) => {
                 this.seen_item = true;
-                this.deadline = Some(Instant::now() + this.timeouts.idle);
+                this.fresh_item = true;
                 return Poll::Ready(Some(Ok(delta)));
             }
             Poll::Ready(other) => {
@@ -173,6 +175,18 @@ impl Stream for Timed {
             }
             Poll::Pending => {}
         }
+        let deadline = match this.deadline {
+            Some(deadline) if !this.fresh_item => deadline,
+            _ => {
+                let limit = if this.seen_item {
+                    this.timeouts.idle
+                } else {
+                    this.timeouts.first_byte
+                };
+                this.fresh_item = false;
+                *this.deadline.insert(Instant::now() + limit)
+            }
+        };
         let timer = this
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
