@@ -74,7 +74,30 @@ pub struct SqliteStore {
     /// SQLite has one writer at a time; writers of this process queue here, in order, rather
     /// than on SQLite's busy handler, which sleeps in steps of milliseconds under contention.
     /// (Other processes on the same file still meet the busy timeout.)
-    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    writer: std::sync::Arc<tokio::sync::Mutex<WriteSlot>>,
+}
+
+/// What the writer lock guards: the connection that write scripts keep using.
+#[derive(Debug)]
+struct WriteSlot {
+    /// Kept between scripts (when `keep`): no pool checkout and return per write, and its page
+    /// cache stays warm, since the writes all go through it.
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
+    /// Whether a connection may be kept out of the pool: not when the pool has only one (an
+    /// in-memory database), which readers need too.
+    keep: bool,
+}
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        // Handing a connection back to its pool spawns a task, which needs a runtime: a store
+        // dropped outside one closes the kept connection here instead.
+        if let Some(conn) = self.conn.take()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            drop(conn.detach());
+        }
+    }
 }
 
 impl SqliteStore {
@@ -145,9 +168,10 @@ impl SqliteStore {
             message: format!("schema migration failed: {e}"),
             source: Some(Box::new(e)),
         })?;
+        let keep = pool.options().get_max_connections() > 1;
         Ok(SqliteStore {
             pool,
-            writer: Default::default(),
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(WriteSlot { conn: None, keep })),
         })
     }
 
@@ -158,6 +182,8 @@ impl SqliteStore {
 
     /// Closes every connection; the store fails on use afterwards.
     pub async fn close(&self) {
+        // The writer's connection goes back first: closing waits for every connection.
+        drop(self.writer.lock().await.conn.take());
         self.pool.close().await;
     }
 }
@@ -324,15 +350,12 @@ impl<'a> Columns<'a> {
 /// A connection running a script; closed rather than reused unless the script is known to have
 /// ended its transaction (a script that failed and could not be rolled back, or whose future was
 /// dropped part-way, may have left it open).
-struct ScriptConnection {
-    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    clean: bool,
-}
+struct ScriptConnection(Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>);
 
 impl Drop for ScriptConnection {
     fn drop(&mut self) {
-        if !self.clean {
-            self.conn.close_on_drop();
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
         }
     }
 }
@@ -350,13 +373,23 @@ impl SqliteStore {
         &self,
         query: SqliteQuery<'_>,
     ) -> std::result::Result<Vec<SqliteRow>, sqlx::Error> {
-        let _writing = self.writer.lock().await;
-        let mut c = ScriptConnection {
-            conn: self.pool.acquire().await?,
-            clean: false,
+        let mut slot = self.writer.lock().await;
+        let conn = match slot.conn.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
         };
-        let result = query.fetch_all(&mut *c.conn).await;
-        c.clean = result.is_ok() || sqlx::query("ROLLBACK").execute(&mut *c.conn).await.is_ok();
+        let mut running = ScriptConnection(Some(conn));
+        let Some(conn) = running.0.as_mut() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        let result = query.fetch_all(&mut **conn).await;
+        let clean = result.is_ok() || sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok();
+        if clean {
+            let conn = running.0.take();
+            if slot.keep {
+                slot.conn = conn;
+            }
+        }
         result
     }
 }
@@ -368,7 +401,7 @@ impl SqliteStore {
         &self,
         what: &'static str,
     ) -> Result<(
-        tokio::sync::MutexGuard<'_, ()>,
+        tokio::sync::MutexGuard<'_, WriteSlot>,
         sqlx::Transaction<'static, sqlx::Sqlite>,
     )> {
         let writing = self.writer.lock().await;
