@@ -20,9 +20,9 @@
 //!
 //! An update rewrites one message row (and its chat's activity time), never the chat, so its cost
 //! does not grow with the conversation. Measured with `cargo bench --bench store` on a 2-core
-//! machine: one checkpoint costs 0.1 to 0.25 ms on a SQLite file (WAL) and 0.1 µs in memory; a
-//! whole reply (append, 20 checkpoints, final update) 4 to 6 ms on SQLite and under 15 µs in
-//! memory. At four checkpoints a second, a streaming reply spends about 0.1 % of its time
+//! machine: one checkpoint costs 60 to 95 µs on a SQLite file (WAL) and 0.1 µs in memory; a
+//! whole reply (append, 20 checkpoints, final update) 2.5 to 3.6 ms on SQLite and under 20 µs in
+//! memory. At four checkpoints a second, a streaming reply spends under 0.05 % of its time
 //! persisting (and sessions write checkpoints beside the stream, never in its way). Loading the
 //! newest page of 50 messages takes the same time (about 0.25 ms on SQLite) from a chat of 100
 //! messages as from one of 10,000: pages are read by the per-chat sequence index.
@@ -126,7 +126,7 @@ pub struct Appended {
 ///
 /// Checkpoints: [`update`](MessageStore::update) rewrites one row (the message), never the chat;
 /// calling it every 250 ms or every 64 deltas of a growing reply, whichever comes first, keeps a
-/// crash from losing more than that and costs about 0.1 ms per call on SQLite (see the
+/// crash from losing more than that and costs well under 0.1 ms per call on SQLite (see the
 /// [module documentation](self) for the figures).
 ///
 /// Timestamps are kept to at least the microsecond (PostgreSQL's precision): a message whose
