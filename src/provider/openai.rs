@@ -613,10 +613,10 @@ impl<'de> Visitor<'de> for ChoiceSeed<'_> {
                     once(&mut delta, "delta")?;
                     // The index may come after the delta: then the deltas are written and taken
                     // back below if it is not 0.
-                    map.next_value_seed(DeltaSeed {
+                    map.next_value_seed(OrNull(DeltaSeed {
                         out: &mut *self.out,
                         keep: self.keep && index.unwrap_or(0) == 0,
-                    })?;
+                    }))?;
                 }
                 "finish_reason" => {
                     if reason.is_some() {
@@ -647,14 +647,10 @@ impl<'de> Visitor<'de> for ChoiceSeed<'_> {
     }
 }
 
-/// A choice's `delta`: reasoning, text, refusal (as text), then tool calls, whatever the order
-/// of its keys. Read but not written unless `keep`.
-struct DeltaSeed<'o> {
-    out: &'o mut VecDeque<Delta>,
-    keep: bool,
-}
+/// `null` (read as absent), or what the seed inside reads.
+struct OrNull<S>(S);
 
-impl<'de> DeserializeSeed<'de> for DeltaSeed<'_> {
+impl<'de, S: DeserializeSeed<'de, Value = ()>> DeserializeSeed<'de> for OrNull<S> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(
@@ -665,11 +661,11 @@ impl<'de> DeserializeSeed<'de> for DeltaSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for DeltaSeed<'_> {
+impl<'de, S: DeserializeSeed<'de, Value = ()>> Visitor<'de> for OrNull<S> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("struct WireDelta")
+        f.write_str("null or a value")
     }
 
     fn visit_none<E>(self) -> std::result::Result<(), E> {
@@ -684,7 +680,33 @@ impl<'de> Visitor<'de> for DeltaSeed<'_> {
         self,
         deserializer: D,
     ) -> std::result::Result<(), D::Error> {
+        self.0.deserialize(deserializer)
+    }
+}
+
+/// A choice's `delta`: reasoning, text, refusal (as text), then tool calls, whatever the order
+/// of its keys. Read but not written unless `keep`.
+struct DeltaSeed<'o> {
+    out: &'o mut VecDeque<Delta>,
+    keep: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for DeltaSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<(), D::Error> {
         deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DeltaSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("struct WireDelta")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
@@ -703,10 +725,10 @@ impl<'de> Visitor<'de> for DeltaSeed<'_> {
                 "refusal" => (&mut refusal, "refusal"),
                 "tool_calls" => {
                     once(&mut tool_calls, "tool_calls")?;
-                    map.next_value_seed(ToolCallsSeed {
+                    map.next_value_seed(OrNull(ToolCallsSeed {
                         out: &mut *self.out,
                         keep: self.keep,
-                    })?;
+                    }))?;
                     continue;
                 }
                 _ => {
@@ -753,7 +775,7 @@ impl<'de> DeserializeSeed<'de> for ToolCallsSeed<'_> {
         self,
         deserializer: D,
     ) -> std::result::Result<(), D::Error> {
-        deserializer.deserialize_option(self)
+        deserializer.deserialize_seq(self)
     }
 }
 
@@ -762,21 +784,6 @@ impl<'de> Visitor<'de> for ToolCallsSeed<'_> {
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a sequence")
-    }
-
-    fn visit_none<E>(self) -> std::result::Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> std::result::Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_some<D: Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> std::result::Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {

@@ -200,12 +200,7 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Ok(()) }
     /// ```
     async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        if reply.chat_id != user.chat_id {
-            return Err(crate::Error::invalid(
-                "message",
-                "a reply belongs to its user message's chat",
-            ));
-        }
+        same_chat(user, reply)?;
         self.get_or_create_chat(&user.chat_id).await?;
         let appended = if user.client_message_id.is_some() {
             self.append_idempotent(user).await?
@@ -290,6 +285,17 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
         self.update(&message).await?;
         Ok(true)
     }
+}
+
+/// The check every [`MessageStore::append_turn`] makes first.
+pub(crate) fn same_chat(user: &Message, reply: &Message) -> Result<()> {
+    if reply.chat_id != user.chat_id {
+        return Err(crate::Error::invalid(
+            "message",
+            "a reply belongs to its user message's chat",
+        ));
+    }
+    Ok(())
 }
 
 fn is_streaming_reply(m: &Message) -> bool {

@@ -491,12 +491,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        if reply.chat_id != user.chat_id {
-            return Err(Error::invalid(
-                "message",
-                "a reply belongs to its user message's chat",
-            ));
-        }
+        super::same_chat(user, reply)?;
         let key = user.client_message_id.as_deref();
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await.map_err(err("append turn"))?;

@@ -646,12 +646,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        if reply.chat_id != user.chat_id {
-            return Err(Error::invalid(
-                "message",
-                "a reply belongs to its user message's chat",
-            ));
-        }
+        super::same_chat(user, reply)?;
         let (u, r) = (Columns::of(user)?, Columns::of(reply)?);
         let chat = user.chat_id.as_str();
         let key = user.client_message_id.as_deref();
