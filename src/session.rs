@@ -741,6 +741,8 @@ impl Session {
                 assistant.error = Some(e.to_string());
                 assistant.updated_at = chrono::Utc::now();
                 persist_final(inner, &assistant).await;
+                // The error that stopped the start is the one to report; an abort that fails
+                // too leaves the hub to end the reply when the publisher drops.
                 let _ = publisher.abort().await;
                 return Err(e);
             }

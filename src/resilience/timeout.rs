@@ -61,8 +61,9 @@ impl Timeouts {
 /// Ends a reply with [`Error::Timeout`] when the upstream goes quiet.
 ///
 /// No item within [`Timeouts::first_byte`] of the first poll gives
-/// `Error::Timeout { phase: FirstByte, .. }`; a gap longer than [`Timeouts::idle`] between two
-/// items gives `Error::Timeout { phase: Idle, .. }`. At that moment the inner stream is dropped,
+/// `Error::Timeout { phase: FirstByte, .. }`; after that, waiting longer than [`Timeouts::idle`]
+/// for the next item (counted from when it is asked for and is not there yet) gives
+/// `Error::Timeout { phase: Idle, .. }`. At that moment the inner stream is dropped,
 /// which closes its upstream connection. Timeouts are retryable, so a [`Retrying`] or
 /// [`Recovering`] around this wrapper starts over or continues.
 ///

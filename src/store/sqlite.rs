@@ -322,7 +322,7 @@ impl<'a> Columns<'a> {
         })
     }
 
-    fn bind<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q>
+    fn bind<'q>(&'q self, query: SqliteQuery<'q>) -> SqliteQuery<'q>
     where
         'a: 'q,
     {
@@ -333,7 +333,7 @@ impl<'a> Columns<'a> {
             .bind(m.role.as_str())
             .bind(&m.content)
             .bind(&m.reasoning)
-            .bind(self.tool_calls.clone())
+            .bind(self.tool_calls.as_deref())
             .bind(&m.tool_call_id)
             .bind(m.status.as_str())
             .bind(m.finish_reason.map(|f| f.as_str()))
