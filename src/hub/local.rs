@@ -12,7 +12,7 @@ use std::{
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::{sync::watch, time::Instant};
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{EventPayload, HubEvent, HubEventStream, LiveReply, ReplyPublisher, StreamHub};
@@ -152,8 +152,8 @@ fn schedule_removal(inner: &Arc<Inner>, chat_id: ChatId, reply: &Arc<Reply>) {
 
 struct Reply {
     buffer: Mutex<Buffer>,
-    /// Bumped after every change of the buffer; subscribers wait on it when they caught up.
-    wake: watch::Sender<u64>,
+    /// Notified after every change of the buffer; subscribers wait on it when they caught up.
+    wake: Notify,
     cancel: CancellationToken,
     watchers: AtomicUsize,
 }
@@ -354,14 +354,14 @@ impl Reply {
     fn new(window_len: usize) -> Self {
         Reply {
             buffer: Mutex::new(Buffer::new(window_len)),
-            wake: watch::Sender::new(0),
+            wake: Notify::new(),
             cancel: CancellationToken::new(),
             watchers: AtomicUsize::new(0),
         }
     }
 
     fn wake(&self) {
-        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+        self.wake.notify_waiters();
     }
 }
 
@@ -446,7 +446,6 @@ impl StreamHub for LocalHub {
 /// One subscriber: a position in the reply's buffer, and the events read but not yet yielded.
 struct Subscription {
     reply: Arc<Reply>,
-    wake: watch::Receiver<u64>,
     pos: u64,
     pending: VecDeque<HubEvent>,
     ended: bool,
@@ -458,10 +457,22 @@ impl Drop for Subscription {
     }
 }
 
+impl Subscription {
+    /// Reads what was published since the position; `true` if that gave events to yield or
+    /// the reply ended.
+    fn read(&mut self) -> bool {
+        let buffer = lock(&self.reply.buffer);
+        buffer.read_after(self.pos, &mut self.pending);
+        if self.pending.is_empty() && buffer.done_seq().is_some() {
+            self.ended = true;
+        }
+        !self.pending.is_empty() || self.ended
+    }
+}
+
 fn subscription(reply: Arc<Reply>, after: u64) -> HubEventStream {
     reply.watchers.fetch_add(1, Ordering::Relaxed);
     let sub = Subscription {
-        wake: reply.wake.subscribe(),
         reply,
         pos: after,
         pending: VecDeque::new(),
@@ -477,16 +488,23 @@ fn subscription(reply: Arc<Reply>, after: u64) -> HubEventStream {
             if sub.ended {
                 return None;
             }
-            // Mark the wake-up seen before reading, so a publish after the read wakes us.
-            sub.wake.borrow_and_update();
-            let closed = {
-                let buffer = lock(&sub.reply.buffer);
-                buffer.read_after(sub.pos, &mut sub.pending);
-                buffer.done_seq().is_some()
-            };
-            if sub.pending.is_empty() && (closed || sub.wake.changed().await.is_err()) {
-                return None;
+            if sub.read() {
+                continue;
             }
+            // Caught up: wait for the next publish, registered before reading once more so
+            // that a publish in between is not missed.
+            let reply = sub.reply.clone();
+            let mut woken = std::pin::pin!(reply.wake.notified());
+            woken.as_mut().enable();
+            if sub.read() {
+                continue;
+            }
+            woken.await;
+            // Let the tasks already waiting run first: on a busy server they are mostly other
+            // replies' work, and meanwhile this reply gets more events, which this subscriber
+            // then reads (and its client receives) in one go instead of one wake-up and one
+            // write per event.
+            tokio::task::yield_now().await;
         }
     })
     .boxed()
