@@ -135,6 +135,56 @@ async fn stateless_chat_reports_upstream_errors() {
 }
 
 #[tokio::test]
+async fn a_quiet_upstream_gets_the_opening_comment_at_once_then_keep_alives() {
+    // The upstream says nothing for 1.2 s; keep-alive comments are due every 200 ms.
+    let stall = Duration::from_millis(1200);
+    let provider = ScriptedProvider::new().then(
+        Script::new()
+            .sleep(stall)
+            .text("late")
+            .finish(FinishReason::Stop),
+    );
+    let config = config::Config {
+        keep_alive: Duration::from_millis(200),
+        ..config::Config::default()
+    };
+    let s = serve(Arc::new(provider), config).await;
+    let sent = std::time::Instant::now();
+    let mut resp = s
+        .client
+        .post(format!("{}/api/chat", s.base))
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let first = resp.chunk().await.unwrap().expect("a first chunk");
+    assert!(
+        sent.elapsed() < stall,
+        "the headers and the opening comment waited for the upstream"
+    );
+    assert_eq!(&first[..], b": open\n\n");
+    let mut body = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let blocks: Vec<&str> = body.split_terminator("\n\n").collect();
+    let first_data = blocks
+        .iter()
+        .position(|b| b.starts_with("data:"))
+        .expect("the reply");
+    let keep_alives = &blocks[..first_data];
+    assert!(
+        keep_alives.len() >= 2 && keep_alives.iter().all(|b| b.starts_with(':')),
+        "expected keep-alive comments while the upstream was quiet, got {blocks:?}"
+    );
+    assert_eq!(
+        &blocks[first_data..],
+        [r#"data: {"content":"late"}"#, r#"data: {"done":true}"#]
+    );
+}
+
+#[tokio::test]
 async fn bad_input_gets_json_errors() {
     let config = config::Config {
         body_limit: 1024,
