@@ -96,7 +96,11 @@ async fn serve() -> String {
         provider,
         config: Arc::new(config::Config::default()),
     };
-    tokio::spawn(async move { axum::serve(listener, app::app(state)).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(listener, app::app(state).into_make_service())
+            .await
+            .unwrap()
+    });
     format!("http://{addr}")
 }
 

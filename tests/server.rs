@@ -50,7 +50,11 @@ async fn serve_with(
         provider,
         config: Arc::new(config),
     };
-    let task = tokio::spawn(async move { axum::serve(listener, app::app(state)).await.unwrap() });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app::app(state).into_make_service())
+            .await
+            .unwrap()
+    });
     Server {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
