@@ -16,9 +16,11 @@
 //!   machine spreads over all three;
 //! - time to first delta (from sending the request to the first content event), p50 and p99
 //!   over those streams;
-//! - RSS per live stream: (peak − idle) / streams, with 1,000 concurrent slow streams (50 tokens,
-//!   20 ms apart), read from `/proc/PID/status` (VmRSS idle, VmHWM at the end) of a fresh server
-//!   process, with how many streams were live at once;
+//! - RSS per live stream: (peak − idle) / streams live at once, with 1,000 concurrent slow
+//!   streams (50 tokens, 20 ms apart), read from `/proc/PID/status` (VmRSS idle, VmHWM at the end)
+//!   of a fresh server process. The upstream holds the first token of every slow stream until one
+//!   shared instant, a few seconds after the first request, so that all of them are open and
+//!   streaming at once rather than the first ending before the last has started;
 //! - the server process's CPU time per delta (`/proc/PID/stat`), which a busy machine disturbs
 //!   far less than the rates, and its write system calls per delta (`/proc/PID/io`): about one
 //!   per delta means one socket write per event.
@@ -27,8 +29,9 @@
 //! bench checks `RLIMIT_NOFILE` first and says which `ulimit -n` to run.
 //!
 //! `cargo bench --bench server`; `CHATSTREAM_BENCH_QUICK=1` for a smoke run with small counts.
-//! The upstream reads the token count and delay from the user message (`tokens=N delay_ms=D`),
-//! so one upstream serves every scenario. Deltas/s counts upstream tokens relayed: the stateful
+//! The upstream reads the token count and delay from the user message (`tokens=N delay_ms=D`,
+//! and `start_at_ms=T` to hold the first token until `T` milliseconds after the Unix epoch), so
+//! one upstream serves every scenario. Deltas/s counts upstream tokens relayed: the stateful
 //! path may hand a lagging subscriber several deltas coalesced into one event, with the same text.
 // A benchmark stops at the first failure, like a test.
 #![allow(clippy::expect_used)]
@@ -143,8 +146,8 @@ static FRAMES: std::sync::LazyLock<Frames> = std::sync::LazyLock::new(|| Frames 
     finish: chunk("{}", r#""stop""#),
 });
 
-/// `tokens=N delay_ms=D` from the last message.
-fn scenario(body: &Value) -> (usize, u64) {
+/// `tokens=N delay_ms=D start_at_ms=T` from the last message (0 for a missing field).
+fn scenario(body: &Value) -> (usize, u64, u64) {
     let text = body["messages"]
         .as_array()
         .and_then(|m| m.last())
@@ -155,11 +158,23 @@ fn scenario(body: &Value) -> (usize, u64) {
             .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    (field("tokens") as usize, field("delay_ms"))
+    (
+        field("tokens") as usize,
+        field("delay_ms"),
+        field("start_at_ms"),
+    )
+}
+
+/// Waits until `start_at_ms` after the Unix epoch (at once for 0 or a past instant).
+async fn hold_until(start_at_ms: u64) {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(start_at_ms);
+    if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
 }
 
 async fn upstream(Json(body): Json<Value>) -> Response {
-    let (tokens, delay_ms) = scenario(&body);
+    let (tokens, delay_ms, start_at_ms) = scenario(&body);
     let frames = &*FRAMES;
     let tail = [
         frames.finish.clone(),
@@ -170,12 +185,12 @@ async fn upstream(Json(body): Json<Value>) -> Response {
         Bytes::from_static(b"data: [DONE]\n\n"),
     ];
     let words = (0..tokens).map(|i| frames.words[i % WORDS.len()].clone());
-    let frames = stream::iter(
-        std::iter::once(frames.role.clone())
-            .chain(words)
-            .chain(tail)
-            .map(Ok::<_, Infallible>),
-    );
+    let role = stream::iter([Ok::<_, Infallible>(frames.role.clone())]);
+    // Nothing after the role chunk until the start instant, if one is set.
+    let hold = stream::once(hold_until(start_at_ms)).filter_map(|()| ready(None));
+    let frames = role
+        .chain(hold)
+        .chain(stream::iter(words.chain(tail).map(Ok)));
     let body = if delay_ms == 0 {
         Body::from_stream(frames)
     } else {
@@ -397,6 +412,9 @@ struct Client {
     path: Path,
     /// Streams that have had their first delta and not their end.
     live: AtomicUsize,
+    /// When set (milliseconds after the Unix epoch), the upstream holds every reply's first token
+    /// until then.
+    start_at_ms: AtomicU64,
     next_chat: AtomicU64,
 }
 
@@ -414,6 +432,7 @@ impl Client {
             base: base.to_string(),
             path,
             live: AtomicUsize::new(0),
+            start_at_ms: AtomicU64::new(0),
             next_chat: AtomicU64::new(0),
         })
     }
@@ -426,7 +445,10 @@ impl Client {
         delay_ms: u64,
         keep_text: bool,
     ) -> Result<Streamed, String> {
-        let prompt = format!("tokens={tokens} delay_ms={delay_ms}");
+        let prompt = format!(
+            "tokens={tokens} delay_ms={delay_ms} start_at_ms={}",
+            self.start_at_ms.load(Ordering::Relaxed)
+        );
         let start = Instant::now();
         let response = match self.path {
             Path::Baseline | Path::Single => self
@@ -558,6 +580,8 @@ struct Params {
     slow_streams: usize,
     slow_tokens: usize,
     slow_delay_ms: u64,
+    /// How long after the first slow request the slow streams start, all at once.
+    slow_hold: Duration,
 }
 
 #[derive(Default)]
@@ -727,6 +751,12 @@ async fn measure_memory(
             most_live
         }
     });
+    let start_at = std::time::SystemTime::now() + p.slow_hold;
+    let start_at_ms = start_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    client.start_at_ms.store(start_at_ms, Ordering::Relaxed);
     client
         .concurrent(p.slow_streams, p.slow_tokens, p.slow_delay_ms)
         .await;
@@ -735,7 +765,7 @@ async fn measure_memory(
     let (_, hwm) = memory_of(pid);
     f.peak_kib = hwm;
     f.peak_live = most_live;
-    f.per_stream_kib = hwm.saturating_sub(f.idle_kib) as f64 / p.slow_streams as f64;
+    f.per_stream_kib = hwm.saturating_sub(f.idle_kib) as f64 / most_live.max(1) as f64;
 }
 
 fn open_file_limit() -> Option<u64> {
@@ -757,6 +787,7 @@ async fn bench() {
             slow_streams: 50,
             slow_tokens: 10,
             slow_delay_ms: 20,
+            slow_hold: Duration::from_secs(1),
         }
     } else {
         Params {
@@ -768,6 +799,7 @@ async fn bench() {
             slow_streams: 1_000,
             slow_tokens: 50,
             slow_delay_ms: 20,
+            slow_hold: Duration::from_secs(4),
         }
     };
     // Each live stream holds two sockets in the server process (client side and upstream side)
@@ -895,7 +927,7 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
         false,
     );
     row(
-        "RSS per stream (peak − idle) / streams".into(),
+        "RSS per live stream (peak − idle) / live".into(),
         &|f| f.per_stream_kib,
         " KiB",
         false,
