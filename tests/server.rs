@@ -93,13 +93,7 @@ async fn error_of(resp: reqwest::Response) -> (u16, String) {
 #[tokio::test]
 async fn stateless_chat_streams_content_then_done() {
     let s = demo().await;
-    let resp = s
-        .client
-        .post(format!("{}/api/chat", s.base))
-        .json(&json!({"messages": [{"role": "user", "content": "hello there"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.chat("hello there").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["cache-control"], "no-cache");
@@ -122,13 +116,7 @@ async fn stateless_chat_reports_upstream_errors() {
             provider: "scripted".into(),
         }));
     let s = serve(Arc::new(provider), config::Config::default()).await;
-    let resp = s
-        .client
-        .post(format!("{}/api/chat", s.base))
-        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.chat("hi").await;
     let data = sse_data(resp).await;
     assert_eq!(data[0], r#"{"content":"partial"}"#);
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
@@ -154,13 +142,7 @@ async fn a_quiet_upstream_gets_the_opening_comment_at_once_then_keep_alives() {
     };
     let s = serve(Arc::new(provider), config).await;
     let sent = std::time::Instant::now();
-    let mut resp = s
-        .client
-        .post(format!("{}/api/chat", s.base))
-        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = s.chat("hi").await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let first = resp.chunk().await.unwrap().expect("a first chunk");
     assert!(
@@ -403,6 +385,16 @@ fn text_of(events: &[Sse]) -> String {
 impl Server {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `POST /api/chat` with one user message.
+    async fn chat(&self, content: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/chat"))
+            .json(&json!({"messages": [{"role": "user", "content": content}]}))
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn send(&self, chat: &str, content: &str, key: Option<&str>) -> reqwest::Response {
