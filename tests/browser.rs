@@ -7,8 +7,9 @@
 // The example is a binary: its modules are compiled into this target.
 include!("../examples/server/embed.rs");
 
+mod common;
+
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -148,11 +149,11 @@ fn screenshot_path() -> PathBuf {
 #[tokio::test]
 async fn two_windows_stream_stop_reload_and_render_markup_as_text() {
     if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        let mut err = std::io::stderr();
-        let _ = writeln!(
-            err,
-            "\n*** SKIPPED the browser test: {CHROMEDRIVER} or {CHROMIUM} is missing \
-             (apt-get install chromium chromium-driver) ***\n"
+        common::skip(
+            "the browser test",
+            &format!(
+                "{CHROMEDRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver)"
+            ),
         );
         return;
     }

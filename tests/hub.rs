@@ -2,6 +2,8 @@
 //! runs the same contract (the in-process hub below; the Redis hub calls the same functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use chatstream::{
@@ -377,9 +379,7 @@ async fn local_watchers_are_counted() {
 #[cfg(feature = "redis")]
 mod redis_hub {
     use std::{
-        future::Future,
         io::Write,
-        panic::AssertUnwindSafe,
         sync::Arc,
         time::{Duration, Instant},
     };
@@ -390,88 +390,11 @@ mod redis_hub {
         hub::{EventPayload, RedisHub, StreamHub, recover_orphans},
         store::MemoryStore,
     };
-    use futures::{FutureExt, StreamExt};
+    use futures::StreamExt;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::{collect, done_payload, pieces, publish_reply, start_payload, text};
-
-    /// The Redis URL, or `None` after saying loudly why the test skips.
-    fn redis_url(test: &str) -> Option<String> {
-        match std::env::var("CHATSTREAM_TEST_REDIS_URL") {
-            Ok(url) if !url.trim().is_empty() => Some(url),
-            _ => {
-                // Straight to the process's stderr: the harness swallows a passing test's output.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\n*** SKIPPED {test}: CHATSTREAM_TEST_REDIS_URL is not set \
-                     (e.g. redis://127.0.0.1:6379); the Redis hub was NOT tested ***\n"
-                );
-                None
-            }
-        }
-    }
-
-    /// One test's Redis: its URL and key prefix.
-    #[derive(Clone)]
-    struct TestRedis {
-        url: String,
-        prefix: String,
-    }
-
-    impl TestRedis {
-        fn builder(&self, instance: &str) -> chatstream::hub::RedisHubBuilder {
-            RedisHub::builder(self.url.clone())
-                .prefix(self.prefix.clone())
-                .instance_id(instance)
-        }
-
-        async fn hub(&self, instance: &str) -> RedisHub {
-            self.builder(instance).connect().await.expect("connect")
-        }
-
-        async fn conn(&self) -> redis::aio::MultiplexedConnection {
-            redis::Client::open(self.url.as_str())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap()
-        }
-
-        async fn keys(&self) -> Vec<String> {
-            redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query_async(&mut self.conn().await)
-                .await
-                .unwrap()
-        }
-    }
-
-    /// Runs `body` with a fresh key prefix, then deletes the prefix's keys, pass or fail.
-    async fn with_redis<F, Fut>(test: &str, body: F)
-    where
-        F: FnOnce(TestRedis) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        let Some(url) = redis_url(test) else {
-            return;
-        };
-        let t = TestRedis {
-            url,
-            prefix: format!("chatstream-test-{}", uuid::Uuid::now_v7().simple()),
-        };
-        let outcome = AssertUnwindSafe(body(t.clone())).catch_unwind().await;
-        let keys = t.keys().await;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut t.conn().await)
-                .await
-                .unwrap();
-        }
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
-    }
+    use crate::common::with_redis;
 
     macro_rules! redis_hub_suite {
         ($($name:ident),* $(,)?) => {

@@ -4,6 +4,8 @@
 // The example is a binary: its modules are compiled into this target.
 include!("../examples/server/embed.rs");
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
 use chatstream::{
@@ -995,31 +997,10 @@ async fn sigterm_stops_gracefully_and_persists_live_replies() {
 // ---- several instances on one PostgreSQL and one Redis ----
 
 mod scale {
-    use std::{io::Write, panic::AssertUnwindSafe};
-
     use chatstream::{DynStreamHub, hub::RedisHub, store::PostgresStore};
-    use futures::FutureExt;
 
     use super::*;
-
-    /// The services' URLs, or `None` after saying loudly why the test skips.
-    fn services(test: &str) -> Option<(String, String)> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        match (
-            get("CHATSTREAM_TEST_POSTGRES_URL"),
-            get("CHATSTREAM_TEST_REDIS_URL"),
-        ) {
-            (Some(pg), Some(redis)) => Some((pg, redis)),
-            _ => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\n*** SKIPPED {test}: CHATSTREAM_TEST_POSTGRES_URL and CHATSTREAM_TEST_REDIS_URL \
-                     must both be set; several server instances were NOT tested ***\n"
-                );
-                None
-            }
-        }
-    }
+    use crate::common::{TestPostgres, TestRedis, with_postgres_and_redis};
 
     /// A fresh schema and key prefix for one test, removed afterwards even if it panics.
     async fn isolated<F, Fut>(test: &str, body: F)
@@ -1027,58 +1008,18 @@ mod scale {
         F: FnOnce(Env) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let Some((pg, redis)) = services(test) else {
-            return;
-        };
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let env = Env {
-            pg: pg.clone(),
-            redis: redis.clone(),
-            schema: format!("chatstream_scale_{id}"),
-            prefix: format!("chatstream-scale-{id}"),
-        };
-        let (schema, prefix) = (env.schema.clone(), env.prefix.clone());
-        let outcome = AssertUnwindSafe(body(env)).catch_unwind().await;
-        let pool = sqlx::PgPool::connect(&pg).await.unwrap();
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        let client = redis::Client::open(redis.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
+        with_postgres_and_redis(test, |pg, redis| body(Env { pg, redis })).await;
     }
 
     struct Env {
-        pg: String,
-        redis: String,
-        schema: String,
-        prefix: String,
+        pg: TestPostgres,
+        redis: TestRedis,
     }
 
     impl Env {
-        fn store_url(&self) -> String {
-            let sep = if self.pg.contains('?') { '&' } else { '?' };
-            format!("{}{sep}options=-c%20search_path%3D{}", self.pg, self.schema)
-        }
-
         async fn store(&self) -> DynMessageStore {
             Arc::new(
-                PostgresStore::open_in_schema(&self.pg, &self.schema)
+                PostgresStore::open_in_schema(&self.pg.url, &self.pg.schema)
                     .await
                     .unwrap(),
             )
@@ -1086,8 +1027,8 @@ mod scale {
 
         async fn hub(&self, lease: Duration) -> DynStreamHub {
             Arc::new(
-                RedisHub::builder(self.redis.clone())
-                    .prefix(self.prefix.clone())
+                RedisHub::builder(self.redis.url.clone())
+                    .prefix(self.redis.prefix.clone())
                     .lease(lease)
                     .connect()
                     .await
@@ -1238,10 +1179,10 @@ mod scale {
                 // B's store first: opening it creates the schema and runs the migrations.
                 let b_service_store = env.store().await;
                 let mut a = start_server(
-                    &env.store_url(),
+                    &env.pg.search_path_url(),
                     &[
-                        ("CHATSTREAM_REDIS_URL", &env.redis),
-                        ("CHATSTREAM_REDIS_PREFIX", &env.prefix),
+                        ("CHATSTREAM_REDIS_URL", &env.redis.url),
+                        ("CHATSTREAM_REDIS_PREFIX", &env.redis.prefix),
                         ("CHATSTREAM_REDIS_LEASE_MS", "3000"),
                     ],
                 );
