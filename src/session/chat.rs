@@ -46,7 +46,12 @@ impl ChatSession for Session {
         {
             return self.existing_reply(user).await;
         }
-        let live = match inner.hub.start(&self.chat_id).await {
+        let mut user = Message::user(self.chat_id.clone(), input.content);
+        if let Some(key) = key {
+            user = user.with_client_message_id(key);
+        }
+        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
+        let live = match inner.hub.start(&self.chat_id, assistant.id).await {
             Ok(live) => live,
             Err(Error::Busy { chat_id }) => {
                 // Busy, perhaps with the very reply this send repeats.
@@ -59,12 +64,7 @@ impl ChatSession for Session {
             }
             Err(e) => return Err(e),
         };
-        let mut user = Message::user(self.chat_id.clone(), input.content);
-        if let Some(key) = key {
-            user = user.with_client_message_id(key);
-        }
         // One write before the reply can start: the chat (if new), the message and the reply.
-        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
         let appended = match inner.store.append_turn(&user, &assistant).await {
             Ok(appended) => appended,
             Err(e) => {
@@ -89,8 +89,7 @@ impl ChatSession for Session {
             .last_user_message()
             .await?
             .ok_or_else(|| Error::invalid("chat", "there is no user message to answer again"))?;
-        let live = inner.hub.start(&self.chat_id).await?;
-        self.launch(live, user, true).await
+        self.launch(user, true).await
     }
 
     async fn cancel(&self) -> Result<bool> {
@@ -153,28 +152,30 @@ impl Session {
     async fn existing_reply(&self, user: Message) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         let Some(assistant) = self.find_reply(&user).await? else {
-            let live = inner.hub.start(&self.chat_id).await?;
-            return self.launch(live, user, false).await;
+            return self.launch(user, false).await;
         };
         let control = Control::Existing {
             service: self.service.clone(),
         };
         if assistant.status == MessageStatus::Streaming
-            && let Some(mut events) = inner.hub.subscribe(&self.chat_id, None).await?
+            && let Some(events) = inner.hub.subscribe(&self.chat_id, None).await?
+            // Subscribed first, asked second: a reply the hub still names as live after the
+            // subscription began is the one subscribed to (a newer reply could only have
+            // replaced it after it finished).
+            && inner
+                .hub
+                .live_reply(&self.chat_id)
+                .await?
+                .is_some_and(|live| live.message_id == assistant.id)
         {
-            // Only follow the live reply if it is this one.
-            if let Some(Ok(first)) = events.next().await
-                && matches!(&*first.payload, EventPayload::Start { message_id, .. } if *message_id == assistant.id)
-            {
-                return Ok(ReplyHandle {
-                    chat_id: self.chat_id.clone(),
-                    user_message: user,
-                    assistant_message_id: assistant.id,
-                    events: stream::once(async { Ok(first) }).chain(events).boxed(),
-                    created: false,
-                    control,
-                });
-            }
+            return Ok(ReplyHandle {
+                chat_id: self.chat_id.clone(),
+                user_message: user,
+                assistant_message_id: assistant.id,
+                events,
+                created: false,
+                control,
+            });
         }
         // Finished (or not live here): re-read, it may have finished meanwhile.
         let assistant = inner
@@ -206,8 +207,14 @@ impl Session {
 
     /// Starts generating the reply to `user`; with `replacing`, the earlier replies to `user`
     /// are left out of the request.
-    async fn launch(&self, live: LiveReply, user: Message, replacing: bool) -> Result<ReplyHandle> {
+    async fn launch(&self, user: Message, replacing: bool) -> Result<ReplyHandle> {
         let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
+        let live = self
+            .service
+            .inner
+            .hub
+            .start(&self.chat_id, assistant.id)
+            .await?;
         if let Err(e) = self.service.inner.store.append(&assistant).await {
             let _ = live.publisher.abort().await;
             return Err(e);

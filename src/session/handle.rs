@@ -74,16 +74,11 @@ impl ReplyHandle {
                 Ok(true)
             }
             Control::Existing { service } => {
-                let running = service
+                service
                     .inner
-                    .store
-                    .get_message(&self.assistant_message_id)
-                    .await?
-                    .is_some_and(|m| m.status == MessageStatus::Streaming);
-                if !running {
-                    return Ok(false);
-                }
-                service.inner.hub.terminate(&self.chat_id).await
+                    .hub
+                    .terminate_reply(&self.chat_id, &self.assistant_message_id)
+                    .await
             }
         }
     }
