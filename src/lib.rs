@@ -63,7 +63,9 @@ pub mod store;
 pub use accumulate::Accumulator;
 pub use delta::{Delta, RetryNotice, ToolCallDelta};
 pub use error::{BoxError, Error, Result, TimeoutPhase, status_is_retryable};
-pub use hub::{DynStreamHub, EventPayload, HubEvent, HubEventStream, LocalHub, StreamHub};
+pub use hub::{
+    DynStreamHub, EventPayload, HubEvent, HubEventStream, LiveReplyInfo, LocalHub, StreamHub,
+};
 pub use id::{ChatId, MessageId};
 pub use message::{Chat, FinishReason, Message, MessageStatus, Role, ToolCall, Usage};
 pub use provider::{

@@ -1,5 +1,6 @@
-//! The stream hub conformance suite: every function takes a `&dyn StreamHub`, so each backend
-//! runs the same contract (the in-process hub below; the Redis hub calls the same functions).
+//! The stream hubs: the conformance suite (`chatstream::hub::conformance`) run against each
+//! backend (the in-process hub below; the Redis hub when `CHATSTREAM_TEST_REDIS_URL` is set), and
+//! what only one backend has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -7,313 +8,12 @@ mod common;
 use std::time::Duration;
 
 use chatstream::{
-    ChatId, Delta, Error, FinishReason, MessageId, MessageStatus, Usage,
-    hub::{EventPayload, HubEvent, HubEventStream, LocalHub, ReplyPublisher, StreamHub},
+    ChatId, MessageId,
+    hub::{
+        LocalHub, StreamHub,
+        conformance::{pieces, publish_reply},
+    },
 };
-use futures::StreamExt;
-
-fn start_payload(chat: &ChatId, message_id: MessageId) -> EventPayload {
-    EventPayload::Start {
-        chat_id: chat.clone(),
-        message_id,
-        user_message_id: MessageId::generate(),
-    }
-}
-
-fn done_payload(message_id: MessageId) -> EventPayload {
-    EventPayload::Done {
-        message_id,
-        status: MessageStatus::Complete,
-        finish_reason: Some(FinishReason::Stop),
-        usage: Some(Usage {
-            input_tokens: 1,
-            output_tokens: 2,
-        }),
-    }
-}
-
-fn pieces(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("w{i} ")).collect()
-}
-
-async fn collect(stream: HubEventStream) -> Vec<HubEvent> {
-    stream.map(|e| e.expect("event")).collect().await
-}
-
-fn text(events: &[HubEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match &*e.payload {
-            EventPayload::Delta(Delta::Text { text }) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn assert_increasing_after(events: &[HubEvent], after: u64) {
-    let mut last = after;
-    for e in events {
-        assert!(e.seq > last, "seq {} after {last}", e.seq);
-        last = e.seq;
-    }
-}
-
-/// Publishes a whole reply of text pieces; returns the `done` event's number.
-async fn publish_reply(publisher: &mut dyn ReplyPublisher, chat: &ChatId, words: &[String]) -> u64 {
-    let id = MessageId::generate();
-    assert_eq!(publisher.publish(start_payload(chat, id)).await.unwrap(), 1);
-    for (i, w) in words.iter().enumerate() {
-        let seq = publisher
-            .publish(EventPayload::Delta(Delta::text(w.clone())))
-            .await
-            .unwrap();
-        assert_eq!(seq, i as u64 + 2);
-    }
-    publisher.publish(done_payload(id)).await.unwrap()
-}
-
-/// One live reply per chat; a finished one frees the chat; other chats are independent.
-pub async fn one_live_reply_per_chat(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let other = ChatId::generate();
-    assert!(!hub.is_live(&chat).await.unwrap());
-    let mut live = hub.start(&chat).await.unwrap();
-    assert!(hub.is_live(&chat).await.unwrap());
-    assert!(matches!(hub.start(&chat).await, Err(Error::Busy { .. })));
-    let mut elsewhere = hub.start(&other).await.unwrap();
-    publish_reply(&mut *live.publisher, &chat, &pieces(3)).await;
-    assert!(!hub.is_live(&chat).await.unwrap());
-    assert!(
-        live.publisher
-            .publish(EventPayload::Delta(Delta::text("late")))
-            .await
-            .is_err(),
-        "publishing after done must fail"
-    );
-    let mut again = hub.start(&chat).await.unwrap();
-    publish_reply(&mut *again.publisher, &chat, &pieces(1)).await;
-    publish_reply(&mut *elsewhere.publisher, &other, &pieces(1)).await;
-}
-
-/// Numbers start at 1 and increase; replay after every N gives exactly the rest; a subscriber
-/// that saw the end, or a chat with nothing, gets `None`.
-pub async fn replay_after_every_n(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    assert!(hub.subscribe(&chat, None).await.unwrap().is_none());
-    let words = pieces(100);
-    let mut live = hub.start(&chat).await.unwrap();
-    let done = publish_reply(&mut *live.publisher, &chat, &words).await;
-    assert_eq!(done, words.len() as u64 + 2);
-    let all = collect(hub.subscribe(&chat, None).await.unwrap().unwrap()).await;
-    assert_eq!(
-        all.first().map(|e| (e.seq, e.event_name())),
-        Some((1, "start"))
-    );
-    assert_eq!(
-        all.last().map(|e| (e.seq, e.event_name())),
-        Some((done, "done"))
-    );
-    assert_increasing_after(&all, 0);
-    assert_eq!(text(&all), words.concat());
-    for after in 0..done {
-        let events = collect(hub.subscribe(&chat, Some(after)).await.unwrap().unwrap()).await;
-        assert_increasing_after(&events, after);
-        let skip = (after as usize).saturating_sub(1).min(words.len());
-        assert_eq!(text(&events), words[skip..].concat(), "after {after}");
-        assert_eq!(events.iter().filter(|e| e.is_terminal()).count(), 1);
-        assert_eq!(events.last().map(|e| e.seq), Some(done));
-        let starts = events.iter().filter(|e| e.event_name() == "start").count();
-        assert_eq!(starts, usize::from(after == 0), "after {after}");
-    }
-    assert!(hub.subscribe(&chat, Some(done)).await.unwrap().is_none());
-    assert!(
-        hub.subscribe(&chat, Some(done + 5))
-            .await
-            .unwrap()
-            .is_none()
-    );
-}
-
-/// Subscribers that join before, during and after the live part all get exactly the reply, and
-/// their streams end after `done`.
-pub async fn follow_live_with_many_subscribers(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let words = pieces(300);
-    let mut live = hub.start(&chat).await.unwrap();
-    let mut early_tasks = Vec::new();
-    for _ in 0..5 {
-        let stream = hub.subscribe(&chat, None).await.unwrap().unwrap();
-        early_tasks.push(tokio::spawn(collect(stream)));
-    }
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    let mut mid = None;
-    for (i, w) in words.iter().enumerate() {
-        live.publisher
-            .publish(EventPayload::Delta(Delta::text(w.clone())))
-            .await
-            .unwrap();
-        if i == 150 {
-            mid = Some(tokio::spawn(collect(
-                hub.subscribe(&chat, Some(40)).await.unwrap().unwrap(),
-            )));
-        }
-        if i % 50 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    live.publisher.publish(done_payload(id)).await.unwrap();
-    for t in early_tasks {
-        let events = t.await.unwrap();
-        assert_increasing_after(&events, 0);
-        assert_eq!(text(&events), words.concat());
-    }
-    let events = mid.unwrap().await.unwrap();
-    assert_increasing_after(&events, 40);
-    assert_eq!(text(&events), words[39..].concat());
-}
-
-/// A subscriber that is never polled does not hold the publisher or other subscribers back, and
-/// later catches up exactly.
-pub async fn slow_subscriber_lags_without_blocking(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let words = pieces(5_000);
-    let mut live = hub.start(&chat).await.unwrap();
-    let slow = hub.subscribe(&chat, None).await.unwrap().unwrap();
-    let fast = tokio::spawn(collect(hub.subscribe(&chat, None).await.unwrap().unwrap()));
-    // Publishing everything must not wait for the slow subscriber.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        publish_reply(&mut *live.publisher, &chat, &words),
-    )
-    .await
-    .expect("publishing was blocked by a subscriber");
-    assert_eq!(text(&fast.await.unwrap()), words.concat());
-    let late = collect(slow).await;
-    assert_increasing_after(&late, 0);
-    assert_eq!(text(&late), words.concat());
-}
-
-/// Terminate fires the reply's token once; with nothing live it answers `false`.
-pub async fn terminate_fires_the_token(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    assert!(!hub.terminate(&chat).await.unwrap());
-    let mut live = hub.start(&chat).await.unwrap();
-    assert!(!live.cancel.is_cancelled());
-    assert!(hub.terminate(&chat).await.unwrap());
-    tokio::time::timeout(Duration::from_millis(100), live.cancel.cancelled())
-        .await
-        .expect("cancel token fired");
-    assert!(!hub.terminate(&chat).await.unwrap(), "second terminate");
-    // Still live until the generator publishes its done.
-    assert!(hub.is_live(&chat).await.unwrap());
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    live.publisher
-        .publish(EventPayload::done(id, MessageStatus::Cancelled))
-        .await
-        .unwrap();
-    assert!(!hub.terminate(&chat).await.unwrap(), "after done");
-}
-
-/// Aborting a reply that published nothing frees the chat as though it never started; dropping a
-/// publisher mid-reply ends the reply as interrupted, so no subscriber hangs.
-pub async fn abandoned_replies_do_not_hang(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let live = hub.start(&chat).await.unwrap();
-    live.publisher.abort().await.unwrap();
-    assert!(!hub.is_live(&chat).await.unwrap());
-    assert!(hub.subscribe(&chat, None).await.unwrap().is_none());
-
-    let mut live = hub.start(&chat).await.unwrap();
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    live.publisher
-        .publish(EventPayload::Delta(Delta::text("half")))
-        .await
-        .unwrap();
-    let follower = hub.subscribe(&chat, None).await.unwrap().unwrap();
-    drop(live);
-    let events = tokio::time::timeout(Duration::from_secs(5), collect(follower))
-        .await
-        .expect("subscriber ended");
-    assert_eq!(text(&events), "half");
-    let names: Vec<_> = events.iter().map(|e| e.event_name()).collect();
-    assert_eq!(names, ["start", "delta", "error", "done"]);
-    match &*events[3].payload {
-        EventPayload::Done { status, .. } => assert_eq!(*status, MessageStatus::Interrupted),
-        other => panic!("{other:?}"),
-    }
-    assert!(!hub.is_live(&chat).await.unwrap());
-}
-
-/// Every kind of delta survives replay (coalesced or not) with its content intact.
-pub async fn mixed_deltas_replay_intact(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let mut live = hub.start(&chat).await.unwrap();
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    let mut published = Vec::new();
-    for i in 0..40u32 {
-        let d = match i % 5 {
-            0 => Delta::reasoning(format!("r{i}")),
-            1 | 2 => Delta::text(format!("t{i}")),
-            3 => Delta::ToolCall(chatstream::ToolCallDelta {
-                index: i / 10,
-                id: (i % 10 == 3).then(|| format!("call{i}")),
-                name: (i % 10 == 3).then(|| "f".to_string()),
-                arguments: format!("a{i}"),
-            }),
-            _ => Delta::usage(u64::from(i), 1),
-        };
-        published.push(d.clone());
-        live.publisher
-            .publish(EventPayload::Delta(d))
-            .await
-            .unwrap();
-    }
-    live.publisher.publish(done_payload(id)).await.unwrap();
-    let fold = |deltas: &[Delta]| {
-        let mut acc = chatstream::Accumulator::new();
-        acc.extend(deltas);
-        acc
-    };
-    let expected = fold(&published);
-    for after in [0, 1, 7, 20, 39] {
-        let events = collect(hub.subscribe(&chat, Some(after)).await.unwrap().unwrap()).await;
-        let deltas: Vec<Delta> = events
-            .iter()
-            .filter_map(|e| match &*e.payload {
-                EventPayload::Delta(d) => Some(d.clone()),
-                _ => None,
-            })
-            .collect();
-        let got = fold(&deltas);
-        if after == 0 {
-            assert_eq!(got.text(), expected.text());
-            assert_eq!(got.reasoning(), expected.reasoning());
-            assert_eq!(got.tool_calls(), expected.tool_calls());
-            assert_eq!(got.usage(), expected.usage());
-        } else {
-            let rest = fold(&published[after as usize - 1..]);
-            assert_eq!(got.text(), rest.text(), "after {after}");
-            assert_eq!(got.reasoning(), rest.reasoning(), "after {after}");
-            assert_eq!(got.tool_calls(), rest.tool_calls(), "after {after}");
-        }
-    }
-}
 
 macro_rules! local_hub_suite {
     ($($name:ident),* $(,)?) => {
@@ -326,9 +26,9 @@ macro_rules! local_hub_suite {
                         std::time::Duration::from_secs(60),
                         4,
                     );
-                    super::$name(&hub).await;
+                    chatstream::hub::conformance::$name(&hub).await;
                     let default_hub = chatstream::hub::LocalHub::new();
-                    super::$name(&default_hub).await;
+                    chatstream::hub::conformance::$name(&default_hub).await;
                 }
             )*
         }
@@ -341,6 +41,8 @@ local_hub_suite!(
     follow_live_with_many_subscribers,
     slow_subscriber_lags_without_blocking,
     terminate_fires_the_token,
+    terminate_reply_spares_newer_replies,
+    live_reply_names_its_message,
     abandoned_replies_do_not_hang,
     mixed_deltas_replay_intact,
 );
@@ -349,8 +51,9 @@ local_hub_suite!(
 async fn local_finished_replies_expire_after_the_grace_period() {
     let hub = LocalHub::with_grace(Duration::from_secs(10));
     let chat = ChatId::generate();
-    let mut live = hub.start(&chat).await.unwrap();
-    publish_reply(&mut *live.publisher, &chat, &pieces(3)).await;
+    let id = MessageId::generate();
+    let mut live = hub.start(&chat, id).await.unwrap();
+    publish_reply(&mut *live.publisher, &chat, id, &pieces(3)).await;
     assert_eq!(hub.held_replies(), 1);
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert!(hub.subscribe(&chat, None).await.unwrap().is_some());
@@ -364,7 +67,7 @@ async fn local_watchers_are_counted() {
     let hub = LocalHub::new();
     let chat = ChatId::generate();
     assert_eq!(hub.watchers(&chat).await.unwrap(), Some(0));
-    let _live = hub.start(&chat).await.unwrap();
+    let _live = hub.start(&chat, MessageId::generate()).await.unwrap();
     let a = hub.subscribe(&chat, None).await.unwrap().unwrap();
     let b = hub.subscribe(&chat, None).await.unwrap().unwrap();
     assert_eq!(hub.watchers(&chat).await.unwrap(), Some(2));
@@ -387,13 +90,16 @@ mod redis_hub {
     use chatstream::{
         ChatId, ChatService, ChatSession, Delta, Error, FinishReason, Message, MessageId,
         MessageStatus, MessageStore, Script, ScriptedProvider, UserInput,
-        hub::{EventPayload, RedisHub, StreamHub, recover_orphans},
+        hub::{EventPayload, LiveReplyInfo, RedisHub, StreamHub, recover_orphans},
         store::MemoryStore,
     };
     use futures::StreamExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::{collect, done_payload, pieces, publish_reply, start_payload, text};
+    use chatstream::hub::conformance::{
+        collect, done_payload, pieces, publish_reply, start_payload, text,
+    };
+
     use crate::common::with_redis;
 
     macro_rules! redis_hub_suite {
@@ -403,7 +109,7 @@ mod redis_hub {
                 async fn $name() {
                     with_redis(concat!("redis_hub::", stringify!($name)), |t| async move {
                         let hub = t.hub("a").await;
-                        super::$name(&hub).await;
+                        chatstream::hub::conformance::$name(&hub).await;
                     })
                     .await;
                 }
@@ -417,6 +123,8 @@ mod redis_hub {
         follow_live_with_many_subscribers,
         slow_subscriber_lags_without_blocking,
         terminate_fires_the_token,
+        terminate_reply_spares_newer_replies,
+        live_reply_names_its_message,
         abandoned_replies_do_not_hang,
         mixed_deltas_replay_intact,
     );
@@ -426,11 +134,17 @@ mod redis_hub {
         with_redis("redis_hub::followed_on_another", |t| async move {
             let (a, b) = (t.hub("a").await, t.hub("b").await);
             let chat = ChatId::generate();
-            let mut live = a.start(&chat).await.unwrap();
+            let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
             assert!(b.is_live(&chat).await.unwrap());
+            assert_eq!(
+                b.live_reply(&chat).await.unwrap(),
+                Some(LiveReplyInfo::new(id, Some("a".into()))),
+                "B knows which message A is generating, and that A owns it"
+            );
             let follower = tokio::spawn(collect(b.subscribe(&chat, None).await.unwrap().unwrap()));
             let words = pieces(50);
-            let done = publish_reply(&mut *live.publisher, &chat, &words).await;
+            let done = publish_reply(&mut *live.publisher, &chat, id, &words).await;
             let followed = follower.await.unwrap();
             assert_eq!(text(&followed), words.concat());
             assert_eq!(followed.last().map(|e| e.seq), Some(done));
@@ -451,9 +165,16 @@ mod redis_hub {
         with_redis("redis_hub::busy_across_instances", |t| async move {
             let (a, b) = (t.hub("a").await, t.hub("b").await);
             let chat = ChatId::generate();
-            let mut live = a.start(&chat).await.unwrap();
-            assert!(matches!(b.start(&chat).await, Err(Error::Busy { .. })));
-            assert!(matches!(a.start(&chat).await, Err(Error::Busy { .. })));
+            let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
+            assert!(matches!(
+                b.start(&chat, MessageId::generate()).await,
+                Err(Error::Busy { .. })
+            ));
+            assert!(matches!(
+                a.start(&chat, MessageId::generate()).await,
+                Err(Error::Busy { .. })
+            ));
             // Many instances racing for one chat: exactly one wins.
             let other = ChatId::generate();
             let hubs = [a.clone(), b.clone(), t.hub("c").await, t.hub("d").await];
@@ -461,7 +182,9 @@ mod redis_hub {
             for hub in &hubs {
                 for _ in 0..5 {
                     let (hub, other) = (hub.clone(), other.clone());
-                    tries.push(tokio::spawn(async move { hub.start(&other).await }));
+                    tries.push(tokio::spawn(async move {
+                        hub.start(&other, MessageId::generate()).await
+                    }));
                 }
             }
             let mut won = Vec::new();
@@ -473,8 +196,8 @@ mod redis_hub {
                 }
             }
             assert_eq!(won.len(), 1, "exactly one start wins");
-            publish_reply(&mut *live.publisher, &chat, &pieces(1)).await;
-            b.start(&chat)
+            publish_reply(&mut *live.publisher, &chat, id, &pieces(1)).await;
+            b.start(&chat, MessageId::generate())
                 .await
                 .unwrap()
                 .publisher
@@ -492,8 +215,8 @@ mod redis_hub {
             // pub/sub, not by the renewal's fallback check.
             let (a, b) = (t.hub("a").await, t.hub("b").await);
             let chat = ChatId::generate();
-            let mut live = a.start(&chat).await.unwrap();
             let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
             live.publisher
                 .publish(start_payload(&chat, id))
                 .await
@@ -550,8 +273,8 @@ mod redis_hub {
                 .spawn(async move {
                     let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
                     // The session's order: take the chat in the hub, then store the message.
-                    let mut live = a.start(&a_chat).await.unwrap();
                     let mut message = Message::assistant_streaming(a_chat.clone());
+                    let mut live = a.start(&a_chat, message.id).await.unwrap();
                     a_store.append(&message).await.unwrap();
                     live.publisher
                         .publish(start_payload(&a_chat, message.id))
@@ -579,7 +302,10 @@ mod redis_hub {
             assert_eq!(recover_orphans(&*store, &b).await.unwrap(), 0);
             let m = store.get_message(&message_id).await.unwrap().unwrap();
             assert_eq!(m.status, MessageStatus::Streaming);
-            assert!(matches!(b.start(&chat.id).await, Err(Error::Busy { .. })));
+            assert!(matches!(
+                b.start(&chat.id, MessageId::generate()).await,
+                Err(Error::Busy { .. })
+            ));
 
             // Once it expired, the follower ends and recovery marks the reply.
             while b.is_live(&chat.id).await.unwrap() {
@@ -602,7 +328,13 @@ mod redis_hub {
             assert_eq!(m.content, "checkpointed text");
             assert_eq!(recover_orphans(&*store, &b).await.unwrap(), 0);
             // The chat is free again.
-            b.start(&chat.id).await.unwrap().publisher.abort().await.unwrap();
+            b.start(&chat.id, MessageId::generate())
+                .await
+                .unwrap()
+                .publisher
+                .abort()
+                .await
+                .unwrap();
         })
         .await;
     }
@@ -625,8 +357,8 @@ mod redis_hub {
             );
             let store = MemoryStore::new();
             let chat = store.create_chat(None, None).await.unwrap();
-            let mut live = a.start(&chat.id).await.unwrap();
             let message = Message::assistant_streaming(chat.id.clone());
+            let mut live = a.start(&chat.id, message.id).await.unwrap();
             store.append(&message).await.unwrap();
             // Before its start event and after it, over three leases: never touched.
             assert_eq!(recover_orphans(&store, &b).await.unwrap(), 0);
@@ -667,8 +399,9 @@ mod redis_hub {
             let grace = Duration::from_millis(1500);
             let hub = t.builder("a").grace(grace).connect().await.unwrap();
             let chat = ChatId::generate();
-            let mut live = hub.start(&chat).await.unwrap();
-            publish_reply(&mut *live.publisher, &chat, &pieces(3)).await;
+            let id = MessageId::generate();
+            let mut live = hub.start(&chat, id).await.unwrap();
+            publish_reply(&mut *live.publisher, &chat, id, &pieces(3)).await;
             let mut conn = t.conn().await;
             for key in t.keys().await {
                 let ttl: i64 = redis::cmd("PTTL")
@@ -783,8 +516,8 @@ mod redis_hub {
                 .await
                 .unwrap();
             let chat = ChatId::generate();
-            let mut live = hub.start(&chat).await.unwrap();
             let id = MessageId::generate();
+            let mut live = hub.start(&chat, id).await.unwrap();
             live.publisher
                 .publish(start_payload(&chat, id))
                 .await

@@ -12,11 +12,14 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:{C}:lease` | string, expires after the lease | the id of the chat's live reply, while its owner is alive |
-//! | `P:{C}:reply` | hash | the current reply: `reply` (its id), `owner` (instance id), `message` (the assistant message id, from the `start` event), `cancel` (set by a terminate) |
+//! | `P:{C}:reply` | hash | the current reply: `reply` (its id), `owner` (instance id), `message` (the assistant message id, given at start), `cancel` (set by a terminate) |
 //! | `P:{C}:events:R` | stream | the reply's events: entry id `SEQ-0`, fields `e` (event name) and `d` (JSON data) |
 //!
-//! - **Start** is one script: `SET lease NX PX` and, only if that won, the new `reply` hash. Two
-//!   instances can never both start a reply in one chat: the loser gets [`Error::Busy`].
+//! - **Start** is one script: `SET lease NX PX` and, only if that won, the new `reply` hash
+//!   (naming the owner and the message). Two instances can never both start a reply in one chat:
+//!   the loser gets [`Error::Busy`]. The live reply of a chat is the `reply` hash while the
+//!   lease holds its id ([`StreamHub::live_reply`]).
+//! - The scripts move events as opaque strings: every JSON shape is made and read in Rust.
 //! - **Publish** is an `XADD` with the sequence number as the entry id. **Follow** reads with
 //!   `XRANGE` after the subscriber's position, then waits with `XREAD BLOCK` on a connection of
 //!   the subscription's own (a blocking read would stall every other command on a shared one).
@@ -60,8 +63,10 @@ use redis::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{EventPayload, HubEvent, HubEventStream, LiveReply, ReplyPublisher, StreamHub};
-use crate::{ChatId, Error, MessageStatus, Result};
+use super::{
+    EventPayload, HubEvent, HubEventStream, LiveReply, LiveReplyInfo, ReplyPublisher, StreamHub,
+};
+use crate::{ChatId, Error, MessageId, MessageStatus, Result};
 
 /// The key prefix by default.
 pub const DEFAULT_PREFIX: &str = "chatstream";
@@ -381,6 +386,39 @@ impl Inner {
     fn disown(&self, reply_id: &str) {
         lock(&self.owned).remove(reply_id);
     }
+
+    /// Stops the chat's live reply (only if it fills `only`, when given); `true` if this call
+    /// stopped it.
+    async fn terminate(&self, chat_id: &ChatId, only: Option<&MessageId>) -> Result<bool> {
+        let keys = self.chat_keys(chat_id, "");
+        let stopped: Option<String> = Script::new(TERMINATE)
+            .key(&keys.lease)
+            .key(&keys.reply)
+            .arg(format!("{}:cancel:", self.prefix))
+            .arg(only.map(MessageId::to_string).unwrap_or_default())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| hub_error("terminate a reply", e))?;
+        match stopped {
+            Some(reply_id) => {
+                // Ours: no need to wait for the message to come back.
+                self.cancel_owned(&reply_id);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// The message id of a reply record, as stored by [`START`].
+fn parse_message_id(stored: Option<&str>) -> Result<MessageId> {
+    stored
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| Error::Hub {
+            backend: BACKEND,
+            message: format!("a reply record names no valid message id: {stored:?}"),
+            source: None,
+        })
 }
 
 async fn listen_to(client: &Client, channel: &str) -> redis::RedisResult<PubSub> {
@@ -428,25 +466,33 @@ async fn listen(
 
 // The scripts. Each touches the keys of one chat only.
 
-/// KEYS lease, reply; ARGV reply id, owner, lease ms, live ttl ms. 1 when started, 0 when busy.
+/// KEYS lease, reply; ARGV reply id, owner, lease ms, live ttl ms, message id. 1 when started,
+/// 0 when busy.
 const START: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'reply', ARGV[1], 'owner', ARGV[2])
+  redis.call('HSET', KEYS[2], 'reply', ARGV[1], 'owner', ARGV[2], 'message', ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   return 1
 end
 return 0
 ";
 
-/// KEYS events, reply; ARGV reply id, seq, event, data, live ttl ms, message id or ''.
+/// KEYS events; ARGV seq, event, data, live ttl ms. The first event also gives the stream
+/// its expiry, in the same step, so a dead owner's stream cannot stay for ever.
 const FIRST: &str = r"
-redis.call('XADD', KEYS[1], ARGV[2] .. '-0', 'e', ARGV[3], 'd', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[2], 'reply') == ARGV[1] then
-  redis.call('HSET', KEYS[2], 'message', ARGV[6])
-end
+redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 'e', ARGV[2], 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
+";
+
+/// KEYS lease, reply. The live reply's message id and owner, or nil when nothing is live.
+const LIVE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if not holder then return false end
+local r = redis.call('HMGET', KEYS[2], 'reply', 'message', 'owner')
+if r[1] ~= holder or not r[2] then return false end
+return {r[2], r[3] or ''}
 ";
 
 /// KEYS events, lease, reply; ARGV reply id, seq, data, grace ms.
@@ -468,12 +514,12 @@ return 1
 /// Ends a reply that cannot end normally: an `error` and a `done` after whatever the stream
 /// holds, unless it already ended.
 ///
-/// KEYS events, lease, reply; ARGV reply id, error data, status, done data or '' (built from the
-/// `start` event), grace ms, '1' when the owner calls (else the reply must have lost its lease).
-/// Returns -1 when the owner is alive, -2 when nothing was ever published (the reply is
-/// forgotten), 0 when it had already ended, else the `done` event's number.
-const SEAL: &str = r#"
-if ARGV[6] ~= '1' and redis.call('GET', KEYS[2]) == ARGV[1] then return -1 end
+/// KEYS events, lease, reply; ARGV reply id, error data, done data, grace ms, '1' when the owner
+/// calls (else the reply must have lost its lease). Returns -1 when the owner is alive, -2 when
+/// nothing was ever published (the reply is forgotten), 0 when it had already ended, else the
+/// `done` event's number.
+const SEAL: &str = r"
+if ARGV[5] ~= '1' and redis.call('GET', KEYS[2]) == ARGV[1] then return -1 end
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #top == 0 then
   if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
@@ -482,21 +528,13 @@ if #top == 0 then
 end
 if top[1][2][2] == 'done' then return 0 end
 local seq = tonumber(string.match(top[1][1], '^(%d+)'))
-local done = ARGV[4]
-if done == '' then
-  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  local ok, start = pcall(cjson.decode, first[1][2][4])
-  local id = ok and type(start) == 'table' and start['messageId']
-  if type(id) ~= 'string' then id = '00000000-0000-0000-0000-000000000000' end
-  done = '{"messageId":"' .. id .. '","status":"' .. ARGV[3] .. '","finishReason":null,"usage":null}'
-end
 redis.call('XADD', KEYS[1], (seq + 1) .. '-0', 'e', 'error', 'd', ARGV[2])
-redis.call('XADD', KEYS[1], (seq + 2) .. '-0', 'e', 'done', 'd', done)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('XADD', KEYS[1], (seq + 2) .. '-0', 'e', 'done', 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-if redis.call('HGET', KEYS[3], 'reply') == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+if redis.call('HGET', KEYS[3], 'reply') == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
 return seq + 2
-"#;
+";
 
 /// KEYS lease, reply, events; ARGV reply id, lease ms, live ttl ms. -1 when the lease was lost,
 /// 1 when a terminate was requested, else 0.
@@ -509,33 +547,33 @@ if redis.call('HGET', KEYS[2], 'cancel') then return 1 end
 return 0
 ";
 
-/// KEYS lease, reply; ARGV channel prefix. The live reply's id when this call terminated it.
+/// KEYS lease, reply; ARGV channel prefix, message id or '' (any reply). The live reply's id
+/// when this call terminated it.
 const TERMINATE: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if not holder then return false end
 if redis.call('HGET', KEYS[2], 'reply') ~= holder then return false end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], 'message') ~= ARGV[2] then return false end
 if redis.call('HSETNX', KEYS[2], 'cancel', '1') == 0 then return false end
 local owner = redis.call('HGET', KEYS[2], 'owner')
 if owner then redis.call('PUBLISH', ARGV[1] .. owner, holder) end
 return holder
 ";
 
-fn interrupted_error() -> String {
+fn interrupted_error() -> EventPayload {
     EventPayload::Error {
         code: "interrupted".into(),
         message: "the process generating this reply stopped before it finished".into(),
     }
-    .to_json()
 }
 
-/// Seals a reply (see [`SEAL`]).
+/// Seals a reply (see [`SEAL`]) with `error` and `done`.
 async fn seal(
     hub: &Inner,
     keys: &Keys,
     reply_id: &str,
-    error: String,
-    status: MessageStatus,
-    done: Option<String>,
+    error: &EventPayload,
+    done: &EventPayload,
     as_owner: bool,
 ) -> Result<i64> {
     Script::new(SEAL)
@@ -543,9 +581,8 @@ async fn seal(
         .key(&keys.lease)
         .key(&keys.reply)
         .arg(reply_id)
-        .arg(error)
-        .arg(status.as_str())
-        .arg(done.unwrap_or_default())
+        .arg(error.to_json())
+        .arg(done.to_json())
         .arg(millis(hub.grace))
         .arg(if as_owner { "1" } else { "0" })
         .invoke_async(&mut hub.conn.clone())
@@ -559,7 +596,7 @@ impl StreamHub for RedisHub {
         BACKEND
     }
 
-    async fn start(&self, chat_id: &ChatId) -> Result<LiveReply> {
+    async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply> {
         let hub = &self.inner;
         let reply_id = uuid::Uuid::now_v7().simple().to_string();
         let keys = hub.chat_keys(chat_id, &reply_id);
@@ -570,6 +607,7 @@ impl StreamHub for RedisHub {
             .arg(&hub.instance_id)
             .arg(millis(hub.lease))
             .arg(hub.live_ttl())
+            .arg(message_id.to_string())
             .invoke_async(&mut hub.conn.clone())
             .await
             .map_err(|e| hub_error("start a reply", e))?;
@@ -596,6 +634,7 @@ impl StreamHub for RedisHub {
                 chat_id: chat_id.clone(),
                 keys,
                 reply_id,
+                message_id,
                 seq: 0,
                 finished: false,
                 broken: false,
@@ -613,15 +652,17 @@ impl StreamHub for RedisHub {
         let hub = &self.inner;
         let keys = hub.chat_keys(chat_id, "");
         let mut conn = hub.conn.clone();
-        let reply_id: Option<String> = redis::cmd("HGET")
+        let (reply_id, message): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(&keys.reply)
             .arg("reply")
+            .arg("message")
             .query_async(&mut conn)
             .await
             .map_err(|e| hub_error("look up a reply", e))?;
         let Some(reply_id) = reply_id else {
             return Ok(None);
         };
+        let message_id = parse_message_id(message.as_deref())?;
         let keys = hub.chat_keys(chat_id, &reply_id);
         let top: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
             .arg(&keys.events)
@@ -643,6 +684,7 @@ impl StreamHub for RedisHub {
             hub: hub.clone(),
             keys,
             reply_id,
+            message_id,
             pos: after,
             pending: VecDeque::new(),
             ended: false,
@@ -657,24 +699,31 @@ impl StreamHub for RedisHub {
         ))
     }
 
-    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+    async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>> {
         let hub = &self.inner;
         let keys = hub.chat_keys(chat_id, "");
-        let stopped: Option<String> = Script::new(TERMINATE)
+        let live: Option<(String, String)> = Script::new(LIVE)
             .key(&keys.lease)
             .key(&keys.reply)
-            .arg(format!("{}:cancel:", hub.prefix))
             .invoke_async(&mut hub.conn.clone())
             .await
-            .map_err(|e| hub_error("terminate a reply", e))?;
-        match stopped {
-            Some(reply_id) => {
-                // Ours: no need to wait for the message to come back.
-                hub.cancel_owned(&reply_id);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+            .map_err(|e| hub_error("look up a reply", e))?;
+        let Some((message, owner)) = live else {
+            return Ok(None);
+        };
+        let message_id = parse_message_id(Some(&message))?;
+        Ok(Some(LiveReplyInfo::new(
+            message_id,
+            Some(owner).filter(|o| !o.is_empty()),
+        )))
+    }
+
+    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+        self.inner.terminate(chat_id, None).await
+    }
+
+    async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool> {
+        self.inner.terminate(chat_id, Some(message_id)).await
     }
 
     async fn is_live(&self, chat_id: &ChatId) -> Result<bool> {
@@ -759,6 +808,8 @@ struct Follow {
     hub: Arc<Inner>,
     keys: Keys,
     reply_id: String,
+    /// The message the reply fills: what the `done` of a reply sealed here names.
+    message_id: MessageId,
     pos: u64,
     pending: VecDeque<HubEvent>,
     ended: bool,
@@ -857,9 +908,8 @@ impl Follow {
             &self.hub,
             &self.keys,
             &self.reply_id,
-            interrupted_error(),
-            MessageStatus::Interrupted,
-            None,
+            &interrupted_error(),
+            &EventPayload::done(self.message_id, MessageStatus::Interrupted),
             false,
         )
         .await?;
@@ -883,6 +933,7 @@ struct RedisPublisher {
     chat_id: ChatId,
     keys: Keys,
     reply_id: String,
+    message_id: MessageId,
     /// The number of the last event published.
     seq: u64,
     finished: bool,
@@ -909,6 +960,7 @@ struct Abandoned {
     hub: Arc<Inner>,
     keys: Keys,
     reply_id: String,
+    message_id: MessageId,
     published: bool,
 }
 
@@ -928,9 +980,8 @@ impl Abandoned {
             &self.hub,
             &self.keys,
             &self.reply_id,
-            interrupted_error(),
-            MessageStatus::Interrupted,
-            None,
+            &interrupted_error(),
+            &EventPayload::done(self.message_id, MessageStatus::Interrupted),
             true,
         )
         .await
@@ -952,6 +1003,7 @@ impl RedisPublisher {
             hub: self.hub.clone(),
             keys: self.keys.clone(),
             reply_id: self.reply_id.clone(),
+            message_id: self.message_id,
             published: self.seq > 0 || self.broken,
         }
     }
@@ -982,24 +1034,11 @@ impl RedisPublisher {
             }
         }
         // Some events may be missing: say so, then end with the real `done`.
-        let status = match &done {
-            EventPayload::Done { status, .. } => *status,
-            _ => MessageStatus::Interrupted,
-        };
         let error = EventPayload::Error {
             code: "hub".into(),
             message: "some events of this reply were lost: reload the history".into(),
         };
-        let seq = seal(
-            &self.hub,
-            &self.keys,
-            &self.reply_id,
-            error.to_json(),
-            status,
-            Some(data),
-            true,
-        )
-        .await?;
+        let seq = seal(&self.hub, &self.keys, &self.reply_id, &error, &done, true).await?;
         Ok(u64::try_from(seq).unwrap_or(self.seq))
     }
 }
@@ -1028,19 +1067,12 @@ impl ReplyPublisher for RedisPublisher {
         let mut conn = self.hub.conn.clone();
         let data = payload.to_json();
         let sent: redis::RedisResult<()> = if seq == 1 {
-            let message = match &payload {
-                EventPayload::Start { message_id, .. } => message_id.to_string(),
-                _ => String::new(),
-            };
             Script::new(FIRST)
                 .key(&self.keys.events)
-                .key(&self.keys.reply)
-                .arg(&self.reply_id)
                 .arg(seq)
                 .arg(payload.event_name())
                 .arg(&data)
                 .arg(self.hub.live_ttl())
-                .arg(message)
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(drop)

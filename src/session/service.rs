@@ -1,0 +1,233 @@
+//! [`ChatService`]: the conversations of an application, and its builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    ChatId, Error, Result,
+    hub::{DynStreamHub, LocalHub},
+    provider::DynProvider,
+    store::{DynMessageStore, MemoryStore},
+};
+
+use super::{ContextBudget, Session};
+
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) system_prompt: Option<String>,
+    pub(super) model: Option<String>,
+    pub(super) budget: ContextBudget,
+    pub(super) checkpoint_every: Duration,
+    pub(super) checkpoint_deltas: u64,
+    pub(super) unwatched_timeout: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            system_prompt: None,
+            model: None,
+            budget: ContextBudget::Unlimited,
+            checkpoint_every: Duration::from_millis(250),
+            checkpoint_deltas: 64,
+            unwatched_timeout: None,
+        }
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) provider: DynProvider,
+    pub(super) store: DynMessageStore,
+    pub(super) hub: DynStreamHub,
+    pub(super) settings: Settings,
+    /// Every reply task, so that shutdown can wait for them.
+    pub(super) tasks: TaskTracker,
+    /// Fired when shutdown stops waiting: live replies end as `interrupted`.
+    pub(super) shutdown: CancellationToken,
+}
+
+/// The conversations of an application: owns the provider, the store, the hub and the settings,
+/// and hands out a [`Session`] per chat id. Many chats stream at once, each reply in its own task.
+///
+/// Cheap to clone (an `Arc` inside). Built with [`ChatService::builder`]; see the
+/// [module docs](self) for an example.
+#[derive(Clone)]
+pub struct ChatService {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for ChatService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatService")
+            .field("provider", &self.inner.provider.name())
+            .field("store", &self.inner.store.backend())
+            .field("hub", &self.inner.hub.backend())
+            .field("settings", &self.inner.settings)
+            .finish()
+    }
+}
+
+/// Configures a [`ChatService`]. Only the provider is required.
+#[derive(Default)]
+pub struct ChatServiceBuilder {
+    provider: Option<DynProvider>,
+    store: Option<DynMessageStore>,
+    hub: Option<DynStreamHub>,
+    settings: Settings,
+}
+
+impl fmt::Debug for ChatServiceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatServiceBuilder")
+            .field("provider", &self.provider.as_ref().map(|p| p.name()))
+            .field("store", &self.store.as_ref().map(|s| s.backend()))
+            .field("hub", &self.hub.as_ref().map(|h| h.backend()))
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl ChatServiceBuilder {
+    /// The model provider (required), usually wrapped in the resilience decorators.
+    pub fn provider(mut self, provider: DynProvider) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Where messages are persisted (default: a fresh [`MemoryStore`]).
+    pub fn store(mut self, store: DynMessageStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where live replies are published (default: a [`LocalHub`]).
+    pub fn hub(mut self, hub: DynStreamHub) -> Self {
+        self.hub = Some(hub);
+        self
+    }
+
+    /// A system prompt sent first in every request (not stored in the history).
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.settings.system_prompt = Some(prompt.into());
+        self
+    }
+
+    /// The model to ask for (default: the provider's).
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.settings.model = Some(model.into());
+        self
+    }
+
+    /// How much history a request may carry (default: all of it).
+    pub fn context_budget(mut self, budget: ContextBudget) -> Self {
+        self.settings.budget = budget;
+        self
+    }
+
+    /// How often a growing reply is checkpointed to the store: `every` after the first delta not
+    /// yet saved, or after `every_deltas` deltas, whichever comes first (defaults: 250 ms, 64).
+    /// Writes run beside the stream, one at a time, so a slow store never slows a reply; a
+    /// checkpoint that comes due during a write follows it at once. A crash loses at most the
+    /// deltas since the last write that landed.
+    pub fn checkpoint(mut self, every: Duration, every_deltas: u64) -> Self {
+        self.settings.checkpoint_every = every;
+        self.settings.checkpoint_deltas = every_deltas.max(1);
+        self
+    }
+
+    /// Cancels a reply that nobody has followed for this long (default: never). It needs a hub
+    /// that counts its subscribers ([`StreamHub::watchers`](crate::StreamHub::watchers)); the check runs every quarter of the
+    /// timeout, so a reply stops between one and one and a quarter timeouts after its last
+    /// subscriber left.
+    pub fn unwatched_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.unwatched_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Builds the service. Fails with [`Error::Config`] without a provider.
+    pub fn build(self) -> Result<ChatService> {
+        let provider = self
+            .provider
+            .ok_or_else(|| Error::Config("a chat service needs a provider".into()))?;
+        Ok(ChatService {
+            inner: Arc::new(Inner {
+                provider,
+                store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                hub: self.hub.unwrap_or_else(|| Arc::new(LocalHub::new())),
+                settings: self.settings,
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+}
+
+impl ChatService {
+    /// Starts configuring a service.
+    pub fn builder() -> ChatServiceBuilder {
+        ChatServiceBuilder::default()
+    }
+
+    /// The session of one chat (the chat is created when the first message is sent).
+    pub fn session(&self, chat_id: ChatId) -> Session {
+        Session {
+            service: self.clone(),
+            chat_id,
+        }
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &DynProvider {
+        &self.inner.provider
+    }
+
+    /// The store.
+    pub fn store(&self) -> &DynMessageStore {
+        &self.inner.store
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &DynStreamHub {
+        &self.inner.hub
+    }
+
+    /// Stops the live reply of a chat (see [`ChatSession::cancel`]).
+    pub async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+        self.inner.hub.terminate(chat_id).await
+    }
+
+    /// Shuts the service down: new sends are refused, live replies get `grace` to finish, and
+    /// those still running then are stopped (upstream closed) and persisted as `interrupted`.
+    /// Returns once every reply's final state is written.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+    /// use chatstream::{ChatService, provider::DemoProvider};
+    /// use std::{sync::Arc, time::Duration};
+    ///
+    /// let service = ChatService::builder().provider(Arc::new(DemoProvider::new())).build()?;
+    /// service.shutdown(Duration::from_secs(5)).await;
+    /// assert!(service.is_shutting_down());
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                live = self.inner.tasks.len(),
+                "grace period over; interrupting live replies"
+            );
+            self.inner.shutdown.cancel();
+            self.inner.tasks.wait().await;
+        }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called: sends fail from then on.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.tasks.is_closed()
+    }
+}
