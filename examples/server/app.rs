@@ -104,8 +104,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/chats", get(api::list_chats).post(api::create_chat))
         .route(
             "/api/chats/{chat_id}",
-            axum::routing::delete(api::delete_chat),
+            axum::routing::delete(api::delete_chat).patch(api::update_chat),
         )
+        .route("/api/chats/{chat_id}/regenerate", post(api::regenerate))
         .route("/api/messages", post(api::send_message))
         .route("/api/messages/{chat_id}", get(api::history))
         .route("/api/stream/{chat_id}", get(api::stream))
@@ -161,6 +162,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 axum::http::Method::GET,
                 axum::http::Method::POST,
                 axum::http::Method::DELETE,
+                axum::http::Method::PATCH,
             ])
             .allow_headers([
                 header::CONTENT_TYPE,
