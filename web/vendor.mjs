@@ -13,8 +13,6 @@ const vendor = join(here, "..", "examples", "server", "static", "vendor");
 const files = [
   ["markdown-it/dist/browser/markdown-it.umd.min.js", "markdown-it.min.js"],
   ["@highlightjs/cdn-assets/highlight.min.js", "highlight.min.js"],
-  ["@highlightjs/cdn-assets/styles/github.min.css", "highlight-github.min.css"],
-  ["@highlightjs/cdn-assets/styles/github-dark.min.css", "highlight-github-dark.min.css"],
   // markdown-it's browser build bundles its dependencies: their licences travel with it.
   ["markdown-it/LICENSE", "LICENSES/markdown-it.txt"],
   ["linkify-it/LICENSE", "LICENSES/linkify-it.txt"],
