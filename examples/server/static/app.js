@@ -591,7 +591,7 @@ class ChatWindow {
   }
   paintEdge() {
     this.edge.textContent = this.loadingOlder ? "Loading older messages\u2026"
-      : (this.exhausted && this.views.size > 0 ? "Start of the chat" : "");
+      : (this.exhausted && this.pagedBack ? "Start of the chat" : "");
   }
   async loadOlder() {
     if (this.loadingOlder || this.exhausted || !this.oldest) return;
@@ -611,6 +611,7 @@ class ChatWindow {
     const fromBottom = this.list.scrollHeight - this.list.scrollTop;
     for (let i = page.length - 1; i >= 0; i--) this.view(page[i], true);
     this.exhausted = !more;
+    this.pagedBack = true;
     if (page.length) this.oldest = page[0].id;
     this.loadingOlder = false;
     this.paintEdge();
