@@ -964,6 +964,8 @@ async fn regenerate_supersedes_the_earlier_reply_and_a_failed_reply_offers_it() 
     )
     .await;
     assert!(error.as_str().unwrap().contains("Regenerate"), "{error}");
+    // A superseded reply beside a failed one.
+    check_accessibility(c).await;
     click(c, ".window:nth-child(2) .error button.regenerate").await;
     wait_until(
         c,
