@@ -1454,6 +1454,47 @@ mod page_routes {
     }
 
     #[tokio::test]
+    async fn the_page_and_every_file_it_loads_are_served() {
+        let s = demo().await;
+        let page = s.get("/").await;
+        assert_eq!(page.status(), 200);
+        assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+        let policy = page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        for part in [
+            "script-src 'self'",
+            "img-src 'self' data:",
+            "default-src 'none'",
+        ] {
+            assert!(policy.contains(part), "{policy}");
+        }
+        let html = page.text().await.unwrap();
+        let files: Vec<&str> = html
+            .split(['"', '\''])
+            .filter(|s| s.starts_with("/static/"))
+            .collect();
+        assert!(files.len() >= 4, "{files:?}");
+        for file in files {
+            let resp = s.get(file).await;
+            assert_eq!(resp.status(), 200, "{file}");
+            let kind = if file.ends_with(".js") {
+                "text/javascript; charset=utf-8"
+            } else {
+                "text/css; charset=utf-8"
+            };
+            assert_eq!(resp.headers()["content-type"], kind, "{file}");
+            assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+            assert!(!resp.bytes().await.unwrap().is_empty(), "{file}");
+        }
+        assert_eq!(
+            error_of(s.get("/static/nope.js").await).await,
+            (404, "not_found".into())
+        );
+    }
+
+    #[tokio::test]
     async fn patch_renames_a_chat() {
         let s = demo().await;
         s.client
