@@ -672,6 +672,20 @@ async fn markdown_renders_as_elements_and_stays_safe_live_and_after_reload() {
     )
     .await;
     check_markdown(c, "live").await;
+    // Screen readers heard the reply, its code included, block by block as each was finished.
+    let heard = js(
+        c,
+        "document.querySelector('.window:nth-child(1) [aria-live=polite]').textContent",
+    )
+    .await;
+    let heard = heard.as_str().unwrap();
+    for part in [
+        "Streaming in Rust",
+        "a stop closes the upstream",
+        "Code: fn main()",
+    ] {
+        assert!(heard.contains(part), "{part:?} was not announced: {heard}");
+    }
     // The demo's reply has a highlighted Rust block too.
     assert_eq!(
         js(
@@ -1008,6 +1022,12 @@ async fn regenerate_supersedes_the_earlier_reply_and_a_failed_reply_offers_it() 
         "document.querySelector('.window:nth-child(1) h2').textContent === 'Renamed chat'",
     )
     .await;
+
+    // On a narrow screen the windows stack.
+    let columns = "new Set([...document.querySelectorAll('.window')].map((w) => w.getBoundingClientRect().left)).size";
+    assert_eq!(js(c, columns).await, json!(2));
+    c.set_window_size(500, 900).await.unwrap();
+    wait_until(c, "the windows stacked", &format!("{columns} === 1")).await;
     page.close().await;
 }
 
