@@ -9,6 +9,7 @@ include!("../examples/server/embed.rs");
 
 use std::{
     io::Write,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -28,10 +29,16 @@ use serde_json::{Value, json};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// chromedriver, in a process group of its own with the browser it starts.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // A test that fails never closes its session: the whole group goes, so that no browser
+        // outlives the test (std can signal a child, not a group).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -48,6 +55,7 @@ fn free_port() -> u16 {
 async fn start_driver() -> (Driver, String) {
     let port = free_port();
     let child = Command::new(CHROMEDRIVER)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
