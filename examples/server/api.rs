@@ -1,4 +1,4 @@
-//! The stateful endpoints: chats, messages, the live reply stream and terminate.
+//! The stateful endpoints: chats, messages, the live reply stream, terminate and regenerate.
 
 use std::convert::Infallible;
 
@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response, sse::Event},
 };
 use chatstream::{
-    Chat, ChatId, ChatSession, Message, MessageId, UserInput,
+    Chat, ChatId, ChatSession, Message, MessageId, ReplyHandle, UserInput,
     store::{ChatPage, HistoryPage},
 };
 use futures::StreamExt;
@@ -120,11 +120,65 @@ pub async fn send_message(
         input = input.with_client_message_id(key);
     }
     let handle = state.service.session(id).send(input).await?;
+    Ok(accepted(&handle))
+}
+
+/// `202` with the user message a reply answers and the reply's id: the answer to a send and to
+/// a regenerate.
+fn accepted(handle: &ReplyHandle) -> Response {
     let body = json!({
         "userMessage": handle.user_message,
         "assistantMessageId": handle.assistant_message_id,
     });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+/// `POST /api/chats/{chatId}/regenerate`: answers the chat's last user message again. The
+/// earlier reply stays in history with the same `replyTo`; the new one follows it.
+pub async fn regenerate(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = chat_id(&raw)?;
+    // A chat that does not exist has no user message either; say which of the two it is.
+    if state.service.store().get_chat(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no chat {id}")));
+    }
+    let handle = state.service.session(id).regenerate().await?;
+    Ok(accepted(&handle))
+}
+
+/// The longest chat title, in characters.
+const MAX_TITLE: usize = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatUpdate {
+    title: String,
+}
+
+/// `PATCH /api/chats/{chatId}` with `{"title"}`: renames the chat and answers it.
+pub async fn update_chat(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiJson(body): ApiJson<ChatUpdate>,
+) -> Result<Json<Chat>, ApiError> {
+    let id = chat_id(&raw)?;
+    let title = body.title.trim();
+    if title.is_empty() || title.chars().count() > MAX_TITLE || title.chars().any(char::is_control)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_title",
+            format!("title must be 1 to {MAX_TITLE} characters on one line"),
+        ));
+    }
+    let chat = state
+        .service
+        .store()
+        .rename_chat(&id, Some(title.to_owned()))
+        .await?;
+    Ok(Json(chat))
 }
 
 #[derive(Debug, Deserialize)]

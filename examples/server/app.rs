@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, FromRequest},
+    extract::{DefaultBodyLimit, FromRequest, Path},
     http::{HeaderValue, StatusCode, header},
     response::{
-        Html, IntoResponse, Response, Sse,
+        IntoResponse, Response, Sse,
         sse::{Event, KeepAlive},
     },
     routing::{get, post},
@@ -101,11 +101,13 @@ pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.cors_origins);
     let router = Router::new()
         .route("/", get(index))
+        .route("/static/{*path}", get(asset))
         .route("/api/chats", get(api::list_chats).post(api::create_chat))
         .route(
             "/api/chats/{chat_id}",
-            axum::routing::delete(api::delete_chat),
+            axum::routing::delete(api::delete_chat).patch(api::update_chat),
         )
+        .route("/api/chats/{chat_id}/regenerate", post(api::regenerate))
         .route("/api/messages", post(api::send_message))
         .route("/api/messages/{chat_id}", get(api::history))
         .route("/api/stream/{chat_id}", get(api::stream))
@@ -161,6 +163,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 axum::http::Method::GET,
                 axum::http::Method::POST,
                 axum::http::Method::DELETE,
+                axum::http::Method::PATCH,
             ])
             .allow_headers([
                 header::CONTENT_TYPE,
@@ -169,8 +172,67 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-async fn index() -> Html<&'static str> {
-    Html(include_str!("static/index.html"))
+/// What the page may load and run: its own files only. Model output is rendered as HTML, so
+/// this is the second net under the renderer's escaping: no inline script runs, and no image is
+/// fetched from elsewhere (data URLs are shown). Inline styles are allowed for table alignment.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+async fn index() -> Response {
+    let mut response = (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("static/index.html"),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The page's files, compiled in so that the server runs from any directory. A table rather
+/// than a crate: a handful of files, each with its type known here.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("static/app.css"),
+    ),
+    (
+        "vendor/markdown-it.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/vendor/markdown-it.min.js"),
+    ),
+    (
+        "vendor/highlight.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/vendor/highlight.min.js"),
+    ),
+];
+
+async fn asset(Path(path): Path<String>) -> Response {
+    let Some((_, content_type, body)) = ASSETS.iter().find(|(name, ..)| *name == path) else {
+        return not_found().await.into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, *content_type),
+            // Revalidated on every load, so a new build's page never runs with an old script.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        *body,
+    )
+        .into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -577,3 +577,207 @@ async fn cors_is_off_unless_origins_are_configured() {
         "https://app.example"
     );
 }
+
+// The routes the web page's actions need: regenerate the last reply, rename a chat.
+
+
+async fn regenerate(s: &Server, chat: &str) -> reqwest::Response {
+    s.client
+        .post(s.url(&format!("/api/chats/{chat}/regenerate")))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn rename(s: &Server, chat: &str, body: Value) -> reqwest::Response {
+    s.client
+        .patch(s.url(&format!("/api/chats/{chat}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn regenerate_answers_the_last_message_again_and_keeps_the_earlier_reply() {
+    let s = demo().await;
+    let sent: Value = s
+        .send("regen", "Tell me more", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let user_id = sent["userMessage"]["id"].clone();
+    let first_reply = sent["assistantMessageId"].clone();
+    s.settled_history("regen").await;
+
+    let resp = regenerate(&s, "regen").await;
+    assert_eq!(resp.status(), 202);
+    let again: Value = resp.json().await.unwrap();
+    // Answered like a send: the user message it answers (not a new one) and the new reply.
+    assert_eq!(again["userMessage"]["id"], user_id);
+    assert_eq!(again["userMessage"]["content"], "Tell me more");
+    assert_ne!(again["assistantMessageId"], first_reply);
+    let events: Vec<Sse> = sse_events(s.stream("regen", None).await).collect().await;
+    assert_eq!(events[0].event, "start");
+    assert_eq!(events[0].data["messageId"], again["assistantMessageId"]);
+    assert_eq!(events[0].data["userMessageId"], user_id);
+    assert_eq!(events.last().unwrap().data["status"], "complete");
+    assert_eq!(
+        text_of(&events),
+        DemoProvider::reply_for(&ChatRequest::user("Tell me more"))
+    );
+
+    let history = s.settled_history("regen").await;
+    let roles: Vec<_> = history.iter().map(|m| m["role"].clone()).collect();
+    assert_eq!(
+        roles,
+        [json!("user"), json!("assistant"), json!("assistant")]
+    );
+    assert_eq!(history[1]["id"], first_reply);
+    assert_eq!(history[1]["replyTo"], user_id);
+    assert_eq!(history[2]["id"], again["assistantMessageId"]);
+    assert_eq!(history[2]["replyTo"], user_id);
+}
+
+#[tokio::test]
+async fn regenerate_is_409_while_a_reply_is_live() {
+    let provider = ScriptedProvider::new().repeat(slow_reply(30, 10));
+    let s = serve(Arc::new(provider.clone()), config::Config::default()).await;
+    assert_eq!(s.send("live", "one", None).await.status(), 202);
+    assert_eq!(
+        error_of(regenerate(&s, "live").await).await,
+        (409, "busy".into())
+    );
+    s.settled_history("live").await;
+    assert_eq!(regenerate(&s, "live").await.status(), 202);
+    let history = s.settled_history("live").await;
+    assert_eq!(history.len(), 3, "one user message, two replies");
+    assert_eq!(provider.started(), 2);
+}
+
+#[tokio::test]
+async fn regenerate_needs_a_chat_with_a_user_message() {
+    let s = demo().await;
+    assert_eq!(
+        error_of(regenerate(&s, "missing").await).await,
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        error_of(regenerate(&s, "bad%20id").await).await,
+        (400, "invalid_chat_id".into())
+    );
+    let created = s
+        .client
+        .post(s.url("/api/chats"))
+        .json(&json!({"id": "quiet"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(
+        error_of(regenerate(&s, "quiet").await).await,
+        (400, "invalid".into())
+    );
+    assert!(s.history("quiet").await.is_empty(), "nothing was written");
+}
+
+#[tokio::test]
+async fn the_page_and_every_file_it_loads_are_served() {
+    let s = demo().await;
+    let page = s.get("/").await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for part in [
+        "script-src 'self'",
+        "img-src 'self' data:",
+        "default-src 'none'",
+    ] {
+        assert!(policy.contains(part), "{policy}");
+    }
+    let html = page.text().await.unwrap();
+    let files: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.starts_with("/static/"))
+        .collect();
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let resp = s.get(file).await;
+        assert_eq!(resp.status(), 200, "{file}");
+        let kind = if file.ends_with(".js") {
+            "text/javascript; charset=utf-8"
+        } else {
+            "text/css; charset=utf-8"
+        };
+        assert_eq!(resp.headers()["content-type"], kind, "{file}");
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+        assert!(!resp.bytes().await.unwrap().is_empty(), "{file}");
+    }
+    assert_eq!(
+        error_of(s.get("/static/nope.js").await).await,
+        (404, "not_found".into())
+    );
+}
+
+#[tokio::test]
+async fn patch_renames_a_chat() {
+    let s = demo().await;
+    s.client
+        .post(s.url("/api/chats"))
+        .json(&json!({"id": "named", "title": "Old"}))
+        .send()
+        .await
+        .unwrap();
+    let resp = rename(&s, "named", json!({"title": "  New name "})).await;
+    assert_eq!(resp.status(), 200);
+    let chat: Value = resp.json().await.unwrap();
+    assert_eq!(chat["id"], "named");
+    assert_eq!(chat["title"], "New name");
+    let list: Vec<Value> = s.get("/api/chats").await.json().await.unwrap();
+    assert_eq!(list[0]["title"], "New name");
+
+    assert_eq!(
+        error_of(rename(&s, "missing", json!({"title": "x"})).await).await,
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        error_of(rename(&s, "bad%20id", json!({"title": "x"})).await).await,
+        (400, "invalid_chat_id".into())
+    );
+    let cases = [
+        (json!({"title": "   "}), 422, "invalid_title"),
+        (json!({"title": "two\nlines"}), 422, "invalid_title"),
+        (json!({"title": "x".repeat(201)}), 422, "invalid_title"),
+        (json!({"title": null}), 422, "invalid_body"),
+        (json!({}), 422, "invalid_body"),
+        (json!({"title": "x", "extra": 1}), 422, "invalid_body"),
+    ];
+    for (body, status, code) in cases {
+        assert_eq!(
+            error_of(rename(&s, "named", body.clone()).await).await,
+            (status, code.into()),
+            "{body}"
+        );
+    }
+    let text = s
+        .client
+        .patch(s.url("/api/chats/named"))
+        .body(r#"{"title":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(text).await, (415, "unsupported_media_type".into()));
+    assert_eq!(
+        rename(&s, "named", json!({"title": "é".repeat(200)}))
+            .await
+            .status(),
+        200,
+        "the limit counts characters, not bytes"
+    );
+    let list: Vec<Value> = s.get("/api/chats").await.json().await.unwrap();
+    assert_eq!(list[0]["title"], "é".repeat(200));
+}
