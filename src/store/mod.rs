@@ -281,6 +281,20 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
         self.update(&message).await?;
         Ok(true)
     }
+
+    /// Checks that the store answers: `Ok` when it does, the error that says why when it does
+    /// not. Cheap enough to call every second (a readiness probe).
+    ///
+    /// The default lists one chat: a real round trip to any backend. The crate's SQL stores send
+    /// `SELECT 1`; the [`MemoryStore`] lives in memory and always answers.
+    async fn ping(&self) -> Result<()> {
+        self.list_chats(ChatPage {
+            limit: 1,
+            offset: 0,
+        })
+        .await
+        .map(drop)
+    }
 }
 
 /// The check every [`MessageStore::append_turn`] makes first.

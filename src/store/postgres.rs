@@ -662,6 +662,14 @@ impl MessageStore for PostgresStore {
         .map_err(err("interrupt reply"))?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(err("ping the database"))
+    }
 }
 
 #[cfg(test)]

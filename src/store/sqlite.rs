@@ -806,6 +806,14 @@ impl MessageStore for SqliteStore {
         .map_err(err("interrupt reply"))?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(err("ping the database"))
+    }
 }
 
 #[cfg(test)]
