@@ -45,6 +45,8 @@ local_hub_suite!(
     live_reply_names_its_message,
     abandoned_replies_do_not_hang,
     mixed_deltas_replay_intact,
+    live_replies_answer_each_chat,
+    ping_answers,
 );
 
 #[tokio::test(start_paused = true)]
@@ -127,6 +129,8 @@ mod redis_hub {
         live_reply_names_its_message,
         abandoned_replies_do_not_hang,
         mixed_deltas_replay_intact,
+        live_replies_answer_each_chat,
+        ping_answers,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,8 @@ pub async fn run_all(hub: &dyn StreamHub) {
     terminate_reply_spares_newer_replies(hub).await;
     abandoned_replies_do_not_hang(hub).await;
     mixed_deltas_replay_intact(hub).await;
+    live_replies_answer_each_chat(hub).await;
+    ping_answers(hub).await;
 }
 
 /// The `start` event of a reply filling `message_id`.
@@ -443,4 +445,63 @@ pub async fn terminate_reply_spares_newer_replies(hub: &dyn StreamHub) {
         .publish(EventPayload::done(new, MessageStatus::Cancelled))
         .await
         .unwrap();
+}
+
+/// `live_replies` answers for each chat asked, in order, as `live_reply` does: live replies by
+/// their message, nothing for idle chats, finished replies or repeated chats alike.
+pub async fn live_replies_answer_each_chat(hub: &dyn StreamHub) {
+    assert_eq!(hub.live_replies(&[]).await.unwrap(), Vec::new());
+    let chats: Vec<ChatId> = (0..5).map(|_| ChatId::generate()).collect();
+    let ids: Vec<MessageId> = chats.iter().map(|_| MessageId::generate()).collect();
+    // Chats 0, 2 and 4 are live; 1 finished its reply; 3 never had one.
+    let mut live = Vec::new();
+    for i in [0, 1, 2, 4] {
+        live.push(hub.start(&chats[i], ids[i]).await.unwrap());
+    }
+    let mut finished = live.remove(1);
+    publish_reply(&mut *finished.publisher, &chats[1], ids[1], &pieces(1)).await;
+    let asked = [
+        chats[4].clone(),
+        chats[3].clone(),
+        chats[0].clone(),
+        chats[1].clone(),
+        chats[2].clone(),
+        chats[0].clone(),
+    ];
+    let answers = hub.live_replies(&asked).await.unwrap();
+    let named: Vec<Option<MessageId>> = answers
+        .iter()
+        .map(|a| a.as_ref().map(|i| i.message_id))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            Some(ids[4]),
+            None,
+            Some(ids[0]),
+            None,
+            Some(ids[2]),
+            Some(ids[0])
+        ],
+        "one answer per chat asked, in order"
+    );
+    for (chat, answer) in asked.iter().zip(&answers) {
+        assert_eq!(
+            *answer,
+            hub.live_reply(chat).await.unwrap(),
+            "live_replies and live_reply agree"
+        );
+    }
+    for (mut reply, i) in live.into_iter().zip([0, 2, 4]) {
+        publish_reply(&mut *reply.publisher, &chats[i], ids[i], &pieces(1)).await;
+    }
+    let after: Vec<_> = hub.live_replies(&asked).await.unwrap();
+    assert!(after.iter().all(Option::is_none), "after done: {after:?}");
+}
+
+/// A working hub answers `ping`, again and again.
+pub async fn ping_answers(hub: &dyn StreamHub) {
+    for _ in 0..3 {
+        hub.ping().await.unwrap();
+    }
 }

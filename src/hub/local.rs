@@ -461,6 +461,11 @@ impl StreamHub for LocalHub {
                 .map_or(0, |r| r.watchers.load(Ordering::Relaxed)),
         ))
     }
+
+    /// Always `Ok`: the replies are in this process's memory.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One subscriber: a position in the reply's buffer, and the events read but not yet yielded.

@@ -6,8 +6,11 @@
 //! | Redis | `RedisHub` | `redis` | several instances sharing live replies |
 //!
 //! [`recover_orphans`] marks `interrupted` the stored replies whose generating process is gone,
-//! and only those: with several instances on one store and one Redis, call it at start-up and
-//! then periodically.
+//! and only those. A [`ChatService`](crate::ChatService) runs it: once at start-up when the
+//! application calls [`ChatService::recover_orphans`](crate::ChatService::recover_orphans), then
+//! as often as the hub asks ([`StreamHub::recovery_interval`]: never for the [`LocalHub`], every
+//! quarter lease and at least every second for the `RedisHub`), so a dead instance's replies are
+//! marked soon after its lease expired.
 //!
 //! A reply is a numbered sequence of [`HubEvent`]s: one [`EventPayload::Start`], any number of
 //! [`EventPayload::Delta`]s, an optional [`EventPayload::Error`] and exactly one
@@ -49,7 +52,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::{fmt::Debug, sync::Arc};
+use std::{collections::HashMap, fmt::Debug, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -350,6 +353,52 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
         let _ = chat_id;
         Ok(None)
     }
+
+    /// The live reply of each chat, in the order asked: what [`live_reply`](Self::live_reply)
+    /// answers for each, in one call. [`recover_orphans`] asks it about every reply the store
+    /// has `streaming`.
+    ///
+    /// The answers must be at least as recent as the call (asked after it began), so that the
+    /// argument in "Why it never marks a live reply" holds. A hub may answer for the replies its
+    /// own instance generates without asking its backend: they are live until their publisher
+    /// finishes, which it does only after the reply's final write.
+    ///
+    /// The default asks `live_reply` chat by chat; a hub behind a network overrides it to answer
+    /// in one round trip (the `RedisHub` pipelines its lookups).
+    async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
+        let mut live = Vec::with_capacity(chat_ids.len());
+        for chat_id in chat_ids {
+            live.push(self.live_reply(chat_id).await?);
+        }
+        Ok(live)
+    }
+
+    /// How often [`recover_orphans`] must run while the application runs; `None` when one pass
+    /// at start-up is enough. [`ChatService`](crate::ChatService) runs the passes on this
+    /// cadence.
+    ///
+    /// A hub shared by several processes needs the passes: a process that dies leaves replies
+    /// that nobody else finishes, and the hub notices only once the process is known to be gone
+    /// (for the `RedisHub`, once its lease expired). Such a hub answers how soon after that
+    /// it wants them marked: the `RedisHub` asks for a pass every quarter of its lease, and at
+    /// least every second.
+    ///
+    /// The default, `None`, suits a hub whose replies all live in this process (the
+    /// [`LocalHub`]): no other process's reply can be live in it, and replies of this process's
+    /// previous run are all recovered by the pass at start-up.
+    fn recovery_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Checks that the hub answers: `Ok` when it does, the error that says why when it does
+    /// not. Cheap enough to call every second (a readiness probe).
+    ///
+    /// The default makes one [`live_reply`](Self::live_reply) lookup of a chat that cannot
+    /// exist: a real round trip to any backend. The crate's hubs answer more cheaply (the
+    /// `RedisHub` sends `PING`; the [`LocalHub`] lives in memory and always answers).
+    async fn ping(&self) -> Result<()> {
+        self.live_reply(&ChatId::generate()).await.map(drop)
+    }
 }
 
 /// Marks `interrupted` every stored reply left `streaming` whose generating process is gone,
@@ -358,21 +407,31 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
 ///
 /// "Gone" is the hub's word: a reply is spared while the hub names it as its chat's
 /// [live reply](StreamHub::live_reply) (for the `RedisHub`, while its owner's lease has not
-/// expired). Call it at start-up and then periodically (every lease or so): with a `RedisHub`, a
-/// dead instance's replies are marked once their lease expired, never earlier. With a
-/// [`LocalHub`] nothing is live at start-up, so it marks every streaming reply, like
-/// [`MessageStore::recover_streaming`].
+/// expired). A [`ChatService`](crate::ChatService) runs it for you: call
+/// [`ChatService::recover_orphans`](crate::ChatService::recover_orphans) once at start-up, and
+/// the service runs further passes on the hub's [cadence](StreamHub::recovery_interval) (with a
+/// `RedisHub`, a dead instance's replies are marked within a quarter lease, at most a second,
+/// after their lease expired, and never earlier). With a [`LocalHub`] nothing is live at
+/// start-up, so it marks every streaming reply, like [`MessageStore::recover_streaming`].
+///
+/// One pass costs one store query ([`MessageStore::streaming_replies`]) and one hub question for
+/// all the replies found ([`StreamHub::live_replies`]: one round trip for the `RedisHub`, which
+/// answers for the replies its own instance generates without asking Redis), then one write per
+/// reply it marks.
 ///
 /// # Why it never marks a live reply
 ///
 /// A session takes the chat in the hub ([`StreamHub::start`], naming the assistant message)
 /// *before* it stores the streaming assistant message, and gives the chat back only *after* the
 /// message's final write. Recovery reads the store first ([`MessageStore::streaming_replies`]),
-/// then asks the hub about each reply, and marks it with a conditional write
+/// then asks the hub about every reply it found ([`StreamHub::live_replies`], whose answers date
+/// from after the read), and marks each with a conditional write
 /// ([`MessageStore::interrupt_reply`]: only if still `streaming`). So a reply found streaming
 /// that the hub does not name as live either lost its owner, or finished in the meantime, and
 /// then the conditional write leaves its final state alone. An older reply left behind in a
-/// chat that is now live with a newer one is marked too.
+/// chat that is now live with a newer one is marked too. A hub that answers for its own
+/// instance's replies from memory keeps the argument: such a reply stays in its memory until the
+/// publisher finishes, after the final write.
 ///
 /// ```
 /// use chatstream::{Message, MessageStatus, MessageStore, hub::{LocalHub, recover_orphans}, store::MemoryStore};
@@ -390,9 +449,13 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
 pub async fn recover_orphans(store: &dyn MessageStore, hub: &dyn StreamHub) -> Result<u64> {
     // The store first, the hub second: see "Why it never marks a live reply".
     let streaming = store.streaming_replies().await?;
+    if streaming.is_empty() {
+        return Ok(0);
+    }
+    let live = live_messages(hub, &streaming).await?;
     let mut marked = 0;
     for message in streaming {
-        if generating(hub, &message).await? {
+        if live.get(&message.chat_id) == Some(&message.id) {
             continue;
         }
         if store.interrupt_reply(&message.id).await? {
@@ -403,12 +466,31 @@ pub async fn recover_orphans(store: &dyn MessageStore, hub: &dyn StreamHub) -> R
     Ok(marked)
 }
 
-/// Whether the hub names this reply as its chat's live one.
-async fn generating(hub: &dyn StreamHub, message: &Message) -> Result<bool> {
-    Ok(hub
-        .live_reply(&message.chat_id)
-        .await?
-        .is_some_and(|live| live.message_id == message.id))
+/// The message each chat of `messages` is generating, as the hub says, asked once per chat.
+async fn live_messages(
+    hub: &dyn StreamHub,
+    messages: &[Message],
+) -> Result<HashMap<ChatId, MessageId>> {
+    let mut chats: Vec<ChatId> = messages.iter().map(|m| m.chat_id.clone()).collect();
+    chats.sort_unstable();
+    chats.dedup();
+    let answers = hub.live_replies(&chats).await?;
+    if answers.len() != chats.len() {
+        return Err(Error::Hub {
+            backend: hub.backend(),
+            message: format!(
+                "asked about {} chats' live replies, got {} answers",
+                chats.len(),
+                answers.len()
+            ),
+            source: None,
+        });
+    }
+    Ok(chats
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(chat, live)| Some((chat, live?.message_id)))
+        .collect())
 }
 
 #[cfg(test)]

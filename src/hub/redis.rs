@@ -23,17 +23,26 @@
 //! - **Publish** is an `XADD` with the sequence number as the entry id. **Follow** reads with
 //!   `XRANGE` after the subscriber's position, then waits with `XREAD BLOCK` on a connection of
 //!   the subscription's own (a blocking read would stall every other command on a shared one).
-//! - **Lease**: the owner renews the lease every third of its length while the reply is live
-//!   and deletes it when the reply ends. If the owner dies, the lease expires; then subscribers
-//!   seal the reply (an `error` and an `interrupted` `done`, appended atomically once), a new
-//!   reply may start in the chat, and [`recover_orphans`](super::recover_orphans) may mark the
-//!   stored message `interrupted`.
+//! - **Lease**: each instance runs one renewal loop that renews the leases of all the replies
+//!   it owns every tenth of the lease, in one pipelined round trip (one small script per reply),
+//!   and the owner deletes a reply's lease when the reply ends. If the owner dies, its leases
+//!   expire between 0.9 and 1 lease later (a renewal just before it died, or one period
+//!   earlier). Then followers seal the reply (an `error` and an `interrupted` `done`, appended
+//!   atomically once), a new reply may start in the chat, and
+//!   [`recover_orphans`](super::recover_orphans) marks the stored message `interrupted`.
+//!   Followers waiting for events check the lease after each quiet quarter lease (at most a
+//!   second), and recovery runs as often ([`StreamHub::recovery_interval`], which
+//!   [`ChatService`](crate::ChatService) follows): a dead instance's reply ends for its
+//!   followers and in the store within about that time after its lease expired, and never
+//!   before. With a 2 s lease: between 1.8 and 2.5 s after the instance died.
+//! - **Recovery questions** ([`StreamHub::live_replies`]) are pipelined too: one round trip for
+//!   every chat a recovery pass asks about, and none for the replies this instance owns.
 //! - **Terminate** sets `cancel` in the `reply` hash (once: a second terminate answers `false`)
 //!   and publishes the reply id on the owner's channel `P:cancel:INSTANCE`, which every instance
 //!   listens to; the owner fires the reply's cancel token as the message arrives (well under
 //!   100 ms on a local network). Pub/sub may lose a message while a connection is re-established,
 //!   so the lease renewal also reads the `cancel` flag: a terminate reaches the owner at the
-//!   latest one renewal period later.
+//!   latest one renewal period (a tenth of the lease) later.
 //! - **Expiry**: while a reply is live its keys expire a lease plus a grace period after the
 //!   last renewal (so nothing of a dead instance stays for ever); once it finished, they expire
 //!   after the grace period. A new reply in the chat replaces the `reply` hash at once; the old
@@ -71,7 +80,7 @@ use crate::{ChatId, Error, MessageId, MessageStatus, Result};
 /// The key prefix by default.
 pub const DEFAULT_PREFIX: &str = "chatstream";
 
-/// How long a live reply's lease lasts by default; the owner renews it every third of that.
+/// How long a live reply's lease lasts by default; the owner renews it every tenth of that.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// How long a finished reply stays replayable by default.
@@ -88,8 +97,9 @@ const READ_BATCH: usize = 512;
 /// The [`StreamHub`] on Redis, for several server instances sharing live replies (feature
 /// `redis`). See the [module documentation](self) for how replies are kept in Redis.
 ///
-/// Cheap to clone: clones share one connection, one terminate listener and the replies this
-/// instance owns. When the last clone is dropped the listener stops.
+/// Cheap to clone: clones share one connection, one terminate listener, one renewal loop and
+/// the replies this instance owns. When the last clone is dropped the listener and the renewal
+/// loop stop.
 ///
 /// ```no_run
 /// use std::{sync::Arc, time::Duration};
@@ -118,10 +128,22 @@ struct Inner {
     lease: Duration,
     grace: Duration,
     timeout: Duration,
-    /// The cancel tokens of the replies this instance owns, by reply id.
-    owned: Mutex<HashMap<String, CancellationToken>>,
-    /// Stops the terminate listener when the hub goes away.
+    /// The replies this instance owns, by reply id: what the renewal loop keeps alive.
+    owned: Mutex<HashMap<String, Owned>>,
+    /// Stops the terminate listener and the renewal loop when the hub goes away.
     shutdown: CancellationToken,
+}
+
+/// A live reply this instance generates.
+struct Owned {
+    chat_id: ChatId,
+    message_id: MessageId,
+    keys: Keys,
+    /// Fires when the reply is terminated.
+    cancel: CancellationToken,
+    /// The lease went to nobody or to another reply (Redis lost it, or this instance could not
+    /// renew it in time): renewals stop, and the reply no longer counts as live here.
+    lost: bool,
 }
 
 impl Drop for Inner {
@@ -183,9 +205,11 @@ impl RedisHubBuilder {
         self
     }
 
-    /// How long a live reply's lease lasts (default 10 s, at least 100 ms). The owner renews it
-    /// every third of that; when the owner dies, its replies count as orphaned once their lease
-    /// expired. Shorter leases recover sooner and cost more renewals.
+    /// How long a live reply's lease lasts (default 10 s, at least 100 ms). The owner renews
+    /// the leases of all its replies every tenth of that, in one round trip; when the owner dies,
+    /// its replies count as orphaned once their lease expired (0.9 to 1 lease later), and are
+    /// marked `interrupted` within a quarter lease (at most a second) after that. Shorter leases
+    /// recover sooner and cost more renewals and recovery passes.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -287,6 +311,11 @@ impl RedisHubBuilder {
             channel,
             inner.shutdown.clone(),
         ));
+        tokio::spawn(keep_leases(
+            Arc::downgrade(&inner),
+            inner.renew_every(),
+            inner.shutdown.clone(),
+        ));
         Ok(RedisHub { inner })
     }
 }
@@ -372,19 +401,48 @@ impl Inner {
         millis(self.lease + self.grace)
     }
 
-    /// How long a subscriber blocks in one read before it checks that the owner is alive.
-    fn block(&self) -> Duration {
-        (self.lease / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    /// How often the owner renews its leases: every tenth of the lease, so that a dead owner's
+    /// lease expires between 0.9 and 1 lease after it died.
+    fn renew_every(&self) -> Duration {
+        self.lease / 10
+    }
+
+    /// How soon after a lease expired its reply should be found out: followers check this often
+    /// (it is how long one blocking read waits), and recovery runs this often
+    /// ([`StreamHub::recovery_interval`]). A quarter lease, at most a second: a dead owner's
+    /// reply ends for its followers and in the store at about the same time.
+    fn check_every(&self) -> Duration {
+        (self.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     fn cancel_owned(&self, reply_id: &str) {
-        if let Some(token) = lock(&self.owned).get(reply_id) {
-            token.cancel();
+        if let Some(owned) = lock(&self.owned).get(reply_id) {
+            owned.cancel.cancel();
         }
     }
 
     fn disown(&self, reply_id: &str) {
         lock(&self.owned).remove(reply_id);
+    }
+
+    /// Applies the answers of one renewal round ([`RENEW`]'s, one per reply of `due`).
+    fn renewed(&self, due: &[(String, Keys)], answers: &[i64]) {
+        let mut owned = lock(&self.owned);
+        for ((reply_id, _), answer) in due.iter().zip(answers) {
+            // A reply that finished during the round trip is no longer here, and its lease is
+            // gone on purpose.
+            let Some(reply) = owned.get_mut(reply_id) else {
+                continue;
+            };
+            match answer {
+                1 => reply.cancel.cancel(),
+                -1 => {
+                    reply.lost = true;
+                    tracing::warn!(chat_id = %reply.chat_id, reply = %reply_id, "lost the lease of a live reply; other instances may recover it");
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Stops the chat's live reply (only if it fills `only`, when given); `true` if this call
@@ -617,17 +675,16 @@ impl StreamHub for RedisHub {
             });
         }
         let cancel = CancellationToken::new();
-        lock(&hub.owned).insert(reply_id.clone(), cancel.clone());
-        let stop = CancellationToken::new();
-        tokio::spawn(renew(
-            hub.conn.clone(),
-            keys.clone(),
+        lock(&hub.owned).insert(
             reply_id.clone(),
-            hub.lease,
-            hub.live_ttl(),
-            cancel.clone(),
-            stop.clone(),
-        ));
+            Owned {
+                chat_id: chat_id.clone(),
+                message_id,
+                keys: keys.clone(),
+                cancel: cancel.clone(),
+                lost: false,
+            },
+        );
         Ok(LiveReply {
             publisher: Box::new(RedisPublisher {
                 hub: hub.clone(),
@@ -638,7 +695,6 @@ impl StreamHub for RedisHub {
                 seq: 0,
                 finished: false,
                 broken: false,
-                stop,
             }),
             cancel,
         })
@@ -708,14 +764,7 @@ impl StreamHub for RedisHub {
             .invoke_async(&mut hub.conn.clone())
             .await
             .map_err(|e| hub_error("look up a reply", e))?;
-        let Some((message, owner)) = live else {
-            return Ok(None);
-        };
-        let message_id = parse_message_id(Some(&message))?;
-        Ok(Some(LiveReplyInfo::new(
-            message_id,
-            Some(owner).filter(|o| !o.is_empty()),
-        )))
+        live.map(live_info).transpose()
     }
 
     async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
@@ -735,42 +784,122 @@ impl StreamHub for RedisHub {
             .await
             .map_err(|e| hub_error("look up a reply", e))
     }
+
+    /// The replies this instance generates are answered from memory (they are live until their
+    /// publisher finishes); the others with one pipelined round trip per [`READ_BATCH`] chats.
+    async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
+        let hub = &self.inner;
+        let mine: HashMap<ChatId, MessageId> = lock(&hub.owned)
+            .values()
+            .filter(|owned| !owned.lost)
+            .map(|owned| (owned.chat_id.clone(), owned.message_id))
+            .collect();
+        let mut answers: Vec<Option<LiveReplyInfo>> = chat_ids
+            .iter()
+            .map(|chat| {
+                mine.get(chat)
+                    .map(|id| LiveReplyInfo::new(*id, Some(hub.instance_id.clone())))
+            })
+            .collect();
+        let ask: Vec<usize> = (0..chat_ids.len())
+            .filter(|i| answers[*i].is_none())
+            .collect();
+        let script = Script::new(LIVE);
+        for batch in ask.chunks(READ_BATCH) {
+            let mut pipe = redis::pipe();
+            // A pipeline does not load a script that Redis lost (a restart, `SCRIPT FLUSH`).
+            pipe.load_script(&script).ignore();
+            for i in batch {
+                let keys = hub.chat_keys(&chat_ids[*i], "");
+                pipe.invoke_script(script.key(&keys.lease).key(&keys.reply));
+            }
+            let live: Vec<Option<(String, String)>> = pipe
+                .query_async(&mut hub.conn.clone())
+                .await
+                .map_err(|e| hub_error("look up replies", e))?;
+            for (i, live) in batch.iter().zip(live) {
+                answers[*i] = live.map(live_info).transpose()?;
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Every quarter of the lease, and at least every second: a dead instance's replies are
+    /// marked within that time after their lease expired.
+    fn recovery_interval(&self) -> Option<Duration> {
+        Some(self.inner.check_every())
+    }
+
+    /// One `PING`.
+    async fn ping(&self) -> Result<()> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.inner.conn.clone())
+            .await
+            .map(drop)
+            .map_err(|e| hub_error("ping Redis", e))
+    }
 }
 
-/// Keeps a live reply's lease, and fires its cancel token when a terminate request was missed.
-async fn renew(
-    mut conn: ConnectionManager,
-    keys: Keys,
-    reply_id: String,
-    lease: Duration,
-    live_ttl: u64,
-    cancel: CancellationToken,
-    stop: CancellationToken,
-) {
+/// A live reply as [`LIVE`] answers it: its message id and owner.
+fn live_info((message, owner): (String, String)) -> Result<LiveReplyInfo> {
+    Ok(LiveReplyInfo::new(
+        parse_message_id(Some(&message))?,
+        Some(owner).filter(|o| !o.is_empty()),
+    ))
+}
+
+/// Keeps the leases of every reply this instance owns, all in one pipelined round trip per
+/// period, and fires the cancel token of a reply whose terminate request was missed.
+async fn keep_leases(hub: Weak<Inner>, every: Duration, shutdown: CancellationToken) {
     let script = Script::new(RENEW);
+    let mut tick = tokio::time::interval(every);
+    // A slow round trip delays the next one rather than bunching renewals up behind it.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(lease / 3) => {}
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        let renewed: redis::RedisResult<i64> = script
-            .key(&keys.lease)
-            .key(&keys.reply)
-            .key(&keys.events)
-            .arg(&reply_id)
-            .arg(millis(lease))
-            .arg(live_ttl)
-            .invoke_async(&mut conn)
-            .await;
+        let Some(inner) = hub.upgrade() else { return };
+        let due: Vec<(String, Keys)> = lock(&inner.owned)
+            .iter()
+            .filter(|(_, owned)| !owned.lost)
+            .map(|(reply_id, owned)| (reply_id.clone(), owned.keys.clone()))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        // A pipeline does not load a script that Redis lost (a restart, `SCRIPT FLUSH`).
+        pipe.load_script(&script).ignore();
+        for (reply_id, keys) in &due {
+            pipe.invoke_script(
+                script
+                    .key(&keys.lease)
+                    .key(&keys.reply)
+                    .key(&keys.events)
+                    .arg(reply_id)
+                    .arg(millis(inner.lease))
+                    .arg(inner.live_ttl()),
+            );
+        }
+        let mut conn = inner.conn.clone();
+        // Not held over the round trip: the hub may go away meanwhile.
+        drop(inner);
+        let renewed: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+        let Some(inner) = hub.upgrade() else { return };
         match renewed {
-            Ok(1) => cancel.cancel(),
-            Ok(-1) => {
-                tracing::warn!(reply = %reply_id, "lost the lease of a live reply; other instances may recover it");
-                return;
+            Ok(answers) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("renewing the leases of live replies again");
+                }
+                inner.renewed(&due, &answers);
             }
-            Ok(_) => {}
             Err(e) => {
-                tracing::warn!(reply = %reply_id, error = %e, "cannot renew the lease of a live reply")
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(replies = due.len(), error = %e, "cannot renew the leases of live replies; other instances may recover them once the leases expire");
+                }
             }
         }
     }
@@ -868,7 +997,7 @@ impl Follow {
             self.push(&entries)?;
             return Ok(true);
         }
-        let block = self.hub.block();
+        let block = self.hub.check_every();
         let conn = match &mut self.blocking {
             Some(conn) => conn,
             None => {
@@ -939,8 +1068,6 @@ struct RedisPublisher {
     finished: bool,
     /// A publish failed: events may be missing, later ones are not sent.
     broken: bool,
-    /// Stops the lease renewal.
-    stop: CancellationToken,
 }
 
 impl fmt::Debug for RedisPublisher {
@@ -993,7 +1120,6 @@ impl RedisPublisher {
     /// Marks the reply finished here: no more renewals, no more terminate requests.
     fn close(&mut self) {
         self.finished = true;
-        self.stop.cancel();
         self.hub.disown(&self.reply_id);
     }
 
