@@ -66,35 +66,6 @@ pub async fn open_hub(config: &Config) -> chatstream::Result<chatstream::DynStre
     })
 }
 
-/// Marks the replies whose generating instance is gone as `interrupted` (never one that a live
-/// instance still owns).
-pub async fn recover(service: &ChatService) -> chatstream::Result<u64> {
-    chatstream::hub::recover_orphans(service.store().as_ref(), service.hub().as_ref()).await
-}
-
-/// Runs [`recover`] every `every`, so that the replies of an instance that died are marked once
-/// its lease has expired.
-pub fn spawn_recovery(
-    service: ChatService,
-    every: std::time::Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match recover(&service).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    recovered = n,
-                    "marked replies of a dead instance as interrupted"
-                ),
-                Err(e) => tracing::warn!(error = %e, "recovery pass failed"),
-            }
-        }
-    })
-}
-
 /// The whole HTTP surface; `main` serves it, tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.body_limit;

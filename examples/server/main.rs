@@ -18,9 +18,6 @@ use chatstream::{
 
 use crate::config::{Config, ProviderKind};
 
-/// How often an instance on Redis looks for replies whose owner died (their lease expired).
-const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
 #[tokio::main]
 async fn main() {
     // Logs go to standard error; standard output carries only the start-up line.
@@ -53,16 +50,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .hub(hub)
         .build()?;
     // Replies left streaming by an instance that is gone (this one's last run, or another
-    // instance whose lease expired) are marked interrupted, now and, with Redis, periodically.
-    let recovered = app::recover(&service).await?;
+    // instance whose lease expired) are marked interrupted, now and, with Redis, by the service
+    // as each lease expires.
+    let recovered = service.recover_orphans().await?;
     if recovered > 0 {
         tracing::warn!(
             recovered,
             "marked replies whose instance is gone as interrupted"
         );
-    }
-    if config.redis_url.is_some() {
-        app::spawn_recovery(service.clone(), RECOVERY_EVERY);
     }
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await

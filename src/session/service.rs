@@ -1,12 +1,19 @@
 //! [`ChatService`]: the conversations of an application, and its builder.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     ChatId, Error, Result,
-    hub::{DynStreamHub, LocalHub},
+    hub::{self, DynStreamHub, LocalHub},
     provider::DynProvider,
     store::{DynMessageStore, MemoryStore},
 };
@@ -45,6 +52,22 @@ pub(super) struct Inner {
     pub(super) tasks: TaskTracker,
     /// Fired when shutdown stops waiting: live replies end as `interrupted`.
     pub(super) shutdown: CancellationToken,
+    /// The background recovery: started once, stopped on shutdown or when the service goes away.
+    recovery: Recovery,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.recovery.stop.cancel();
+    }
+}
+
+/// The state of the background recovery passes (see [`ChatService::recover_orphans`]).
+#[derive(Debug, Default)]
+struct Recovery {
+    started: AtomicBool,
+    stop: CancellationToken,
+    failures: AtomicU64,
 }
 
 /// The conversations of an application: owns the provider, the store, the hub and the settings,
@@ -52,6 +75,19 @@ pub(super) struct Inner {
 ///
 /// Cheap to clone (an `Arc` inside). Built with [`ChatService::builder`]; see the
 /// [module docs](self) for an example.
+///
+/// # Recovery
+///
+/// Replies left `streaming` by a process that is gone are marked `interrupted` by
+/// [`recover_orphans`](ChatService::recover_orphans): call it once at start-up. When the hub is
+/// shared by several processes ([`StreamHub::recovery_interval`](crate::StreamHub::recovery_interval)
+/// says how often, e.g. the `RedisHub`), the service also runs it in the background on that
+/// cadence, so that a dead instance's replies are marked soon after their lease expired. That
+/// task starts when the service is built inside a Tokio runtime (or else with the first
+/// [`session`](ChatService::session) or `recover_orphans` called inside one), and stops on
+/// [`shutdown`](ChatService::shutdown) or when the last clone of the service is dropped. A
+/// failed pass is logged and counted ([`recovery_failures`](ChatService::recovery_failures)),
+/// and the next one runs on time.
 #[derive(Clone)]
 pub struct ChatService {
     pub(super) inner: Arc<Inner>,
@@ -150,7 +186,7 @@ impl ChatServiceBuilder {
         let provider = self
             .provider
             .ok_or_else(|| Error::Config("a chat service needs a provider".into()))?;
-        Ok(ChatService {
+        let service = ChatService {
             inner: Arc::new(Inner {
                 provider,
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
@@ -158,8 +194,11 @@ impl ChatServiceBuilder {
                 settings: self.settings,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                recovery: Recovery::default(),
             }),
-        })
+        };
+        service.start_recovery();
+        Ok(service)
     }
 }
 
@@ -171,6 +210,7 @@ impl ChatService {
 
     /// The session of one chat (the chat is created when the first message is sent).
     pub fn session(&self, chat_id: ChatId) -> Session {
+        self.start_recovery();
         Session {
             service: self.clone(),
             chat_id,
@@ -212,6 +252,7 @@ impl ChatService {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(&self, grace: Duration) {
+        self.inner.recovery.stop.cancel();
         self.inner.tasks.close();
         if tokio::time::timeout(grace, self.inner.tasks.wait())
             .await
@@ -229,5 +270,109 @@ impl ChatService {
     /// Whether [`shutdown`](Self::shutdown) was called: sends fail from then on.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.tasks.is_closed()
+    }
+
+    /// Marks `interrupted` the stored replies whose generating process is gone, keeping their
+    /// checkpointed content, and returns how many it marked: one pass of
+    /// [`hub::recover_orphans`] on the service's store and hub. Replies that any instance
+    /// sharing the hub is still generating are never touched.
+    ///
+    /// Call it once at start-up, to recover the replies of this process's previous run (or of
+    /// instances that died while none was running). Later passes, when the hub needs them, run
+    /// in the background (see [Recovery](ChatService#recovery)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+    /// use chatstream::{ChatService, Message, MessageStatus, MessageStore, provider::DemoProvider, store::MemoryStore};
+    /// use std::sync::Arc;
+    ///
+    /// let store = MemoryStore::new();
+    /// let chat = store.create_chat(None, None).await?;
+    /// let left_behind = Message::assistant_streaming(chat.id.clone()); // by a crashed run
+    /// store.append(&left_behind).await?;
+    /// let service = ChatService::builder()
+    ///     .provider(Arc::new(DemoProvider::new()))
+    ///     .store(Arc::new(store.clone()))
+    ///     .build()?;
+    /// assert_eq!(service.recover_orphans().await?, 1);
+    /// let message = store.get_message(&left_behind.id).await?.expect("stored");
+    /// assert_eq!(message.status, MessageStatus::Interrupted);
+    /// # Ok(()) }
+    /// ```
+    pub async fn recover_orphans(&self) -> Result<u64> {
+        self.start_recovery();
+        hub::recover_orphans(self.inner.store.as_ref(), self.inner.hub.as_ref()).await
+    }
+
+    /// How many background recovery passes failed since the service was built (each is logged
+    /// at `warn`).
+    pub fn recovery_failures(&self) -> u64 {
+        self.inner.recovery.failures.load(Ordering::Relaxed)
+    }
+
+    /// Starts the background recovery passes once, if the hub asks for them and a runtime is
+    /// there to run them.
+    fn start_recovery(&self) {
+        let Some(every) = self.inner.hub.recovery_interval() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let recovery = &self.inner.recovery;
+        if recovery.stop.is_cancelled() || recovery.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(recover_periodically(
+            Arc::downgrade(&self.inner),
+            every.max(MIN_RECOVERY_INTERVAL),
+            recovery.stop.clone(),
+        ));
+    }
+}
+
+/// The shortest interval between two background recovery passes, whatever the hub asks: each
+/// pass is a store query.
+const MIN_RECOVERY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Runs a recovery pass every `every` (the first one `every` after the start: the application
+/// runs one at start-up) until `stop` fires or the service is gone.
+async fn recover_periodically(service: Weak<Inner>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A slow pass delays the next one: passes never overlap or bunch up.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = 0u64;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Held for one pass only, so that dropping the last clone of the service ends the task.
+        let Some(inner) = service.upgrade() else {
+            return;
+        };
+        let pass = tokio::select! {
+            () = stop.cancelled() => return,
+            pass = hub::recover_orphans(inner.store.as_ref(), inner.hub.as_ref()) => pass,
+        };
+        match pass {
+            Ok(marked) => {
+                if marked > 0 {
+                    tracing::warn!(
+                        marked,
+                        "marked replies whose instance is gone as interrupted"
+                    );
+                }
+                if failing > 0 {
+                    tracing::info!(failed = failing, "recovery passes work again");
+                    failing = 0;
+                }
+            }
+            Err(e) => {
+                failing += 1;
+                let failures = inner.recovery.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(error = %e, in_a_row = failing, failures, "a recovery pass failed; the next one runs on time");
+            }
+        }
     }
 }
