@@ -376,3 +376,183 @@ async fn recover_periodically(service: Weak<Inner>, every: Duration, stop: Cance
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{
+        Message, MessageId, MessageStatus, MessageStore,
+        hub::{HubEventStream, LiveReply, LiveReplyInfo, StreamHub},
+        provider::DemoProvider,
+    };
+
+    /// A [`LocalHub`] that asks for a recovery pass every second, counts the passes' questions
+    /// and can be made to fail them.
+    #[derive(Debug, Default)]
+    struct SharedHub {
+        local: LocalHub,
+        failing: AtomicBool,
+        asked: AtomicU64,
+    }
+
+    impl SharedHub {
+        fn asked(&self) -> u64 {
+            self.asked.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl StreamHub for SharedHub {
+        fn backend(&self) -> &'static str {
+            "shared"
+        }
+
+        async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply> {
+            self.local.start(chat_id, message_id).await
+        }
+
+        async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>> {
+            self.local.live_reply(chat_id).await
+        }
+
+        async fn subscribe(
+            &self,
+            chat_id: &ChatId,
+            after: Option<u64>,
+        ) -> Result<Option<HubEventStream>> {
+            self.local.subscribe(chat_id, after).await
+        }
+
+        async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+            self.local.terminate(chat_id).await
+        }
+
+        async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool> {
+            self.local.terminate_reply(chat_id, message_id).await
+        }
+
+        async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(Error::Hub {
+                    backend: "shared",
+                    message: "down".into(),
+                    source: None,
+                });
+            }
+            self.local.live_replies(chat_ids).await
+        }
+
+        fn recovery_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(1))
+        }
+    }
+
+    /// A reply left streaming in a new chat of `store`.
+    async fn orphan_in(store: &MemoryStore) -> MessageId {
+        let chat = store.create_chat(None, None).await.unwrap();
+        let orphan = Message::assistant_streaming(chat.id.clone());
+        store.append(&orphan).await.unwrap();
+        orphan.id
+    }
+
+    /// A store holding one orphaned reply, and a service on it and `hub`.
+    async fn orphan_and_service(hub: &Arc<SharedHub>) -> (MemoryStore, MessageId, ChatService) {
+        let store = MemoryStore::new();
+        let orphan = orphan_in(&store).await;
+        let service = ChatService::builder()
+            .provider(Arc::new(DemoProvider::new()))
+            .store(Arc::new(store.clone()))
+            .hub(hub.clone())
+            .build()
+            .unwrap();
+        (store, orphan, service)
+    }
+
+    async fn status(store: &MemoryStore, id: MessageId) -> MessageStatus {
+        store.get_message(&id).await.unwrap().unwrap().status
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovery_runs_on_the_hubs_cadence_counts_failures_and_ends_with_the_service() {
+        let hub = Arc::new(SharedHub::default());
+        hub.failing.store(true, Ordering::SeqCst);
+        let (store, orphan, service) = orphan_and_service(&hub).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(hub.asked(), 0, "the first pass is the application's");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(hub.asked(), 1);
+        assert_eq!(service.recovery_failures(), 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!((hub.asked(), service.recovery_failures()), (2, 2));
+        assert_eq!(status(&store, orphan).await, MessageStatus::Streaming);
+
+        hub.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!((hub.asked(), service.recovery_failures()), (3, 2));
+        assert_eq!(status(&store, orphan).await, MessageStatus::Interrupted);
+
+        // A clone keeps the passes going; dropping the last one ends them.
+        let clone = service.clone();
+        drop(service);
+        let second = orphan_in(&store).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(hub.asked(), 4);
+        assert_eq!(status(&store, second).await, MessageStatus::Interrupted);
+        drop(clone);
+        let third = orphan_in(&store).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(hub.asked(), 4, "no pass after the service is gone");
+        assert_eq!(status(&store, third).await, MessageStatus::Streaming);
+        assert_eq!(Arc::strong_count(&hub), 1, "the task let the hub go");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_recovery_passes() {
+        let hub = Arc::new(SharedHub::default());
+        let (_store, _orphan, service) = orphan_and_service(&hub).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(hub.asked(), 1);
+        service.shutdown(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(hub.asked(), 1, "no pass after shutdown");
+        // Nor does a later use start them again.
+        let _ = service.session("c".parse().unwrap());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(hub.asked(), 1);
+        // One pass on request still works.
+        assert_eq!(service.recover_orphans().await.unwrap(), 0);
+    }
+
+    #[test]
+    fn recovery_starts_once_with_the_first_use_inside_a_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let hub = Arc::new(SharedHub::default());
+        // Failing passes leave the orphan in place, so every pass asks the hub.
+        hub.failing.store(true, Ordering::SeqCst);
+        let store = MemoryStore::new();
+        runtime.block_on(orphan_in(&store));
+        // Built outside any runtime: nothing can be spawned yet.
+        let service = ChatService::builder()
+            .provider(Arc::new(DemoProvider::new()))
+            .store(Arc::new(store))
+            .hub(hub.clone())
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(hub.asked(), 0, "not started outside a runtime");
+            let _ = service.session("c".parse().unwrap());
+            let _ = service.session("d".parse().unwrap());
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert_eq!(hub.asked(), 1, "one pass: the task started once");
+        });
+    }
+}
