@@ -343,6 +343,191 @@ mod redis_hub {
         .await;
     }
 
+    /// Instance A, on a runtime of its own: `run` starts what A does; shutting the runtime down
+    /// then stops A's renewals and listener at once, as killing its process would.
+    async fn on_instance_a<T: Send + 'static>(
+        run: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> (tokio::runtime::Runtime, T) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = runtime.spawn(run).await.unwrap();
+        (runtime, out)
+    }
+
+    /// One renewal loop keeps every live reply of an instance alive, however many, past many
+    /// leases; when the instance dies they all expire together, about one lease later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_live_replies_stay_alive_then_expire_a_lease_after_their_instance_died() {
+        with_redis("redis_hub::many_live_replies", |t| async move {
+            let lease = Duration::from_secs(1);
+            let b = t.builder("b").lease(lease).connect().await.unwrap();
+            let chats: Vec<ChatId> = (0..200).map(|_| ChatId::generate()).collect();
+            let (a_chats, a_redis) = (chats.clone(), t.clone());
+            let (a_runtime, ids) = on_instance_a(async move {
+                let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
+                let mut ids = Vec::new();
+                for chat in &a_chats {
+                    let id = MessageId::generate();
+                    // Never finished, never dropped: only the renewal loop keeps them.
+                    std::mem::forget(a.start(chat, id).await.unwrap());
+                    ids.push(id);
+                }
+                assert_eq!(a.owned_replies(), 200);
+                std::mem::forget(a);
+                ids
+            })
+            .await;
+            let owned_by_a: Vec<_> = ids
+                .iter()
+                .map(|id| Some(LiveReplyInfo::new(*id, Some("a".into()))))
+                .collect();
+            let began = Instant::now();
+            while began.elapsed() < lease * 4 {
+                assert_eq!(
+                    b.live_replies(&chats).await.unwrap(),
+                    owned_by_a,
+                    "every reply still live after {:?}",
+                    began.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+
+            a_runtime.shutdown_background();
+            let died = Instant::now();
+            let (mut first_gone, mut all_gone) = (None, None);
+            while all_gone.is_none() {
+                let live = b.live_replies(&chats).await.unwrap();
+                let now = died.elapsed();
+                let left = live.iter().filter(|l| l.is_some()).count();
+                if left < chats.len() {
+                    first_gone.get_or_insert(now);
+                }
+                if left == 0 {
+                    all_gone = Some(now);
+                }
+                assert!(now < lease * 3, "{left} replies never expired");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let (first_gone, all_gone) = (first_gone.unwrap(), all_gone.unwrap());
+            let _ = writeln!(
+                std::io::stderr(),
+                "200 replies of a dead instance expired between {first_gone:?} and {all_gone:?}"
+            );
+            // Renewed every tenth of the lease: expired 0.9 to 1 lease after the death (with
+            // room for a round trip and the polling).
+            assert!(
+                first_gone >= lease * 8 / 10,
+                "expired early: {first_gone:?}"
+            );
+            assert!(all_gone <= lease * 12 / 10, "expired late: {all_gone:?}");
+        })
+        .await;
+    }
+
+    /// A terminate whose pub/sub message was lost still reaches the owner: the renewal reads the
+    /// `cancel` flag every tenth of the lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missed_terminate_reaches_the_owner_with_the_next_renewal() {
+        with_redis("redis_hub::missed_terminate", |t| async move {
+            let lease = Duration::from_secs(2);
+            let a = t.builder("a").lease(lease).connect().await.unwrap();
+            let chat = ChatId::generate();
+            let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
+            // What a terminate writes, without its message to the owner.
+            redis::cmd("HSET")
+                .arg(format!("{}:{{{}}}:reply", t.prefix, chat))
+                .arg("cancel")
+                .arg("1")
+                .query_async::<()>(&mut t.conn().await)
+                .await
+                .unwrap();
+            tokio::time::timeout(lease / 2, live.cancel.cancelled())
+                .await
+                .expect("the renewal fired the cancel token");
+            live.publisher
+                .publish(EventPayload::done(id, MessageStatus::Cancelled))
+                .await
+                .unwrap();
+            assert_eq!(a.owned_replies(), 0);
+        })
+        .await;
+    }
+
+    /// A service on a Redis hub recovers a dead instance's reply by itself, soon after the
+    /// lease expired and never before; its followers end at about the same time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_recovers_a_dead_instances_reply_as_its_lease_expires() {
+        with_redis("redis_hub::service_recovers", |t| async move {
+            let lease = Duration::from_millis(1000);
+            let store = Arc::new(MemoryStore::new());
+            let chat = store.create_chat(None, None).await.unwrap();
+            let b = Arc::new(t.builder("b").lease(lease).connect().await.unwrap());
+            assert_eq!(
+                b.recovery_interval(),
+                Some(lease / 4),
+                "a quarter lease, under a second"
+            );
+            let service = ChatService::builder()
+                .provider(Arc::new(ScriptedProvider::new()))
+                .store(store.clone())
+                .hub(b.clone())
+                .build()
+                .unwrap();
+            let (a_chat, a_store, a_redis) = (chat.id.clone(), store.clone(), t.clone());
+            let (a_runtime, message_id) = on_instance_a(async move {
+                let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
+                let message = Message::assistant_streaming(a_chat.clone());
+                let mut live = a.start(&a_chat, message.id).await.unwrap();
+                a_store.append(&message).await.unwrap();
+                live.publisher
+                    .publish(start_payload(&a_chat, message.id))
+                    .await
+                    .unwrap();
+                std::mem::forget(live);
+                std::mem::forget(a);
+                message.id
+            })
+            .await;
+            let follower = tokio::spawn(async move {
+                let events = collect(b.subscribe(&chat.id, None).await.unwrap().unwrap()).await;
+                (events, Instant::now())
+            });
+            a_runtime.shutdown_background();
+            let died = Instant::now();
+            let status = |store: Arc<MemoryStore>| async move {
+                store.get_message(&message_id).await.unwrap().unwrap().status
+            };
+            let marked = loop {
+                if status(store.clone()).await != MessageStatus::Streaming {
+                    break died.elapsed();
+                }
+                assert!(died.elapsed() < lease * 3, "never recovered");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let (events, ended) = tokio::time::timeout(lease * 2, follower)
+                .await
+                .expect("the follower ends")
+                .unwrap();
+            let ended = ended - died;
+            let _ = writeln!(
+                std::io::stderr(),
+                "a dead instance's reply: marked after {marked:?}, its follower ended after {ended:?}"
+            );
+            assert_eq!(status(store.clone()).await, MessageStatus::Interrupted);
+            assert!(marked >= lease * 8 / 10, "marked early: {marked:?}");
+            assert!(marked <= lease * 3 / 2, "marked late: {marked:?}");
+            assert!(ended <= lease * 3 / 2, "the follower ended late: {ended:?}");
+            let names: Vec<_> = events.iter().map(|e| e.event_name()).collect();
+            assert_eq!(names, ["start", "error", "done"]);
+            assert_eq!(service.recovery_failures(), 0);
+        })
+        .await;
+    }
+
     fn message_id_of(events: &[chatstream::HubEvent]) -> MessageId {
         match &*events[0].payload {
             EventPayload::Start { message_id, .. } => *message_id,
