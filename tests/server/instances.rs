@@ -1,7 +1,12 @@
 //! Several server instances on one PostgreSQL and one Redis: a reply sent through one is
 //! followed, resumed and stopped through another, and a dead instance's reply is recovered.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io::Write,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chatstream::{
     ChatRequest, DynProvider, DynStreamHub, ScriptedProvider,
@@ -13,7 +18,6 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::{
-    app,
     common::{TestPostgres, TestRedis, with_postgres_and_redis},
     config,
     support::*,
@@ -199,20 +203,14 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
                     ("CHATSTREAM_REDIS_LEASE_MS", "3000"),
                 ],
             );
-            let b_hub = env.hub(lease).await;
+            // B's service runs recovery by itself, as often as its hub asks.
             let b = serve_with(
                 Arc::new(DemoProvider::new()),
-                b_service_store.clone(),
-                b_hub.clone(),
+                b_service_store,
+                env.hub(lease).await,
                 config::Config::default(),
             )
             .await;
-            let recovery_service = chatstream::ChatService::builder()
-                .provider(Arc::new(DemoProvider::new()))
-                .store(b_service_store.clone())
-                .hub(b_hub)
-                .build()
-                .unwrap();
             let a_client = a.server();
             assert_eq!(
                 a_client
@@ -234,7 +232,6 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
             let killed_at = std::time::Instant::now();
 
             // Within the lease nothing is touched, however often B looks.
-            let recovery = app::spawn_recovery(recovery_service, Duration::from_millis(100));
             tokio::time::sleep(Duration::from_millis(500)).await;
             let history = b.history("dies").await;
             assert!(
@@ -255,7 +252,6 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
                 assert!(killed_at.elapsed() < lease * 4, "never recovered");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
-            recovery.abort();
             assert!(
                 killed_at.elapsed() >= Duration::from_millis(1000),
                 "recovered too early"
@@ -272,6 +268,100 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
                 .await
                 .expect("the follower's stream ends");
             assert_eq!(rest.last().unwrap().data["status"], "interrupted");
+        },
+    )
+    .await;
+}
+
+/// Two instances of the server as processes on one PostgreSQL and one Redis, with a 2 s lease:
+/// the owner of a reply is killed with SIGKILL mid-reply. The survivor leaves the reply alone
+/// while the lease may still hold, marks it `interrupted` (with its checkpointed text) soon
+/// after the lease expired, and its follower of the reply gets the end at that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owners_reply_is_interrupted_as_its_lease_expires() {
+    isolated(
+        "a_killed_owners_reply_is_interrupted_as_its_lease_expires",
+        |env| async move {
+            let lease = Duration::from_secs(2);
+            // Opening a store creates the schema and runs the migrations before either starts.
+            env.store().await;
+            let url = env.pg.search_path_url();
+            let settings = [
+                ("CHATSTREAM_REDIS_URL", env.redis.url.as_str()),
+                ("CHATSTREAM_REDIS_PREFIX", env.redis.prefix.as_str()),
+                ("CHATSTREAM_REDIS_LEASE_MS", "2000"),
+            ];
+            let mut owner = start_server(&url, &settings);
+            let survivor = start_server(&url, &settings);
+            let (a, b) = (owner.server(), survivor.server());
+            let ask = "a long reply please";
+            assert_eq!(a.send("killed", ask, None).await.status(), 202);
+            let mut on_b = Box::pin(sse_events(b.stream("killed", None).await));
+            let mut seen = Vec::new();
+            while text_of(&seen).split_whitespace().count() < 12 {
+                seen.push(on_b.next().await.expect("the reply streams through B"));
+            }
+            // Past a checkpoint (every 250 ms) of what was seen.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            owner.child.kill().unwrap();
+            owner.child.wait().unwrap();
+            let killed_at = Instant::now();
+            let follower = tokio::spawn(async move {
+                let rest: Vec<Sse> = on_b.collect().await;
+                (rest, killed_at.elapsed())
+            });
+
+            // Until lease - 0.5 s the lease may still hold: the reply is left alone.
+            let until = killed_at + lease - Duration::from_millis(500);
+            tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+            let history = b.history("killed").await;
+            assert!(
+                killed_at.elapsed() < lease - Duration::from_millis(300),
+                "read while the lease may hold ({:?})",
+                killed_at.elapsed()
+            );
+            assert_eq!(history[1]["status"], "streaming", "marked before the lease expired");
+
+            // By lease + 1.5 s it is interrupted, with its checkpointed text.
+            let deadline = lease + Duration::from_millis(1500);
+            let reply = loop {
+                let history = b.history("killed").await;
+                if history[1]["status"] != "streaming" {
+                    break history[1].clone();
+                }
+                assert!(
+                    killed_at.elapsed() < deadline,
+                    "still streaming {:?} after the kill",
+                    killed_at.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let marked = killed_at.elapsed();
+            assert_eq!(reply["status"], "interrupted");
+            let content = reply["content"].as_str().unwrap();
+            let full = DemoProvider::reply_for(&ChatRequest::user(ask));
+            assert!(
+                content.len() >= text_of(&seen).len(),
+                "the checkpoint holds what was streamed before: {content:?}"
+            );
+            assert!(
+                full.starts_with(content) && content.len() < full.len(),
+                "{content:?}"
+            );
+
+            // The follower on B got the end at that time: an error, then an interrupted done.
+            let (rest, ended) = tokio::time::timeout(deadline, follower)
+                .await
+                .expect("the follower's stream ends")
+                .unwrap();
+            let _ = writeln!(
+                std::io::stderr(),
+                "killed owner, {lease:?} lease: marked interrupted after {marked:?}, follower ended after {ended:?}"
+            );
+            assert!(ended < deadline, "the follower ended {ended:?} after the kill");
+            let last = rest.last().expect("events after the kill");
+            assert_eq!((last.event.as_str(), &last.data["status"]), ("done", &json!("interrupted")));
+            assert_eq!(rest[rest.len() - 2].event, "error");
         },
     )
     .await;
