@@ -786,7 +786,7 @@ impl StreamHub for RedisHub {
     }
 
     /// The replies this instance generates are answered from memory (they are live until their
-    /// publisher finishes); the others with one pipelined round trip per [`READ_BATCH`] chats.
+    /// publisher finishes); the others with one pipelined round trip per 512 chats.
     async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
         let hub = &self.inner;
         let mine: HashMap<ChatId, MessageId> = lock(&hub.owned)

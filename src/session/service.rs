@@ -74,7 +74,7 @@ struct Recovery {
 /// and hands out a [`Session`] per chat id. Many chats stream at once, each reply in its own task.
 ///
 /// Cheap to clone (an `Arc` inside). Built with [`ChatService::builder`]; see the
-/// [module docs](self) for an example.
+/// [module docs](crate::session) for an example.
 ///
 /// # Recovery
 ///
@@ -232,7 +232,7 @@ impl ChatService {
         &self.inner.hub
     }
 
-    /// Stops the live reply of a chat (see [`ChatSession::cancel`]).
+    /// Stops the live reply of a chat (see [`ChatSession::cancel`](super::ChatSession::cancel)).
     pub async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
         self.inner.hub.terminate(chat_id).await
     }
