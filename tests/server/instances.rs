@@ -13,9 +13,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::{
-    app,
     common::{TestPostgres, TestRedis, with_postgres_and_redis},
-    config,
     support::*,
 };
 
@@ -56,7 +54,7 @@ impl Env {
             provider,
             self.store().await,
             self.hub(Duration::from_secs(10)).await,
-            config::Config::default(),
+            ServerOptions::default(),
         )
         .await
     }
@@ -204,7 +202,7 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
                 Arc::new(DemoProvider::new()),
                 b_service_store.clone(),
                 b_hub.clone(),
-                config::Config::default(),
+                ServerOptions::default(),
             )
             .await;
             let recovery_service = chatstream::ChatService::builder()
@@ -234,7 +232,7 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
             let killed_at = std::time::Instant::now();
 
             // Within the lease nothing is touched, however often B looks.
-            let recovery = app::spawn_recovery(recovery_service, Duration::from_millis(100));
+            let recovery = spawn_recovery(recovery_service, Duration::from_millis(100));
             tokio::time::sleep(Duration::from_millis(500)).await;
             let history = b.history("dies").await;
             assert!(
@@ -275,4 +273,20 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
         },
     )
     .await;
+}
+
+/// Runs `recover_orphans` every `every`, as an instance on Redis does.
+fn spawn_recovery(
+    service: chatstream::ChatService,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let _ =
+                chatstream::hub::recover_orphans(service.store().as_ref(), service.hub().as_ref())
+                    .await;
+        }
+    })
 }
