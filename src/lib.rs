@@ -57,6 +57,9 @@ mod id;
 mod message;
 pub mod provider;
 pub mod resilience;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 pub mod session;
 pub mod store;
 

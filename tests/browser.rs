@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use chatstream::server::ServerOptions;
 use chatstream::{
     ChatId, ChatRequest, ChatService, Delta, DeltaStream, DynProvider, Error, FinishReason,
     LlmProvider, Message, Role, Script, ScriptedProvider, ToolCallDelta, provider::DemoProvider,
@@ -264,20 +265,13 @@ async fn serve() -> (String, ChatService) {
         demo: DemoProvider::new().with_delay(Duration::from_millis(40)),
         failed_once: AtomicBool::new(false),
     });
-    let service = ChatService::builder()
-        .provider(provider.clone())
-        .build()
-        .unwrap();
+    let service = ChatService::builder().provider(provider).build().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = app::AppState {
-        service: service.clone(),
-        model: provider.default_model().to_string(),
-        provider,
-        config: Arc::new(config::Config::default()),
-    };
+    let app =
+        chatstream::server::router(service.clone(), ServerOptions::default()).merge(page::routes());
     tokio::spawn(async move {
-        axum::serve(listener, app::app(state).into_make_service())
+        axum::serve(listener, app.into_make_service())
             .await
             .unwrap()
     });

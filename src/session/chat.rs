@@ -44,8 +44,9 @@ impl ChatSession for Session {
         if let Some(key) = key
             && let Some(user) = self.find_user_message(key).await?
         {
-            return self.existing_reply(user).await;
+            return self.existing_reply(user, input.model.as_deref()).await;
         }
+        let model = input.model;
         let mut user = Message::user(self.chat_id.clone(), input.content);
         if let Some(key) = key {
             user = user.with_client_message_id(key);
@@ -58,7 +59,7 @@ impl ChatSession for Session {
                 if let Some(key) = key
                     && let Some(user) = self.find_user_message(key).await?
                 {
-                    return self.existing_reply(user).await;
+                    return self.existing_reply(user, model.as_deref()).await;
                 }
                 return Err(Error::Busy { chat_id });
             }
@@ -75,9 +76,12 @@ impl ChatSession for Session {
         };
         if !appended.created {
             live.publisher.abort().await?;
-            return self.existing_reply(appended.message).await;
+            return self
+                .existing_reply(appended.message, model.as_deref())
+                .await;
         }
-        self.start(live, user, assistant, false).await
+        self.start(live, user, assistant, false, model.as_deref())
+            .await
     }
 
     async fn regenerate(&self) -> Result<ReplyHandle> {
@@ -89,7 +93,7 @@ impl ChatSession for Session {
             .last_user_message()
             .await?
             .ok_or_else(|| Error::invalid("chat", "there is no user message to answer again"))?;
-        self.launch(user, true).await
+        self.launch(user, true, None).await
     }
 
     async fn cancel(&self) -> Result<bool> {
@@ -149,10 +153,10 @@ impl Session {
 
     /// The handle for a send that repeats `user`: its live reply, a summary of its finished one,
     /// or (when the earlier send stored the message but never got to start a reply) a new reply.
-    async fn existing_reply(&self, user: Message) -> Result<ReplyHandle> {
+    async fn existing_reply(&self, user: Message, model: Option<&str>) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         let Some(assistant) = self.find_reply(&user).await? else {
-            return self.launch(user, false).await;
+            return self.launch(user, false, model).await;
         };
         let control = Control::Existing {
             service: self.service.clone(),
@@ -207,7 +211,12 @@ impl Session {
 
     /// Starts generating the reply to `user`; with `replacing`, the earlier replies to `user`
     /// are left out of the request.
-    async fn launch(&self, user: Message, replacing: bool) -> Result<ReplyHandle> {
+    async fn launch(
+        &self,
+        user: Message,
+        replacing: bool,
+        model: Option<&str>,
+    ) -> Result<ReplyHandle> {
         let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
         let live = self
             .service
@@ -219,7 +228,7 @@ impl Session {
             let _ = live.publisher.abort().await;
             return Err(e);
         }
-        self.start(live, user, assistant, replacing).await
+        self.start(live, user, assistant, replacing, model).await
     }
 
     /// Starts the reply task for `assistant`, already stored as `streaming`. Should that fail,
@@ -231,6 +240,7 @@ impl Session {
         user: Message,
         mut assistant: Message,
         replacing: bool,
+        model: Option<&str>,
     ) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         let LiveReply {
@@ -238,13 +248,16 @@ impl Session {
             cancel,
         } = live;
         let started = async {
-            let request = build_request(
+            let mut request = build_request(
                 inner.store.as_ref(),
                 &self.chat_id,
                 &inner.settings,
                 replacing.then_some(user.id),
             )
             .await?;
+            if let Some(model) = model {
+                request.model = Some(model.to_owned());
+            }
             publisher
                 .publish(EventPayload::Start {
                     chat_id: self.chat_id.clone(),

@@ -61,13 +61,25 @@ pub use handle::ReplyHandle;
 pub use service::{ChatService, ChatServiceBuilder};
 
 /// What the user sends.
+///
+/// ```
+/// use chatstream::UserInput;
+///
+/// let input = UserInput::new("Summarise this thread")
+///     .with_client_message_id("c-42") // a retried send stores one message, starts one reply
+///     .with_model("gpt-4o"); // this reply only; the service's model otherwise
+/// assert_eq!(input.model.as_deref(), Some("gpt-4o"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UserInput {
     /// The message text.
     pub content: String,
     /// The client's idempotency key: sending the same key twice in a chat stores one message and
     /// starts one reply.
     pub client_message_id: Option<String>,
+    /// The model to ask for this reply (default: the service's, else the provider's).
+    pub model: Option<String>,
 }
 
 impl UserInput {
@@ -76,12 +88,21 @@ impl UserInput {
         UserInput {
             content: content.into(),
             client_message_id: None,
+            model: None,
         }
     }
 
     /// Sets the client's idempotency key.
+    #[must_use]
     pub fn with_client_message_id(mut self, key: impl Into<String>) -> Self {
         self.client_message_id = Some(key.into());
+        self
+    }
+
+    /// Asks for this model for this reply only.
+    #[must_use]
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
         self
     }
 }
@@ -108,9 +129,9 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
 
     /// Sends a user message and starts the reply (creating the chat if it does not exist yet).
     ///
-    /// Fails with [`Error::Busy`](crate::Error::Busy) while another reply is live in the chat. With a client message
-    /// id already used in this chat, nothing new is stored or started: the handle follows the
-    /// existing reply (live, or a summary of the finished one from the store).
+    /// Fails with [`Error::Busy`](crate::Error::Busy) while another reply is live in the chat.
+    /// With a client message id already used in this chat, nothing new is stored or started: the
+    /// handle follows the existing reply (live, or a summary of the finished one from the store).
     ///
     /// # Cancel safety
     ///
@@ -120,8 +141,8 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
 
     /// Generates a new reply to the chat's last user message, in place of the replies it already
     /// has: they stay in the history but are left out of the new request's context. Fails with
-    /// [`Error::Busy`](crate::Error::Busy) while a reply is live, and with [`Error::Invalid`](crate::Error::Invalid) when the chat has no
-    /// user message.
+    /// [`Error::Busy`](crate::Error::Busy) while a reply is live, and with
+    /// [`Error::Invalid`](crate::Error::Invalid) when the chat has no user message.
     async fn regenerate(&self) -> Result<ReplyHandle>;
 
     /// Stops the chat's live reply: the upstream request is closed and the partial reply is

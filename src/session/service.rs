@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -69,6 +70,9 @@ struct Recovery {
     stop: CancellationToken,
     failures: AtomicU64,
 }
+
+/// How long [`ChatService::delete_chat`] waits for a stopped reply's final write.
+const DELETE_WAIT: Duration = Duration::from_secs(5);
 
 /// The conversations of an application: owns the provider, the store, the hub and the settings,
 /// and hands out a [`Session`] per chat id. Many chats stream at once, each reply in its own task.
@@ -232,9 +236,52 @@ impl ChatService {
         &self.inner.hub
     }
 
+    /// The model a reply asks for when its send names none: the service's
+    /// ([`ChatServiceBuilder::model`]), else the provider's default.
+    pub fn model(&self) -> &str {
+        self.inner
+            .settings
+            .model
+            .as_deref()
+            .unwrap_or_else(|| self.inner.provider.default_model())
+    }
+
     /// Stops the live reply of a chat (see [`ChatSession::cancel`](super::ChatSession::cancel)).
     pub async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
         self.inner.hub.terminate(chat_id).await
+    }
+
+    /// Deletes a chat and all its messages; returns whether it existed.
+    ///
+    /// A live reply in the chat is stopped first and given a moment (up to
+    /// five seconds) to write its final state, so that it does not keep writing into a chat
+    /// that no longer exists.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+    /// use chatstream::{ChatService, ChatSession, provider::DemoProvider};
+    /// use std::sync::Arc;
+    ///
+    /// let service = ChatService::builder().provider(Arc::new(DemoProvider::new())).build()?;
+    /// let chat = "to-delete".parse()?;
+    /// service.session(chat).send("Hello".into()).await?;
+    /// let chat = "to-delete".parse()?;
+    /// assert!(service.delete_chat(&chat).await?);
+    /// assert!(!service.delete_chat(&chat).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_chat(&self, chat_id: &ChatId) -> Result<bool> {
+        let hub = &self.inner.hub;
+        if hub.terminate(chat_id).await? || hub.is_live(chat_id).await? {
+            // A reply's events end after its final write: wait for that, not for a guess.
+            if let Some(events) = hub.subscribe(chat_id, None).await? {
+                let ended = tokio::time::timeout(DELETE_WAIT, events.for_each(|_| async {}));
+                if ended.await.is_err() {
+                    tracing::warn!(%chat_id, "deleting a chat whose reply did not stop in time");
+                }
+            }
+        }
+        self.inner.store.delete_chat(chat_id).await
     }
 
     /// Shuts the service down: new sends are refused, live replies get `grace` to finish, and

@@ -1,6 +1,10 @@
-//! The server's configuration, read from the environment.
+//! The server's configuration: options with environment-variable twins, and the provider the
+//! environment implies.
 
-use crate::config;
+use chatstream::provider::ProviderKind;
+use clap::Parser;
+
+use crate::config::Config;
 
 #[test]
 fn configuration_from_the_environment() {
@@ -12,22 +16,53 @@ fn configuration_from_the_environment() {
                 .map(|(_, v)| v.to_string())
         }
     };
-    let c = config::Config::from_lookup(env(&[])).unwrap();
-    assert_eq!(c.provider, config::ProviderKind::Demo);
+    let c = Config::try_parse_from(["server"]).unwrap();
+    assert_eq!(
+        ProviderKind::from_lookup(env(&[])).unwrap(),
+        ProviderKind::Demo
+    );
     assert_eq!(c.addr.to_string(), "127.0.0.1:3000");
     assert_eq!(c.database_url, "sqlite://chatstream.db");
-    let c = config::Config::from_lookup(env(&[("OPENAI_BASE_URL", "http://localhost:11434/v1")]))
-        .unwrap();
-    assert_eq!(c.provider, config::ProviderKind::OpenAi);
-    let c = config::Config::from_lookup(env(&[
-        ("OPENAI_API_KEY", "sk-x"),
-        ("CHATSTREAM_PROVIDER", "anthropic"),
-        ("CHATSTREAM_ADDR", "0.0.0.0:8080"),
-    ]))
+    assert_eq!(
+        ProviderKind::from_lookup(env(&[("OPENAI_BASE_URL", "http://localhost:11434/v1")]))
+            .unwrap(),
+        ProviderKind::OpenAi
+    );
+    assert_eq!(
+        ProviderKind::from_lookup(env(&[
+            ("OPENAI_API_KEY", "sk-x"),
+            ("CHATSTREAM_PROVIDER", "anthropic"),
+        ]))
+        .unwrap(),
+        ProviderKind::Anthropic
+    );
+    let c = Config::try_parse_from([
+        "server",
+        "--provider",
+        "anthropic",
+        "--addr",
+        "0.0.0.0:8080",
+    ])
     .unwrap();
-    assert_eq!(c.provider, config::ProviderKind::Anthropic);
+    assert_eq!(c.provider, Some(ProviderKind::Anthropic));
     assert_eq!(c.addr.port(), 8080);
-    let e = config::Config::from_lookup(env(&[("CHATSTREAM_PROVIDER", "gpt")])).unwrap_err();
+    let e = Config::try_parse_from(["server", "--provider", "gpt"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("openai, anthropic or demo"), "{e}");
-    assert!(config::Config::from_lookup(env(&[("CHATSTREAM_ADDR", "nope")])).is_err());
+    let e = ProviderKind::from_lookup(env(&[("CHATSTREAM_PROVIDER", "gpt")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("openai, anthropic or demo"), "{e}");
+    assert!(Config::try_parse_from(["server", "--addr", "nope"]).is_err());
+    let c = Config::try_parse_from([
+        "server",
+        "--cors-origins",
+        "https://a.example, https://b.example",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.server_options().cors_origins,
+        ["https://a.example", "https://b.example"]
+    );
 }

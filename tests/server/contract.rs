@@ -9,7 +9,7 @@ use chatstream::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::{config, support::*};
+use crate::support::*;
 
 #[tokio::test]
 async fn stateless_chat_streams_content_then_done() {
@@ -36,7 +36,7 @@ async fn stateless_chat_reports_upstream_errors() {
         ScriptedProvider::new().then(Script::new().text("partial").fail(|| Error::Truncated {
             provider: "scripted".into(),
         }));
-    let s = serve(Arc::new(provider), config::Config::default()).await;
+    let s = serve(Arc::new(provider), ServerOptions::default()).await;
     let resp = s.chat("hi").await;
     let data = sse_data(resp).await;
     assert_eq!(data[0], r#"{"content":"partial"}"#);
@@ -57,10 +57,7 @@ async fn a_quiet_upstream_gets_the_opening_comment_at_once_then_keep_alives() {
             .text("late")
             .finish(FinishReason::Stop),
     );
-    let config = config::Config {
-        keep_alive: Duration::from_millis(200),
-        ..config::Config::default()
-    };
+    let config = ServerOptions::default().with_keep_alive(Duration::from_millis(200));
     let s = serve(Arc::new(provider), config).await;
     let sent = std::time::Instant::now();
     let mut resp = s.chat("hi").await;
@@ -93,10 +90,7 @@ async fn a_quiet_upstream_gets_the_opening_comment_at_once_then_keep_alives() {
 
 #[tokio::test]
 async fn bad_input_gets_json_errors() {
-    let config = config::Config {
-        body_limit: 1024,
-        ..config::Config::default()
-    };
+    let config = ServerOptions::default().with_body_limit(1024);
     let s = serve(Arc::new(DemoProvider::new()), config).await;
     let url = format!("{}/api/chat", s.base);
     let post = |body: &'static str, ct: &'static str| {
@@ -232,7 +226,7 @@ async fn openai_compatible_maps_upstream_failure_to_502() {
             None,
         )
     }));
-    let s = serve(Arc::new(provider), config::Config::default()).await;
+    let s = serve(Arc::new(provider), ServerOptions::default()).await;
     let resp = s
         .client
         .post(format!("{}/v1/chat/completions", s.base))
@@ -350,7 +344,7 @@ async fn a_message_streams_a_reply_that_lands_in_history() {
 #[tokio::test]
 async fn a_reconnecting_client_resumes_with_last_event_id() {
     let provider = ScriptedProvider::new().repeat(slow_reply(40, 5));
-    let s = serve(Arc::new(provider), config::Config::default()).await;
+    let s = serve(Arc::new(provider), ServerOptions::default()).await;
     for cut in [1u64, 2, 7, 20] {
         let chat = format!("resume-{cut}");
         assert_eq!(s.send(&chat, "go", None).await.status(), 202);
@@ -387,7 +381,7 @@ async fn a_reconnecting_client_resumes_with_last_event_id() {
 #[tokio::test]
 async fn a_send_while_busy_is_409_and_a_repeat_is_idempotent() {
     let provider = ScriptedProvider::new().repeat(slow_reply(30, 10));
-    let s = serve(Arc::new(provider.clone()), config::Config::default()).await;
+    let s = serve(Arc::new(provider.clone()), ServerOptions::default()).await;
     let first: Value = s
         .send("busy", "one", Some("key-1"))
         .await
@@ -501,7 +495,7 @@ async fn terminate_closes_the_upstream_and_persists_cancelled() {
         .model("m")
         .build()
         .unwrap();
-    let s = serve(Arc::new(provider), config::Config::default()).await;
+    let s = serve(Arc::new(provider), ServerOptions::default()).await;
     assert_eq!(s.send("stop-me", "go", None).await.status(), 202);
     let (mut seen, events) = s.read_deltas("stop-me", 3).await;
     assert_eq!(s.terminate("stop-me").await, json!({"terminated": true}));
@@ -529,7 +523,7 @@ async fn terminate_closes_the_upstream_and_persists_cancelled() {
 async fn twenty_chats_stream_at_once() {
     let s = serve(
         Arc::new(DemoProvider::new().with_delay(Duration::from_millis(1))),
-        config::Config::default(),
+        ServerOptions::default(),
     )
     .await;
     let s = Arc::new(s);
@@ -566,10 +560,7 @@ async fn cors_is_off_unless_origins_are_configured() {
     let closed = demo().await;
     let resp = preflight(&closed).await.unwrap();
     assert!(resp.headers().get("access-control-allow-origin").is_none());
-    let config = config::Config {
-        cors_origins: vec!["https://app.example".into()],
-        ..config::Config::default()
-    };
+    let config = ServerOptions::default().with_cors_origins(["https://app.example"]);
     let open = serve(Arc::new(DemoProvider::new()), config).await;
     let resp = preflight(&open).await.unwrap();
     assert_eq!(
@@ -579,7 +570,6 @@ async fn cors_is_off_unless_origins_are_configured() {
 }
 
 // The routes the web page's actions need: regenerate the last reply, rename a chat.
-
 
 async fn regenerate(s: &Server, chat: &str) -> reqwest::Response {
     s.client
@@ -643,7 +633,7 @@ async fn regenerate_answers_the_last_message_again_and_keeps_the_earlier_reply()
 #[tokio::test]
 async fn regenerate_is_409_while_a_reply_is_live() {
     let provider = ScriptedProvider::new().repeat(slow_reply(30, 10));
-    let s = serve(Arc::new(provider.clone()), config::Config::default()).await;
+    let s = serve(Arc::new(provider.clone()), ServerOptions::default()).await;
     assert_eq!(s.send("live", "one", None).await.status(), 202);
     assert_eq!(
         error_of(regenerate(&s, "live").await).await,
@@ -684,7 +674,7 @@ async fn regenerate_needs_a_chat_with_a_user_message() {
 
 #[tokio::test]
 async fn the_page_and_every_file_it_loads_are_served() {
-    let s = demo().await;
+    let s = example_app().await;
     let page = s.get("/").await;
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");

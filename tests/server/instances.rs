@@ -19,7 +19,6 @@ use serde_json::json;
 
 use crate::{
     common::{TestPostgres, TestRedis, with_postgres_and_redis},
-    config,
     support::*,
 };
 
@@ -60,7 +59,7 @@ impl Env {
             provider,
             self.store().await,
             self.hub(Duration::from_secs(10)).await,
-            config::Config::default(),
+            ServerOptions::default(),
         )
         .await
     }
@@ -208,7 +207,7 @@ async fn a_killed_instance_is_recovered_by_b_once_its_lease_expired() {
                 Arc::new(DemoProvider::new()),
                 b_service_store,
                 env.hub(lease).await,
-                config::Config::default(),
+                ServerOptions::default(),
             )
             .await;
             let a_client = a.server();

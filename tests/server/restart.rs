@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use chatstream::{ChatRequest, DynProvider, provider::DemoProvider};
 use futures::StreamExt;
 
-use crate::{config, support::*};
+use crate::support::*;
 
 #[tokio::test]
 async fn a_restart_on_the_same_sqlite_file_keeps_history() {
@@ -16,7 +16,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_history() {
     let first = serve_on(
         demo.clone(),
         chatstream::store::open(&url).await.unwrap(),
-        config::Config::default(),
+        ServerOptions::default(),
     )
     .await;
     assert_eq!(first.send("kept", "remember me", None).await.status(), 202);
@@ -25,7 +25,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_history() {
     let second = serve_on(
         demo,
         chatstream::store::open(&url).await.unwrap(),
-        config::Config::default(),
+        ServerOptions::default(),
     )
     .await;
     let after = second.history("kept").await;

@@ -4,14 +4,14 @@
 use std::{sync::Arc, time::Duration};
 
 use chatstream::{
-    DynProvider, FinishReason, LlmProvider, Script,
+    DynProvider, FinishReason, Script,
     provider::DemoProvider,
     store::{DynMessageStore, MemoryStore},
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::{app, config};
+pub use chatstream::server::ServerOptions;
 
 // ---- the router served in-process ----
 
@@ -23,27 +23,25 @@ pub struct Server {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-pub async fn serve(provider: DynProvider, config: config::Config) -> Server {
-    serve_on(provider, Arc::new(MemoryStore::new()), config).await
+pub async fn serve(provider: DynProvider, options: ServerOptions) -> Server {
+    serve_on(provider, Arc::new(MemoryStore::new()), options).await
 }
 
 pub async fn serve_on(
     provider: DynProvider,
     store: DynMessageStore,
-    config: config::Config,
+    options: ServerOptions,
 ) -> Server {
     let hub: chatstream::DynStreamHub = Arc::new(chatstream::LocalHub::new());
-    serve_with(provider, store, hub, config).await
+    serve_with(provider, store, hub, options).await
 }
 
 pub async fn serve_with(
     provider: DynProvider,
     store: DynMessageStore,
     hub: chatstream::DynStreamHub,
-    config: config::Config,
+    options: ServerOptions,
 ) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let service = chatstream::ChatService::builder()
         .provider(provider.clone())
         .store(store)
@@ -51,14 +49,15 @@ pub async fn serve_with(
         .checkpoint(Duration::from_millis(50), 8)
         .build()
         .unwrap();
-    let state = app::AppState {
-        service,
-        model: provider.default_model().to_string(),
-        provider,
-        config: Arc::new(config),
-    };
+    serve_app(chatstream::server::router(service, options)).await
+}
+
+/// Serves `app` on a free port of the loopback interface.
+pub async fn serve_app(app: axum::Router) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app::app(state).into_make_service())
+        axum::serve(listener, app.into_make_service())
             .await
             .unwrap()
     });
@@ -69,10 +68,23 @@ pub async fn serve_with(
     }
 }
 
+/// The example's whole app: the chat routes on the demo provider, and the web page.
+pub async fn example_app() -> Server {
+    let service = chatstream::ChatService::builder()
+        .provider(Arc::new(DemoProvider::new().with_delay(Duration::ZERO)))
+        .build()
+        .unwrap();
+    serve_app(
+        chatstream::server::router(service, ServerOptions::default())
+            .merge(crate::page::routes()),
+    )
+    .await
+}
+
 pub async fn demo() -> Server {
     serve(
         Arc::new(DemoProvider::new().with_delay(Duration::ZERO)),
-        config::Config::default(),
+        ServerOptions::default(),
     )
     .await
 }

@@ -1,0 +1,154 @@
+//! The message routes: send, history, the live reply's event stream, terminate.
+
+use std::convert::Infallible;
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response, sse::Event},
+};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    ApiError, AppState,
+    chats::{MAX_PAGE, accepted},
+    extract::{ApiJson, ApiQuery, ChatParam, LastEventId, chat_id},
+    sse::sse_response,
+};
+use crate::{ChatSession, Message, MessageId, UserInput, store::HistoryPage};
+
+/// The longest client message id, in bytes.
+const MAX_CLIENT_MESSAGE_ID: usize = 128;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SendMessage {
+    chat_id: String,
+    content: String,
+    #[serde(default = "user_sender")]
+    sender: String,
+    client_message_id: Option<String>,
+    model: Option<String>,
+}
+
+fn user_sender() -> String {
+    "user".into()
+}
+
+/// `POST /api/messages`: stores the user message, starts the reply, answers 202.
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SendMessage>,
+) -> Result<Response, ApiError> {
+    let id = chat_id(&body.chat_id)?;
+    if body.sender != "user" {
+        return Err(ApiError::unprocessable(
+            "invalid_sender",
+            "sender must be \"user\"",
+        ));
+    }
+    if body.content.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_content",
+            "content must not be empty",
+        ));
+    }
+    let mut input = UserInput::new(body.content);
+    if let Some(key) = body.client_message_id {
+        if key.is_empty() || key.len() > MAX_CLIENT_MESSAGE_ID {
+            return Err(ApiError::bad_request(
+                "invalid_client_message_id",
+                format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} characters"),
+            ));
+        }
+        input = input.with_client_message_id(key);
+    }
+    if let Some(model) = body.model {
+        if model.trim().is_empty() || model.len() > 200 {
+            return Err(ApiError::unprocessable(
+                "invalid_model",
+                "model must be 1 to 200 characters",
+            ));
+        }
+        input = input.with_model(model);
+    }
+    let handle = state.service.session(id).send(input).await?;
+    Ok(accepted(&handle))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// `GET /api/messages/{chatId}?limit&before`: a page of history, oldest first.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    ChatParam(id): ChatParam,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<Vec<Message>>, ApiError> {
+    let before = q
+        .before
+        .as_deref()
+        .map(str::parse::<MessageId>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_message_id", e.to_string()))?;
+    let page = HistoryPage {
+        limit: q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
+        before,
+    };
+    Ok(Json(state.service.session(id).history(page).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StreamQuery {
+    after: Option<u64>,
+}
+
+/// `GET /api/stream/{chatId}`: the live (or just finished) reply as SSE, resumable with
+/// `Last-Event-ID` or `?after=N`; `204` when there is nothing more to send.
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    ChatParam(id): ChatParam,
+    LastEventId(last_event_id): LastEventId,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let after = last_event_id.or(q.after);
+    let Some(events) = state.service.session(id).subscribe(after).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let events = events.map(|event| {
+        Ok::<_, Infallible>(match event {
+            // Serialized straight into the event's buffer. A payload always serializes (strings,
+            // numbers, enums, string-keyed maps); the fallback only keeps the stream well-formed.
+            Ok(e) => Event::default()
+                .id(e.seq.to_string())
+                .event(e.event_name())
+                .json_data(&*e.payload)
+                .unwrap_or_else(|err| {
+                    Event::default()
+                        .event("error")
+                        .data(json!({"code": "internal", "message": err.to_string()}).to_string())
+                }),
+            // The hub lost the reply (e.g. its backend went away): tell the client to reload
+            // history instead of leaving it hanging.
+            Err(e) => Event::default().event("error").data(
+                json!({"code": e.code(), "message": e.to_string(), "reload": true}).to_string(),
+            ),
+        })
+    });
+    Ok(sse_response(events, state.options.keep_alive))
+}
+
+/// `POST /api/stream/{chatId}/terminate`: `{"terminated": true|false}`.
+pub(crate) async fn terminate(
+    State(state): State<AppState>,
+    ChatParam(id): ChatParam,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let terminated = state.service.terminate(&id).await?;
+    Ok(Json(json!({ "terminated": terminated })))
+}
