@@ -747,6 +747,26 @@ mod redis_hub {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ping_fails_while_redis_is_gone() {
+        with_redis("redis_hub::ping_fails", |t| async move {
+            let proxy = Proxy::to(&t.url).await;
+            let hub = RedisHub::builder(proxy.url())
+                .prefix(t.prefix.clone())
+                .timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .unwrap();
+            hub.ping().await.unwrap();
+            proxy.cut().await;
+            let failed = tokio::time::timeout(Duration::from_secs(5), hub.ping())
+                .await
+                .expect("a ping with Redis gone fails rather than hangs");
+            assert!(matches!(failed, Err(Error::Hub { .. })), "{failed:?}");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn session_replies_through_redis_are_persisted() {
         with_redis("redis_hub::session", |t| async move {
             let provider = ScriptedProvider::new().then(Script::reply(["Hel", "lo", " world"]));

@@ -365,3 +365,21 @@ async fn a_killed_owners_reply_is_interrupted_as_its_lease_expires() {
     )
     .await;
 }
+
+/// `/readyz` of an instance on PostgreSQL and Redis: both answer their ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_store_and_the_hub_that_answer() {
+    isolated(
+        "readyz_names_the_store_and_the_hub_that_answer",
+        |env| async move {
+            let a = env.instance(Arc::new(DemoProvider::new())).await;
+            let resp = a.get("/readyz").await;
+            assert_eq!(resp.status(), 200);
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["status"], "ready");
+            assert_eq!(body["store"], json!({"backend": "postgres", "up": true}));
+            assert_eq!(body["hub"], json!({"backend": "redis", "up": true}));
+        },
+    )
+    .await;
+}
