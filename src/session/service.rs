@@ -55,7 +55,7 @@ const DELETE_WAIT: Duration = Duration::from_secs(5);
 /// and hands out a [`Session`] per chat id. Many chats stream at once, each reply in its own task.
 ///
 /// Cheap to clone (an `Arc` inside). Built with [`ChatService::builder`]; see the
-/// [module docs](self) for an example.
+/// [module docs](crate::session) for an example.
 #[derive(Clone)]
 pub struct ChatService {
     pub(super) inner: Arc<Inner>,
@@ -206,7 +206,7 @@ impl ChatService {
             .unwrap_or_else(|| self.inner.provider.default_model())
     }
 
-    /// Stops the live reply of a chat (see [`ChatSession::cancel`]).
+    /// Stops the live reply of a chat (see [`ChatSession::cancel`](crate::ChatSession::cancel)).
     pub async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
         self.inner.hub.terminate(chat_id).await
     }
