@@ -76,7 +76,8 @@ pub use provider::{
     ScriptedProvider, ToolSpec,
 };
 pub use session::{
-    ChatService, ChatServiceBuilder, ChatSession, ContextBudget, ReplyHandle, Session, UserInput,
+    ChatService, ChatServiceBuilder, ChatSession, ContextBudget, ReplyHandle, SendOptions, Session,
+    UserInput,
 };
 
 pub use store::{DynMessageStore, MessageStore, MessageStoreExt};

@@ -54,12 +54,13 @@ impl ProviderKind {
     /// ```
     /// use chatstream::provider::ProviderKind;
     ///
-    /// let env = |vars: &'static [(&'static str, &'static str)]| {
-    ///     move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-    /// };
+    /// // An environment to look variables up in (the process's in `from_env`).
+    /// fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    ///     move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    /// }
     /// assert_eq!(ProviderKind::from_lookup(env(&[]))?, ProviderKind::Demo);
-    /// let ollama = [("OPENAI_BASE_URL", "http://localhost:11434/v1")];
-    /// assert_eq!(ProviderKind::from_lookup(env(&ollama))?, ProviderKind::OpenAi);
+    /// let ollama = env(&[("OPENAI_BASE_URL", "http://localhost:11434/v1")]);
+    /// assert_eq!(ProviderKind::from_lookup(ollama)?, ProviderKind::OpenAi);
     /// assert!(ProviderKind::from_lookup(env(&[("CHATSTREAM_PROVIDER", "gpt")])).is_err());
     /// # Ok::<(), chatstream::Error>(())
     /// ```

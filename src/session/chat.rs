@@ -12,7 +12,7 @@ use crate::{
 };
 
 use super::{
-    ChatService, ChatSession, ReplyHandle, UserInput,
+    ChatService, ChatSession, ReplyHandle, SendOptions, UserInput,
     context::build_request,
     handle::{Control, summary_events},
     reply::{ReplyRun, persist_final},
@@ -44,9 +44,9 @@ impl ChatSession for Session {
         if let Some(key) = key
             && let Some(user) = self.find_user_message(key).await?
         {
-            return self.existing_reply(user, input.model.as_deref()).await;
+            return self.existing_reply(user, &input.options).await;
         }
-        let model = input.model;
+        let options = input.options;
         let mut user = Message::user(self.chat_id.clone(), input.content);
         if let Some(key) = key {
             user = user.with_client_message_id(key);
@@ -59,7 +59,7 @@ impl ChatSession for Session {
                 if let Some(key) = key
                     && let Some(user) = self.find_user_message(key).await?
                 {
-                    return self.existing_reply(user, model.as_deref()).await;
+                    return self.existing_reply(user, &options).await;
                 }
                 return Err(Error::Busy { chat_id });
             }
@@ -76,15 +76,12 @@ impl ChatSession for Session {
         };
         if !appended.created {
             live.publisher.abort().await?;
-            return self
-                .existing_reply(appended.message, model.as_deref())
-                .await;
+            return self.existing_reply(appended.message, &options).await;
         }
-        self.start(live, user, assistant, false, model.as_deref())
-            .await
+        self.start(live, user, assistant, false, &options).await
     }
 
-    async fn regenerate(&self) -> Result<ReplyHandle> {
+    async fn regenerate_with(&self, options: SendOptions) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         if inner.tasks.is_closed() {
             return Err(Error::ShuttingDown);
@@ -93,7 +90,7 @@ impl ChatSession for Session {
             .last_user_message()
             .await?
             .ok_or_else(|| Error::invalid("chat", "there is no user message to answer again"))?;
-        self.launch(user, true, None).await
+        self.launch(user, true, &options).await
     }
 
     async fn cancel(&self) -> Result<bool> {
@@ -153,10 +150,10 @@ impl Session {
 
     /// The handle for a send that repeats `user`: its live reply, a summary of its finished one,
     /// or (when the earlier send stored the message but never got to start a reply) a new reply.
-    async fn existing_reply(&self, user: Message, model: Option<&str>) -> Result<ReplyHandle> {
+    async fn existing_reply(&self, user: Message, options: &SendOptions) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         let Some(assistant) = self.find_reply(&user).await? else {
-            return self.launch(user, false, model).await;
+            return self.launch(user, false, options).await;
         };
         let control = Control::Existing {
             service: self.service.clone(),
@@ -215,7 +212,7 @@ impl Session {
         &self,
         user: Message,
         replacing: bool,
-        model: Option<&str>,
+        options: &SendOptions,
     ) -> Result<ReplyHandle> {
         let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
         let live = self
@@ -228,7 +225,7 @@ impl Session {
             let _ = live.publisher.abort().await;
             return Err(e);
         }
-        self.start(live, user, assistant, replacing, model).await
+        self.start(live, user, assistant, replacing, options).await
     }
 
     /// Starts the reply task for `assistant`, already stored as `streaming`. Should that fail,
@@ -240,7 +237,7 @@ impl Session {
         user: Message,
         mut assistant: Message,
         replacing: bool,
-        model: Option<&str>,
+        options: &SendOptions,
     ) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
         let LiveReply {
@@ -255,8 +252,8 @@ impl Session {
                 replacing.then_some(user.id),
             )
             .await?;
-            if let Some(model) = model {
-                request.model = Some(model.to_owned());
+            if let Some(model) = &options.model {
+                request.model = Some(model.clone());
             }
             publisher
                 .publish(EventPayload::Start {

@@ -68,7 +68,7 @@ pub use service::{ChatService, ChatServiceBuilder};
 /// let input = UserInput::new("Summarise this thread")
 ///     .with_client_message_id("c-42") // a retried send stores one message, starts one reply
 ///     .with_model("gpt-4o"); // this reply only; the service's model otherwise
-/// assert_eq!(input.model.as_deref(), Some("gpt-4o"));
+/// assert_eq!(input.options.model.as_deref(), Some("gpt-4o"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -78,8 +78,8 @@ pub struct UserInput {
     /// The client's idempotency key: sending the same key twice in a chat stores one message and
     /// starts one reply.
     pub client_message_id: Option<String>,
-    /// The model to ask for this reply (default: the service's, else the provider's).
-    pub model: Option<String>,
+    /// How to ask for this reply (default: the service's settings).
+    pub options: SendOptions,
 }
 
 impl UserInput {
@@ -88,7 +88,7 @@ impl UserInput {
         UserInput {
             content: content.into(),
             client_message_id: None,
-            model: None,
+            options: SendOptions::default(),
         }
     }
 
@@ -100,6 +100,31 @@ impl UserInput {
     }
 
     /// Asks for this model for this reply only.
+    #[must_use]
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.options.model = Some(model.into());
+        self
+    }
+
+    /// Sets every option of this reply.
+    #[must_use]
+    pub fn with_options(mut self, options: SendOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// How one reply is asked for, over the service's defaults: given with a send
+/// ([`UserInput::options`]) or a [regenerate](ChatSession::regenerate_with).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// The model (default: the service's, else the provider's).
+    pub model: Option<String>,
+}
+
+impl SendOptions {
+    /// Asks for this model.
     #[must_use]
     pub fn with_model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
@@ -129,9 +154,9 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
 
     /// Sends a user message and starts the reply (creating the chat if it does not exist yet).
     ///
-    /// Fails with [`Error::Busy`](crate::Error::Busy) while another reply is live in the chat.
-    /// With a client message id already used in this chat, nothing new is stored or started: the
-    /// handle follows the existing reply (live, or a summary of the finished one from the store).
+    /// Fails with [`Error::Busy`](crate::Error::Busy) while another reply is live in the chat. With a client message
+    /// id already used in this chat, nothing new is stored or started: the handle follows the
+    /// existing reply (live, or a summary of the finished one from the store).
     ///
     /// # Cancel safety
     ///
@@ -141,9 +166,14 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
 
     /// Generates a new reply to the chat's last user message, in place of the replies it already
     /// has: they stay in the history but are left out of the new request's context. Fails with
-    /// [`Error::Busy`](crate::Error::Busy) while a reply is live, and with
-    /// [`Error::Invalid`](crate::Error::Invalid) when the chat has no user message.
-    async fn regenerate(&self) -> Result<ReplyHandle>;
+    /// [`Error::Busy`](crate::Error::Busy) while a reply is live, and with [`Error::Invalid`](crate::Error::Invalid) when the chat has no
+    /// user message.
+    async fn regenerate(&self) -> Result<ReplyHandle> {
+        self.regenerate_with(SendOptions::default()).await
+    }
+
+    /// [`regenerate`](Self::regenerate) with these options (another model, say).
+    async fn regenerate_with(&self, options: SendOptions) -> Result<ReplyHandle>;
 
     /// Stops the chat's live reply: the upstream request is closed and the partial reply is
     /// persisted as `cancelled`. Returns whether a running reply was stopped; with nothing live,

@@ -84,9 +84,10 @@ const DELETE_WAIT: Duration = Duration::from_secs(5);
 ///
 /// Replies left `streaming` by a process that is gone are marked `interrupted` by
 /// [`recover_orphans`](ChatService::recover_orphans): call it once at start-up. When the hub is
-/// shared by several processes ([`StreamHub::recovery_interval`](crate::StreamHub::recovery_interval)
-/// says how often, e.g. the `RedisHub`), the service also runs it in the background on that
-/// cadence, so that a dead instance's replies are marked soon after their lease expired. That
+/// shared by several processes (its
+/// [`recovery_interval`](crate::StreamHub::recovery_interval) says how often, e.g. the
+/// `RedisHub`'s), the service also runs it in the background on that cadence, so that a dead
+/// instance's replies are marked soon after their lease expired. That
 /// task starts when the service is built inside a Tokio runtime (or else with the first
 /// [`session`](ChatService::session) or `recover_orphans` called inside one), and stops on
 /// [`shutdown`](ChatService::shutdown) or when the last clone of the service is dropped. A
@@ -246,7 +247,7 @@ impl ChatService {
             .unwrap_or_else(|| self.inner.provider.default_model())
     }
 
-    /// Stops the live reply of a chat (see [`ChatSession::cancel`](super::ChatSession::cancel)).
+    /// Stops the live reply of a chat (see [`ChatSession::cancel`](crate::ChatSession::cancel)).
     pub async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
         self.inner.hub.terminate(chat_id).await
     }

@@ -771,3 +771,37 @@ async fn patch_renames_a_chat() {
     let list: Vec<Value> = s.get("/api/chats").await.json().await.unwrap();
     assert_eq!(list[0]["title"], "é".repeat(200));
 }
+
+#[tokio::test]
+async fn mounted_under_a_prefix_beside_an_apps_own_routes() {
+    let service = chatstream::ChatService::builder()
+        .provider(Arc::new(DemoProvider::new().with_delay(Duration::ZERO)))
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "my app" }))
+        .nest(
+            "/chat",
+            chatstream::server::router(service, ServerOptions::default()),
+        );
+    let s = serve_app(app).await;
+    assert_eq!(s.get("/").await.text().await.unwrap(), "my app");
+    let sent = s
+        .client
+        .post(s.url("/chat/api/messages"))
+        .json(&json!({"chatId": "nested", "content": "Hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let events: Vec<Sse> = sse_events(s.get("/chat/api/stream/nested").await)
+        .collect()
+        .await;
+    assert_eq!(events.last().unwrap().event, "done");
+    assert_eq!(events.last().unwrap().data["status"], "complete");
+    // The chat routes' own fallback still answers in JSON under the prefix.
+    assert_eq!(
+        error_of(s.get("/chat/api/nothing").await).await,
+        (404, "not_found".into())
+    );
+}
