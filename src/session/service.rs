@@ -331,7 +331,10 @@ impl ChatService {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
-    /// use chatstream::{ChatService, Message, MessageStatus, MessageStore, provider::DemoProvider, store::MemoryStore};
+    /// use chatstream::{
+    ///     ChatService, Message, MessageStatus, MessageStore, provider::DemoProvider,
+    ///     store::MemoryStore,
+    /// };
     /// use std::sync::Arc;
     ///
     /// let store = MemoryStore::new();
