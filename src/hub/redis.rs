@@ -34,9 +34,10 @@
 //!   second), and recovery runs as often ([`StreamHub::recovery_interval`], which
 //!   [`ChatService`](crate::ChatService) follows): a dead instance's reply ends for its
 //!   followers and in the store within about that time after its lease expired, and never
-//!   before. With a 2 s lease: between 1.8 and 2.5 s after the instance died.
-//! - **Recovery questions** ([`StreamHub::live_replies`]) are pipelined too: one round trip for
-//!   every chat a recovery pass asks about, and none for the replies this instance owns.
+//!   before. With a 2 s lease: about 1.8 to 2.5 s after the instance died (plus a pass's time).
+//! - **Recovery questions** ([`StreamHub::live_replies`]) are pipelined too: one round trip
+//!   answers up to 512 of the chats a recovery pass asks about, and the replies this instance
+//!   owns are answered from memory.
 //! - **Terminate** sets `cancel` in the `reply` hash (once: a second terminate answers `false`)
 //!   and publishes the reply id on the owner's channel `P:cancel:INSTANCE`, which every instance
 //!   listens to; the owner fires the reply's cancel token as the message arrives (well under
