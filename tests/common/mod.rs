@@ -243,3 +243,84 @@ pub async fn with_postgres_and_redis<Fut: Future<Output = ()>>(
         then_clean_up(body(pg.clone(), redis.clone()), cleanup).await;
     }
 }
+
+/// A TCP relay to a service that a test can switch off and on, as when the service goes away
+/// and comes back: switched off, it closes every connection through it and refuses new ones.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    on: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Relays connections on a free loopback port to `target` (`host:port`).
+    pub async fn to(target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let on = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
+        let state = on.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*state.borrow() {
+                    continue; // dropped: the connection is refused
+                }
+                let (target, mut off) = (target.clone(), state.subscribe());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = off.wait_for(|on| !*on) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, on, task }
+    }
+
+    /// `url` with its host and port replaced by the relay's.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let userinfo = authority
+            .rsplit_once('@')
+            .map_or(String::new(), |(u, _)| format!("{u}@"));
+        let sep = if path.is_empty() { "" } else { "/" };
+        format!("{scheme}://{userinfo}{}{sep}{path}", self.addr)
+    }
+
+    /// Closes every connection through the relay and refuses new ones.
+    pub fn off(&self) {
+        self.on.send_replace(false);
+    }
+
+    /// Relays again.
+    pub fn on(&self) {
+        self.on.send_replace(true);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `host:port` a service URL points at.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.split('?').next().unwrap_or(host);
+    if host.contains(':') {
+        host.to_string()
+    } else if url.starts_with("redis") {
+        format!("{host}:6379")
+    } else {
+        format!("{host}:5432")
+    }
+}

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::{
-    common::{TestPostgres, TestRedis, with_postgres_and_redis},
+    common::{Relay, TestPostgres, TestRedis, host_port, with_postgres_and_redis},
     support::*,
 };
 
@@ -379,6 +379,85 @@ async fn readyz_names_the_store_and_the_hub_that_answer() {
             assert_eq!(body["status"], "ready");
             assert_eq!(body["store"], json!({"backend": "postgres", "up": true}));
             assert_eq!(body["hub"], json!({"backend": "redis", "up": true}));
+        },
+    )
+    .await;
+}
+
+/// `/readyz` goes 503, naming what is down, while Redis or PostgreSQL is unreachable, and back to
+/// 200 when it returns. The services are cut by relays in front of them (the test does not stop
+/// services it did not start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_redis_or_postgres_is_down() {
+    isolated(
+        "readyz_is_503_while_redis_or_postgres_is_down",
+        |env| async move {
+            let pg = Relay::to(host_port(&env.pg.url)).await;
+            let redis = Relay::to(host_port(&env.redis.url)).await;
+            let store: DynMessageStore = Arc::new(
+                PostgresStore::open_in_schema(&pg.url_for(&env.pg.url), &env.pg.schema)
+                    .await
+                    .unwrap(),
+            );
+            let hub: DynStreamHub = Arc::new(
+                RedisHub::builder(redis.url_for(&env.redis.url))
+                    .prefix(env.redis.prefix.clone())
+                    .timeout(Duration::from_millis(300))
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+            let s = serve_with(
+                Arc::new(DemoProvider::new()),
+                store,
+                hub,
+                ServerOptions::default(),
+            )
+            .await;
+            let ready = |expect_store: bool, expect_hub: bool| {
+                let s = &s;
+                async move {
+                    // A backend that comes back is reconnected to within a few seconds.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+                    loop {
+                        let resp = s.get("/readyz").await;
+                        let status = resp.status().as_u16();
+                        let body: serde_json::Value = resp.json().await.unwrap();
+                        let up = (body["store"]["up"] == true, body["hub"]["up"] == true);
+                        if up == (expect_store, expect_hub) {
+                            let want = if expect_store && expect_hub { 200 } else { 503 };
+                            assert_eq!(status, want, "{body}");
+                            assert_eq!(
+                                body["status"],
+                                if want == 200 { "ready" } else { "unavailable" }
+                            );
+                            return body;
+                        }
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "readyz never reported store {expect_store}, hub {expect_hub}: {body}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            ready(true, true).await;
+            redis.off();
+            let body = ready(true, false).await;
+            assert_eq!(body["hub"]["backend"], "redis");
+            assert!(body["hub"]["error"].is_string(), "{body}");
+            redis.on();
+            ready(true, true).await;
+            pg.off();
+            let body = ready(false, true).await;
+            assert_eq!(body["store"]["backend"], "postgres");
+            pg.on();
+            ready(true, true).await;
+            // /healthz answers whatever the backends do.
+            pg.off();
+            redis.off();
+            assert_eq!(s.get("/healthz").await.status(), 200);
+            ready(false, false).await;
         },
     )
     .await;
