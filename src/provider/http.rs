@@ -7,19 +7,19 @@ use std::{
     fmt,
     pin::Pin,
     task::{Context, Poll, ready},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::{
     Url,
-    header::{HeaderMap, HeaderName, HeaderValue},
+    header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER},
 };
 use serde::{Deserialize, Deserializer};
 use sse_stream::{Sse, SseByteStream};
 
-use super::{DeltaStream, retry_after_from_headers};
+use super::DeltaStream;
 use crate::{Delta, Error, Result};
 
 /// The most of an error body read to describe an HTTP error.
@@ -323,6 +323,32 @@ pub(crate) async fn status_error(provider: &str, mut response: reqwest::Response
     Error::from_status(provider, status.as_u16(), kind, message, retry_after)
 }
 
+/// How long the upstream asked to wait before a retry, from an error response's headers.
+///
+/// `retry-after-ms` (OpenAI's and Azure's milliseconds) wins when it holds a number; otherwise
+/// `Retry-After` is read as seconds (fractions allowed) or as an HTTP date, which gives the time
+/// left until then (zero once it has passed). A negative or unreadable value gives `None`, so the
+/// retry falls back to its own backoff.
+fn retry_after_from_headers(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 /// A transport failure before the response.
 pub(crate) fn connect_error(provider: &str, error: reqwest::Error) -> Error {
     Error::Connect {
@@ -453,6 +479,28 @@ mod tests {
             "http://127.0.0.1:8080/v1/messages"
         );
         assert!(endpoint("not a url", "/x").is_err());
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after_from_headers(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(
+            retry_after_from_headers(&h),
+            Some(Duration::from_millis(1500))
+        );
+        let mut h = HeaderMap::new();
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
+        let d = retry_after_from_headers(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after_from_headers(&h), None);
     }
 
     #[test]

@@ -242,61 +242,9 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
-/// Where to find the body of an HTTP error and how to classify it; shared by the HTTP providers.
-pub(crate) fn retry_after_from_headers(
-    headers: &reqwest::header::HeaderMap,
-) -> Option<std::time::Duration> {
-    use std::time::{Duration, SystemTime};
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
-    use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn retry_after_forms() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after_from_headers(&h), Some(Duration::from_secs(7)));
-        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
-        assert_eq!(
-            retry_after_from_headers(&h),
-            Some(Duration::from_millis(1500))
-        );
-        let mut h = HeaderMap::new();
-        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
-        h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
-        let d = retry_after_from_headers(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-        h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after_from_headers(&h), None);
-    }
 
     #[tokio::test]
     async fn cancellable_ends_with_one_cancelled() {
