@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer};
 use sse_stream::{Sse, SseByteStream};
 
 use super::DeltaStream;
-use crate::{Delta, Error, Result};
+use crate::{Delta, Error, Result, error::kind_is_retryable};
 
 /// The most of an error body read to describe an HTTP error.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -184,26 +184,6 @@ pub(crate) fn excerpt(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether an error reported in the middle of a stream is worth retrying, by its type or code.
-///
-/// The request was accepted before the error, so an unknown kind is taken as transient.
-pub(crate) fn midstream_retryable(kind: Option<&str>) -> bool {
-    !matches!(
-        kind,
-        Some(
-            "insufficient_quota"
-                | "invalid_request"
-                | "invalid_request_error"
-                | "authentication_error"
-                | "permission_error"
-                | "not_found_error"
-                | "request_too_large"
-                | "billing_error"
-                | "context_length_exceeded"
-        )
-    )
-}
-
 /// The error object shared by OpenAI (`{"error":{"message","type","code"}}`) and Anthropic
 /// (`{"type":"error","error":{"type","message"}}`) error bodies and stream events.
 #[derive(Debug, Default, Deserialize)]
@@ -242,7 +222,12 @@ impl ErrorObject<'_> {
             provider: provider.to_owned(),
             status: None,
             retry_after: None,
-            retryable: midstream_retryable(kind.as_deref()),
+            // The request was accepted before the error, so an unknown kind is taken as
+            // transient.
+            retryable: kind
+                .as_deref()
+                .and_then(kind_is_retryable)
+                .unwrap_or(true),
             message: self
                 .message()
                 .unwrap_or_else(|| "error event without a message".to_owned()),
