@@ -54,7 +54,11 @@ struct WireTool<'a> {
     input_schema: &'a serde_json::Value,
 }
 
-pub(super) fn request_body(request: &ChatRequest, default_model: &str, max_tokens: u32) -> Result<Vec<u8>> {
+pub(super) fn request_body(
+    request: &ChatRequest,
+    default_model: &str,
+    max_tokens: u32,
+) -> Result<Vec<u8>> {
     let mut system = Vec::new();
     let mut messages: Vec<WireMessage<'_>> = Vec::new();
     for m in &request.messages {
