@@ -27,6 +27,7 @@ mod standard;
 
 pub use anthropic::AnthropicProvider;
 pub use demo::DemoProvider;
+pub use http::{HttpProvider, HttpProviderBuilder};
 pub use openai::OpenAiProvider;
 pub use scripted::{Script, ScriptedProvider};
 pub use standard::{ProviderKind, from_env, resilient};
@@ -243,8 +244,41 @@ pub struct ToolSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The request the wire encodings are checked with: a system prompt, a question, an
+    /// assistant message with `text` that calls `get_time` as `id` with `arguments`, and the
+    /// tool's answer; stop at `END`; the `get_time` tool, with `description`.
+    pub(crate) fn tool_round(
+        text: &str,
+        id: &str,
+        arguments: &str,
+        description: Option<&str>,
+    ) -> ChatRequest {
+        let mut assistant = RequestMessage::new(Role::Assistant, text);
+        assistant.tool_calls = vec![ToolCall {
+            index: 0,
+            id: id.into(),
+            name: "get_time".into(),
+            arguments: arguments.into(),
+        }];
+        let mut tool = RequestMessage::new(Role::Tool, "12:00");
+        tool.tool_call_id = Some(id.into());
+        let mut request = ChatRequest::new(vec![
+            RequestMessage::new(Role::System, "Be brief."),
+            RequestMessage::new(Role::User, "Time?"),
+            assistant,
+            tool,
+        ]);
+        request.stop = vec!["END".into()];
+        request.tools = vec![ToolSpec {
+            name: "get_time".into(),
+            description: description.map(str::to_owned),
+            parameters: serde_json::json!({"type": "object"}),
+        }];
+        request
+    }
 
     #[tokio::test]
     async fn cancellable_ends_with_one_cancelled() {

@@ -1,57 +1,14 @@
 //! The Messages stream decoder: one flat borrowed struct per event, folded into deltas.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::collections::VecDeque;
 
-use bytes::Bytes;
-use futures::Stream;
 use serde::Deserialize;
-use sse_stream::Sse;
 
 use crate::{
     Delta, FinishReason, Result, Usage,
     delta::ToolCallDelta,
-    provider::{
-        DeltaStream,
-        http::{self, EventParser, Step, Str, non_empty},
-    },
+    provider::http::{self, EventParser, Step, Str, non_empty},
 };
-
-/// Decodes an Anthropic Messages SSE body into deltas: exactly what
-/// [`AnthropicProvider`](super::AnthropicProvider) runs on the HTTP response.
-///
-/// Handles `message_start` (input tokens), `content_block_start` (a `tool_use` block's id and
-/// name), `content_block_delta` (`text_delta`, `thinking_delta` as reasoning, `input_json_delta`
-/// as tool-call arguments; `signature_delta` is skipped), `message_delta` (the stop reason as a
-/// [`Delta::Finish`], then one [`Delta::Usage`]), `message_stop`, `ping` and `error` events;
-/// unknown events are ignored. Tool calls are numbered 0, 1, … among the `tool_use` blocks,
-/// whatever their content block index. A body that ends before the reply finished is
-/// [`Error::Truncated`](crate::Error::Truncated).
-///
-/// ```
-/// use chatstream::{Accumulator, provider::anthropic};
-/// use futures::StreamExt;
-///
-/// # futures::executor::block_on(async {
-/// let body = "event: content_block_delta\n\
-///             data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
-///             event: message_delta\n\
-///             data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n";
-/// let bytes = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
-/// let mut reply = Accumulator::new();
-/// let mut deltas = anthropic::decode(bytes);
-/// while let Some(delta) = deltas.next().await {
-///     reply.push(&delta.unwrap());
-/// }
-/// assert_eq!(reply.text(), "Hi");
-/// # });
-/// ```
-pub fn decode<S, E>(bytes: S) -> DeltaStream
-where
-    S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    http::decode_with(bytes, Parser::new("anthropic".into()))
-}
 
 /// One event's payload, all event types in one flat struct: serde's tagged enums buffer their
 /// content, which would defeat borrowing. An `error` event's object is parsed again on its rare
@@ -126,8 +83,10 @@ fn finish_reason(reason: &str) -> FinishReason {
     }
 }
 
-pub(super) struct Parser {
-    provider: Arc<str>,
+/// One reply's decoding state between events. `pub` only because the provider's `HttpApi`
+/// names it; its module is private.
+#[derive(Debug, Default)]
+pub struct Parser {
     input_tokens: u64,
     output_tokens: Option<u64>,
     /// The tool-call index of each content block that is a `tool_use` block.
@@ -136,16 +95,6 @@ pub(super) struct Parser {
 }
 
 impl Parser {
-    pub(super) fn new(provider: Arc<str>) -> Self {
-        Parser {
-            provider,
-            input_tokens: 0,
-            output_tokens: None,
-            tool_blocks: Vec::new(),
-            finished: false,
-        }
-    }
-
     fn tool_index(&self, block: u32) -> Option<u32> {
         self.tool_blocks
             .iter()
@@ -167,24 +116,13 @@ impl Parser {
 }
 
 impl EventParser for Parser {
-    fn provider(&self) -> &str {
-        &self.provider
-    }
-
     fn finished(&self) -> bool {
         self.finished
     }
 
-    fn event(&mut self, event: &Sse, out: &mut VecDeque<Delta>) -> Result<Step> {
-        let Some(data) = event.data.as_deref() else {
-            return Ok(Step::Continue);
-        };
-        let data = data.trim_ascii();
-        if data.is_empty() {
-            return Ok(Step::Continue);
-        }
+    fn event(&mut self, provider: &str, data: &str, out: &mut VecDeque<Delta>) -> Result<Step> {
         let event: Event<'_> =
-            serde_json::from_str(data).map_err(|e| http::bad_json(&self.provider, &e, data))?;
+            serde_json::from_str(data).map_err(|e| http::bad_json(provider, &e, data))?;
         match event.kind.as_str() {
             "content_block_delta" if !self.finished => {
                 let Some(delta) = event.delta else {
@@ -271,7 +209,7 @@ impl EventParser for Parser {
                 }
                 return Ok(Step::Done);
             }
-            "error" => return Err(http::midstream_error(&self.provider, data)),
+            "error" => return Err(http::midstream_error(provider, data)),
             // `ping`, `content_block_stop` and event types added later.
             _ => {}
         }

@@ -6,17 +6,14 @@
 mod decode;
 mod request;
 
-use std::{fmt, sync::Arc, time::Duration};
+use bytes::Bytes;
+use futures::Stream;
 
-use reqwest::{
-    Url,
-    header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue},
+use self::decode::Parser;
+use super::{
+    ChatRequest, DeltaStream,
+    http::{self, Auth, HttpApi, HttpProvider, HttpProviderBuilder},
 };
-
-pub use self::decode::decode;
-use self::{decode::Parser, request::request_body};
-use super::{ChatRequest, DeltaStream, LlmProvider, http};
-use crate::Result;
 
 /// The default base URL (`/v1/messages` is appended).
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -50,241 +47,85 @@ pub const API_VERSION: &str = "2023-06-01";
 /// println!("{}", reply.text());
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct AnthropicProvider {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    name: Arc<str>,
-    client: reqwest::Client,
-    url: Url,
-    model: String,
-    max_tokens: u32,
-    headers: HeaderMap,
-    has_key: bool,
-}
-
-impl fmt::Debug for AnthropicProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnthropicProvider")
-            .field("name", &self.inner.name)
-            .field("url", &self.inner.url.as_str())
-            .field("model", &self.inner.model)
-            .field("max_tokens", &self.inner.max_tokens)
-            .field(
-                "api_key",
-                &if self.inner.has_key {
-                    "<redacted>"
-                } else {
-                    "<none>"
-                },
-            )
-            .field("headers", &http::HeaderNames(&self.inner.headers))
-            .finish_non_exhaustive()
-    }
-}
-
-impl AnthropicProvider {
-    /// A builder with the defaults: Anthropic's base URL, [`DEFAULT_MODEL`],
-    /// [`DEFAULT_MAX_TOKENS`], no key.
-    pub fn builder() -> AnthropicProviderBuilder {
-        AnthropicProviderBuilder::default()
-    }
-
-    /// A provider configured from the environment: `ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`
-    /// (default [`DEFAULT_BASE_URL`]) and `CHATSTREAM_MODEL` (default [`DEFAULT_MODEL`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`](crate::Error::Config) when neither `ANTHROPIC_API_KEY` nor
-    /// `ANTHROPIC_BASE_URL` (a proxy that adds the key) is set, or when a value is invalid.
-    pub fn from_env() -> Result<Self> {
-        let key = http::env("ANTHROPIC_API_KEY");
-        let base = http::env("ANTHROPIC_BASE_URL");
-        if key.is_none() && base.is_none() {
-            return Err(crate::Error::Config("ANTHROPIC_API_KEY is not set".into()));
-        }
-        let mut builder = Self::builder();
-        if let Some(key) = key {
-            builder = builder.api_key(key);
-        }
-        if let Some(base) = base {
-            builder = builder.base_url(base);
-        }
-        if let Some(model) = http::env("CHATSTREAM_MODEL") {
-            builder = builder.model(model);
-        }
-        builder.build()
-    }
-
-    /// The URL requests go to.
-    pub fn url(&self) -> &str {
-        self.inner.url.as_str()
-    }
-}
+pub type AnthropicProvider = HttpProvider<Messages>;
 
 /// Builds an [`AnthropicProvider`]; see [`AnthropicProvider::builder`].
-#[derive(Default)]
-pub struct AnthropicProviderBuilder {
-    name: Option<String>,
-    api_key: Option<String>,
-    base_url: Option<String>,
-    model: Option<String>,
-    max_tokens: Option<u32>,
-    headers: Vec<(String, String)>,
-    connect_timeout: Option<Duration>,
-    client: Option<reqwest::Client>,
-}
-
-impl fmt::Debug for AnthropicProviderBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnthropicProviderBuilder")
-            .field("name", &self.name)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("model", &self.model)
-            .field("max_tokens", &self.max_tokens)
-            .field(
-                "headers",
-                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
-}
+pub type AnthropicProviderBuilder = HttpProviderBuilder<Messages>;
 
 impl AnthropicProviderBuilder {
-    /// The API key, sent as `x-api-key`.
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// The base URL, with or without a trailing slash; `/v1/messages` is appended to its path
-    /// and its query is kept.
-    pub fn base_url(mut self, url: impl Into<String>) -> Self {
-        self.base_url = Some(url.into());
-        self
-    }
-
-    /// The model used when a request names none.
-    pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = Some(model.into());
-        self
-    }
-
     /// The token limit used when a request sets none (the API requires one).
     pub fn max_tokens(mut self, max_tokens: u32) -> Self {
-        self.max_tokens = Some(max_tokens);
+        self.api.max_tokens = max_tokens;
         self
-    }
-
-    /// The provider's name in logs and errors (default `anthropic`).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// An extra header sent with every request (`anthropic-beta`, a gateway's token, …). Its
-    /// value is never shown in `Debug` output.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// How long to wait for a connection. There is deliberately no total request timeout: it
-    /// would cut long generations (use the resilience wrappers' idle timeout instead).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = Some(timeout);
-        self
-    }
-
-    /// Uses this HTTP client instead of a new one; [`connect_timeout`](Self::connect_timeout)
-    /// is then ignored.
-    pub fn client(mut self, client: reqwest::Client) -> Self {
-        self.client = Some(client);
-        self
-    }
-
-    /// Builds the provider.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`](crate::Error::Config) for an invalid base URL, header or key.
-    pub fn build(self) -> Result<AnthropicProvider> {
-        let url = http::endpoint(
-            self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
-            "/v1/messages",
-        )?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        let has_key = self.api_key.is_some();
-        if let Some(key) = &self.api_key {
-            headers.insert("x-api-key", http::secret_header(key)?);
-        }
-        for (name, value) in &self.headers {
-            http::add_header(&mut headers, name, value)?;
-        }
-        let client = match self.client {
-            Some(client) => client,
-            None => http::client(self.connect_timeout)?,
-        };
-        Ok(AnthropicProvider {
-            inner: Arc::new(Inner {
-                name: self.name.unwrap_or_else(|| "anthropic".to_owned()).into(),
-                client,
-                url,
-                model: self.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
-                max_tokens: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-                headers,
-                has_key,
-            }),
-        })
     }
 }
 
-impl LlmProvider for AnthropicProvider {
-    fn name(&self) -> &str {
-        &self.inner.name
-    }
+/// The Anthropic Messages API, as [`AnthropicProvider`] speaks it, with its token limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Messages {
+    max_tokens: u32,
+}
 
-    fn default_model(&self) -> &str {
-        &self.inner.model
-    }
-
-    fn stream(&self, request: ChatRequest) -> DeltaStream {
-        let inner = &self.inner;
-        let body = request_body(&request, &inner.model, inner.max_tokens);
-        let builder = inner
-            .client
-            .post(inner.url.clone())
-            .headers(inner.headers.clone());
-        http::stream_request(
-            inner.client.clone(),
-            builder,
-            body,
-            Parser::new(inner.name.clone()),
-        )
+impl Default for Messages {
+    fn default() -> Self {
+        Messages {
+            max_tokens: DEFAULT_MAX_TOKENS,
+        }
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
+impl HttpApi for Messages {
+    const NAME: &'static str = "anthropic";
+    const DEFAULT_BASE_URL: &'static str = DEFAULT_BASE_URL;
+    const DEFAULT_MODEL: &'static str = DEFAULT_MODEL;
+    const PATH: &'static str = "/v1/messages";
+    const AUTH: Auth = Auth::Header("x-api-key");
+    const HEADERS: &'static [(&'static str, &'static str)] = &[("anthropic-version", API_VERSION)];
 
-    #[test]
-    fn debug_hides_the_key() {
-        let p = AnthropicProvider::builder()
-            .api_key("sk-ant-secret")
-            .build()
-            .unwrap();
-        let shown = format!("{p:?}");
-        assert!(!shown.contains("secret"), "{shown}");
-        assert_eq!(p.url(), "https://api.anthropic.com/v1/messages");
-        assert_eq!(p.default_model(), DEFAULT_MODEL);
+    type Parser = Parser;
+
+    fn body(&self, request: &ChatRequest, default_model: &str) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&request::request_body(
+            request,
+            default_model,
+            self.max_tokens,
+        ))
     }
+}
+
+/// Decodes an Anthropic Messages SSE body into deltas: exactly what [`AnthropicProvider`] runs
+/// on the HTTP response.
+///
+/// Handles `message_start` (input tokens), `content_block_start` (a `tool_use` block's id and
+/// name), `content_block_delta` (`text_delta`, `thinking_delta` as reasoning, `input_json_delta`
+/// as tool-call arguments; `signature_delta` is skipped), `message_delta` (the stop reason as a
+/// [`Delta::Finish`](crate::Delta::Finish), then one [`Delta::Usage`](crate::Delta::Usage)),
+/// `message_stop`, `ping` and `error` events; unknown events are ignored. Tool calls are
+/// numbered 0, 1, … among the `tool_use` blocks, whatever their content block index. A body
+/// that ends before the reply finished is [`Error::Truncated`](crate::Error::Truncated).
+///
+/// ```
+/// use chatstream::{Accumulator, provider::anthropic};
+/// use futures::StreamExt;
+///
+/// # futures::executor::block_on(async {
+/// let body = "event: content_block_delta\n\
+///             data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+///             event: message_delta\n\
+///             data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n";
+/// let bytes = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
+/// let mut reply = Accumulator::new();
+/// let mut deltas = anthropic::decode(bytes);
+/// while let Some(delta) = deltas.next().await {
+///     reply.push(&delta.unwrap());
+/// }
+/// assert_eq!(reply.text(), "Hi");
+/// # });
+/// ```
+pub fn decode<S, E>(bytes: S) -> DeltaStream
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    http::decode_with::<Parser, _, _>(bytes, "anthropic".into())
 }

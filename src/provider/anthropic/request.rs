@@ -3,10 +3,10 @@
 
 use serde::Serialize;
 
-use crate::{Result, Role, provider::ChatRequest};
+use crate::{Role, provider::ChatRequest};
 
 #[derive(Serialize)]
-struct WireRequest<'a> {
+pub(super) struct WireRequest<'a> {
     model: &'a str,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,11 +54,12 @@ struct WireTool<'a> {
     input_schema: &'a serde_json::Value,
 }
 
-pub(super) fn request_body(
-    request: &ChatRequest,
-    default_model: &str,
+/// `request` on the wire, with `default_model` and `max_tokens` when it sets none.
+pub(super) fn request_body<'a>(
+    request: &'a ChatRequest,
+    default_model: &'a str,
     max_tokens: u32,
-) -> Result<Vec<u8>> {
+) -> WireRequest<'a> {
     let mut system = Vec::new();
     let mut messages: Vec<WireMessage<'_>> = Vec::new();
     for m in &request.messages {
@@ -104,7 +105,7 @@ pub(super) fn request_body(
             }),
         }
     }
-    let body = WireRequest {
+    WireRequest {
         model: request.model.as_deref().unwrap_or(default_model),
         max_tokens: request.max_tokens.unwrap_or(max_tokens),
         system: (!system.is_empty()).then(|| system.join("\n\n")),
@@ -122,44 +123,28 @@ pub(super) fn request_body(
                 input_schema: &t.parameters,
             })
             .collect(),
-    };
-    serde_json::to_vec(&body).map_err(|e| crate::Error::invalid("request", e.to_string()))
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::{ToolCall, provider::RequestMessage};
+    use crate::provider::{RequestMessage, tests::tool_round};
 
     #[test]
     fn request_body_shape() {
-        let mut assistant = RequestMessage::new(Role::Assistant, "Let me look.");
-        assistant.tool_calls = vec![ToolCall {
-            index: 0,
-            id: "toolu_1".into(),
-            name: "get_time".into(),
-            arguments: "{\"tz\":\"UTC\"}".into(),
-        }];
-        let mut tool = RequestMessage::new(Role::Tool, "12:00");
-        tool.tool_call_id = Some("toolu_1".into());
-        let mut request = ChatRequest::new(vec![
-            RequestMessage::new(Role::System, "Be brief."),
-            RequestMessage::new(Role::User, "Time?"),
-            RequestMessage::new(Role::User, "Please."),
-            assistant,
-            tool,
+        let mut request = tool_round("Let me look.", "toolu_1", "{\"tz\":\"UTC\"}", None);
+        // Two user turns in a row, a second system prompt, and a reply to continue.
+        request
+            .messages
+            .insert(2, RequestMessage::new(Role::User, "Please."));
+        request.messages.extend([
             RequestMessage::new(Role::System, "In UTC."),
             RequestMessage::new(Role::Assistant, "It is"),
         ]);
-        request.stop = vec!["END".into()];
-        request.tools = vec![crate::provider::ToolSpec {
-            name: "get_time".into(),
-            description: None,
-            parameters: serde_json::json!({"type": "object"}),
-        }];
         let body: serde_json::Value =
-            serde_json::from_slice(&request_body(&request, "claude", 512).unwrap()).unwrap();
+            serde_json::to_value(request_body(&request, "claude", 512)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({

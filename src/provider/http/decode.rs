@@ -6,13 +6,14 @@ use std::{
     collections::VecDeque,
     fmt,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Deserializer};
-use sse_stream::{Sse, SseByteStream};
+use sse_stream::SseByteStream;
 
 use crate::{Delta, Error, Result, provider::DeltaStream};
 
@@ -61,7 +62,8 @@ pub(crate) fn non_empty(s: Option<Str<'_>>) -> Option<String> {
 }
 
 /// What a wire-format parser tells the decoding loop after one event.
-pub(crate) enum Step {
+#[derive(Debug)]
+pub enum Step {
     /// Keep reading.
     Continue,
     /// The reply is complete: stop reading and end the stream after the queued deltas.
@@ -69,15 +71,16 @@ pub(crate) enum Step {
 }
 
 /// One provider's wire format: turns SSE events into deltas.
-pub(crate) trait EventParser: Send + 'static {
-    /// Handles one event, queueing its deltas in `out`; an `Err` ends the stream after them.
-    fn event(&mut self, event: &Sse, out: &mut VecDeque<Delta>) -> Result<Step>;
+///
+/// `pub` in a private module, like [`Step`], because [`HttpApi`](super::HttpApi) names it. A
+/// new reply starts from `Default`.
+pub trait EventParser: Default + Send + 'static {
+    /// Handles one event's data (trimmed, never empty), queueing its deltas in `out`; an `Err`
+    /// ends the stream after them. `provider` names the provider in errors.
+    fn event(&mut self, provider: &str, data: &str, out: &mut VecDeque<Delta>) -> Result<Step>;
 
     /// Whether the reply has finished, so that the body may end (or break) without harm.
     fn finished(&self) -> bool;
-
-    /// The provider's name, for errors.
-    fn provider(&self) -> &str;
 }
 
 type Events<E> = SseByteStream<futures::stream::BoxStream<'static, Result<Bytes, E>>>;
@@ -89,6 +92,8 @@ type Events<E> = SseByteStream<futures::stream::BoxStream<'static, Result<Bytes,
 /// a future per item; the upstream body is dropped as soon as the outcome is known.
 struct Decoder<E, P> {
     events: Option<Events<E>>,
+    /// The provider's name, for errors.
+    provider: Arc<str>,
     parser: P,
     pending: VecDeque<Delta>,
     error: Option<Error>,
@@ -114,24 +119,33 @@ where
                 return Poll::Ready(None);
             };
             let outcome = match ready!(events.poll_next_unpin(cx)) {
-                Some(Ok(event)) => match this.parser.event(&event, &mut this.pending) {
-                    Ok(Step::Continue) => continue,
-                    Ok(Step::Done) => None,
-                    Err(error) => Some(error),
-                },
+                Some(Ok(event)) => {
+                    let Some(data) = event.data.as_deref() else {
+                        continue; // a block of metadata only (`retry:`, `id:`)
+                    };
+                    let data = data.trim_ascii();
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match this.parser.event(&this.provider, data, &mut this.pending) {
+                        Ok(Step::Continue) => continue,
+                        Ok(Step::Done) => None,
+                        Err(error) => Some(error),
+                    }
+                }
                 // Once the reply has finished, a body that breaks or ends only loses what may
                 // trail the finish (a usage chunk): the reply itself is complete.
                 _ if this.parser.finished() => None,
                 Some(Err(sse_stream::Error::Body(source))) => Some(Error::Connect {
-                    provider: this.parser.provider().to_owned(),
+                    provider: this.provider.to_string(),
                     source,
                 }),
                 Some(Err(error)) => Some(Error::BadData {
-                    provider: this.parser.provider().to_owned(),
+                    provider: this.provider.to_string(),
                     message: error.to_string(),
                 }),
                 None => Some(Error::Truncated {
-                    provider: this.parser.provider().to_owned(),
+                    provider: this.provider.to_string(),
                 }),
             };
             // Dropping the body here closes the upstream connection at once.
@@ -141,16 +155,17 @@ where
     }
 }
 
-/// Decodes an SSE byte stream with `parser`.
-pub(crate) fn decode_with<S, E, P>(bytes: S, parser: P) -> DeltaStream
+/// Decodes an SSE byte stream with a new `P`, naming `provider` in errors.
+pub(crate) fn decode_with<P, S, E>(bytes: S, provider: Arc<str>) -> DeltaStream
 where
+    P: EventParser + Unpin,
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
-    P: EventParser + Unpin,
 {
     Decoder {
         events: Some(SseByteStream::new(bytes.boxed())),
-        parser,
+        provider,
+        parser: P::default(),
         pending: VecDeque::new(),
         error: None,
     }

@@ -1,60 +1,18 @@
 //! The chat-completions stream decoder: serde visitors that write a chunk's deltas straight
 //! into the queue.
 
-use std::{collections::VecDeque, fmt, sync::Arc};
+use std::{collections::VecDeque, fmt};
 
-use bytes::Bytes;
-use futures::Stream;
 use serde::{
     Deserialize, Deserializer,
     de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
 };
-use sse_stream::Sse;
 
 use crate::{
     Delta, FinishReason, Result, Usage,
     delta::ToolCallDelta,
-    provider::{
-        DeltaStream,
-        http::{self, EventParser, Step, Str, non_empty},
-    },
+    provider::http::{self, EventParser, Step, Str, non_empty},
 };
-
-/// Decodes an OpenAI chat-completions SSE body into deltas: exactly what
-/// [`OpenAiProvider`](super::OpenAiProvider) runs on the HTTP response.
-///
-/// Handles text, `reasoning_content` / `reasoning`, tool-call fragments, usage (in its own chunk
-/// or on the finish chunk), finish reasons, an `error` object in the middle of the stream
-/// ([`Error::Upstream`](crate::Error::Upstream) with no status), `[DONE]` or a clean end after
-/// the finish chunk, comments, CRLF, `retry:` fields and multi-line data. A body that ends before
-/// the finish is [`Error::Truncated`](crate::Error::Truncated); a payload that is not JSON is
-/// [`Error::BadData`](crate::Error::BadData); a body that fails while being read is
-/// [`Error::Connect`](crate::Error::Connect). Only the first choice (index 0) is read.
-///
-/// ```
-/// use chatstream::{Accumulator, provider::openai};
-/// use futures::StreamExt;
-///
-/// # futures::executor::block_on(async {
-/// let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
-///             data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
-///             data: [DONE]\n\n";
-/// let bytes = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
-/// let mut reply = Accumulator::new();
-/// let mut deltas = openai::decode(bytes);
-/// while let Some(delta) = deltas.next().await {
-///     reply.push(&delta.unwrap());
-/// }
-/// assert_eq!(reply.text(), "Hi");
-/// # });
-/// ```
-pub fn decode<S, E>(bytes: S) -> DeltaStream
-where
-    S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    http::decode_with(bytes, Parser::new("openai".into()))
-}
 
 /// Reads one `data:` payload, writing the deltas of its first choice straight into `out`.
 ///
@@ -480,37 +438,19 @@ fn finish_reason(reason: &str) -> FinishReason {
     }
 }
 
-pub(super) struct Parser {
-    provider: Arc<str>,
+/// One reply's decoding state between events. `pub` only because the provider's `HttpApi`
+/// names it; its module is private.
+#[derive(Debug, Default)]
+pub struct Parser {
     finished: bool,
 }
 
-impl Parser {
-    pub(super) fn new(provider: Arc<str>) -> Self {
-        Parser {
-            provider,
-            finished: false,
-        }
-    }
-}
-
 impl EventParser for Parser {
-    fn provider(&self) -> &str {
-        &self.provider
-    }
-
     fn finished(&self) -> bool {
         self.finished
     }
 
-    fn event(&mut self, event: &Sse, out: &mut VecDeque<Delta>) -> Result<Step> {
-        let Some(data) = event.data.as_deref() else {
-            return Ok(Step::Continue); // a block of metadata only (`retry:`, `id:`)
-        };
-        let data = data.trim_ascii();
-        if data.is_empty() {
-            return Ok(Step::Continue);
-        }
+    fn event(&mut self, provider: &str, data: &str, out: &mut VecDeque<Delta>) -> Result<Step> {
         if data == "[DONE]" {
             if !self.finished {
                 // The server says the reply is complete but gave no reason.
@@ -531,11 +471,11 @@ impl EventParser for Parser {
             Ok(outcome) if !outcome.error => outcome,
             Ok(_) => {
                 out.truncate(start);
-                return Err(http::midstream_error(&self.provider, data));
+                return Err(http::midstream_error(provider, data));
             }
             Err(e) => {
                 out.truncate(start);
-                return Err(http::bad_json(&self.provider, &e, data));
+                return Err(http::bad_json(provider, &e, data));
             }
         };
         self.finished |= outcome.finished;
@@ -550,10 +490,9 @@ mod tests {
 
     /// The deltas and the error of one payload, read after the finish or before it.
     fn payload(finished: bool, data: &str) -> (Vec<Delta>, Option<crate::Error>) {
-        let mut parser = Parser::new("p".into());
-        parser.finished = finished;
+        let mut parser = Parser { finished };
         let mut out = VecDeque::new();
-        let error = parser.event(&Sse::default().data(data), &mut out).err();
+        let error = parser.event("p", data.trim_ascii(), &mut out).err();
         (out.into(), error)
     }
 

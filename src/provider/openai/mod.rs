@@ -10,17 +10,14 @@
 mod decode;
 mod request;
 
-use std::{fmt, sync::Arc, time::Duration};
+use bytes::Bytes;
+use futures::Stream;
 
-use reqwest::{
-    Url,
-    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue},
+use self::decode::Parser;
+use super::{
+    ChatRequest, DeltaStream,
+    http::{self, Auth, HttpApi, HttpProvider, HttpProviderBuilder},
 };
-
-pub use self::decode::decode;
-use self::{decode::Parser, request::request_body};
-use super::{ChatRequest, DeltaStream, LlmProvider, http};
-use crate::Result;
 
 /// The default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -49,246 +46,62 @@ pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
 /// println!("{}", reply.text());
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct OpenAiProvider {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    name: Arc<str>,
-    client: reqwest::Client,
-    url: Url,
-    model: String,
-    headers: HeaderMap,
-    has_key: bool,
-}
-
-impl fmt::Debug for OpenAiProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiProvider")
-            .field("name", &self.inner.name)
-            .field("url", &self.inner.url.as_str())
-            .field("model", &self.inner.model)
-            .field(
-                "api_key",
-                &if self.inner.has_key {
-                    "<redacted>"
-                } else {
-                    "<none>"
-                },
-            )
-            .field("headers", &http::HeaderNames(&self.inner.headers))
-            .finish_non_exhaustive()
-    }
-}
-
-impl OpenAiProvider {
-    /// A builder with the defaults: OpenAI's base URL, [`DEFAULT_MODEL`], no key.
-    pub fn builder() -> OpenAiProviderBuilder {
-        OpenAiProviderBuilder::default()
-    }
-
-    /// A provider configured from the environment: `OPENAI_API_KEY`, `OPENAI_BASE_URL` (default
-    /// [`DEFAULT_BASE_URL`]) and `CHATSTREAM_MODEL` (default [`DEFAULT_MODEL`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`](crate::Error::Config) when neither `OPENAI_API_KEY` nor
-    /// `OPENAI_BASE_URL` is set (OpenAI itself needs a key; a local server needs its URL), or
-    /// when a value is invalid.
-    pub fn from_env() -> Result<Self> {
-        let key = http::env("OPENAI_API_KEY");
-        let base = http::env("OPENAI_BASE_URL");
-        if key.is_none() && base.is_none() {
-            return Err(crate::Error::Config(
-                "set OPENAI_API_KEY, or OPENAI_BASE_URL for a server that needs no key".into(),
-            ));
-        }
-        let mut builder = Self::builder();
-        if let Some(key) = key {
-            builder = builder.api_key(key);
-        }
-        if let Some(base) = base {
-            builder = builder.base_url(base);
-        }
-        if let Some(model) = http::env("CHATSTREAM_MODEL") {
-            builder = builder.model(model);
-        }
-        builder.build()
-    }
-
-    /// The URL requests go to.
-    pub fn url(&self) -> &str {
-        self.inner.url.as_str()
-    }
-}
+pub type OpenAiProvider = HttpProvider<ChatCompletions>;
 
 /// Builds an [`OpenAiProvider`]; see [`OpenAiProvider::builder`].
-#[derive(Default)]
-pub struct OpenAiProviderBuilder {
-    name: Option<String>,
-    api_key: Option<String>,
-    base_url: Option<String>,
-    model: Option<String>,
-    headers: Vec<(String, String)>,
-    connect_timeout: Option<Duration>,
-    client: Option<reqwest::Client>,
-}
+pub type OpenAiProviderBuilder = HttpProviderBuilder<ChatCompletions>;
 
-impl fmt::Debug for OpenAiProviderBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiProviderBuilder")
-            .field("name", &self.name)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("model", &self.model)
-            .field(
-                "headers",
-                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
+/// The OpenAI chat-completions API, as [`OpenAiProvider`] speaks it.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct ChatCompletions;
+
+impl HttpApi for ChatCompletions {
+    const NAME: &'static str = "openai";
+    const DEFAULT_BASE_URL: &'static str = DEFAULT_BASE_URL;
+    const DEFAULT_MODEL: &'static str = DEFAULT_MODEL;
+    const PATH: &'static str = "/chat/completions";
+    const AUTH: Auth = Auth::Bearer;
+
+    type Parser = Parser;
+
+    fn body(&self, request: &ChatRequest, default_model: &str) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&request::request_body(request, default_model))
     }
 }
 
-impl OpenAiProviderBuilder {
-    /// The API key, sent as `Authorization: Bearer …`. Optional: local servers need none.
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// The base URL, with or without a trailing slash; `/chat/completions` is appended to its
-    /// path and its query (Azure's `api-version`) is kept.
-    pub fn base_url(mut self, url: impl Into<String>) -> Self {
-        self.base_url = Some(url.into());
-        self
-    }
-
-    /// The model used when a request names none.
-    pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = Some(model.into());
-        self
-    }
-
-    /// The provider's name in logs and errors (default `openai`), e.g. `ollama` or `groq`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// An extra header sent with every request (Azure's `api-key`, OpenRouter's `HTTP-Referer`,
-    /// `OpenAI-Organization`, …). Its value is never shown in `Debug` output.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// How long to wait for a connection. There is deliberately no total request timeout: it
-    /// would cut long generations (use the resilience wrappers' idle timeout instead).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = Some(timeout);
-        self
-    }
-
-    /// Uses this HTTP client (its pool, proxy and TLS settings) instead of a new one;
-    /// [`connect_timeout`](Self::connect_timeout) is then ignored.
-    pub fn client(mut self, client: reqwest::Client) -> Self {
-        self.client = Some(client);
-        self
-    }
-
-    /// Builds the provider.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`](crate::Error::Config) for an invalid base URL, header or key.
-    pub fn build(self) -> Result<OpenAiProvider> {
-        let url = http::endpoint(
-            self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
-            "/chat/completions",
-        )?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        let has_key = self.api_key.is_some();
-        if let Some(key) = &self.api_key {
-            headers.insert(
-                AUTHORIZATION,
-                http::secret_header(&format!("Bearer {key}"))?,
-            );
-        }
-        for (name, value) in &self.headers {
-            http::add_header(&mut headers, name, value)?;
-        }
-        let client = match self.client {
-            Some(client) => client,
-            None => http::client(self.connect_timeout)?,
-        };
-        Ok(OpenAiProvider {
-            inner: Arc::new(Inner {
-                name: self.name.unwrap_or_else(|| "openai".to_owned()).into(),
-                client,
-                url,
-                model: self.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
-                headers,
-                has_key,
-            }),
-        })
-    }
-}
-
-impl LlmProvider for OpenAiProvider {
-    fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    fn default_model(&self) -> &str {
-        &self.inner.model
-    }
-
-    fn stream(&self, request: ChatRequest) -> DeltaStream {
-        let inner = &self.inner;
-        let body = request_body(&request, &inner.model);
-        let builder = inner
-            .client
-            .post(inner.url.clone())
-            .headers(inner.headers.clone());
-        http::stream_request(
-            inner.client.clone(),
-            builder,
-            body,
-            Parser::new(inner.name.clone()),
-        )
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_hides_the_key() {
-        let p = OpenAiProvider::builder()
-            .api_key("sk-secret")
-            .header("api-key", "azure-secret")
-            .build()
-            .unwrap();
-        let shown = format!("{p:?}");
-        assert!(!shown.contains("secret"), "{shown}");
-        assert!(shown.contains("<redacted>"));
-        let b = OpenAiProvider::builder().api_key("sk-secret");
-        assert!(!format!("{b:?}").contains("secret"));
-    }
-
-    #[test]
-    fn default_model_and_url() {
-        let p = OpenAiProvider::builder()
-            .base_url("http://localhost:11434/v1/")
-            .build()
-            .unwrap();
-        assert_eq!(p.default_model(), DEFAULT_MODEL);
-        assert_eq!(p.url(), "http://localhost:11434/v1/chat/completions");
-    }
+/// Decodes an OpenAI chat-completions SSE body into deltas: exactly what [`OpenAiProvider`]
+/// runs on the HTTP response.
+///
+/// Handles text, `reasoning_content` / `reasoning`, tool-call fragments, usage (in its own chunk
+/// or on the finish chunk), finish reasons, an `error` object in the middle of the stream
+/// ([`Error::Upstream`](crate::Error::Upstream) with no status), `[DONE]` or a clean end after
+/// the finish chunk, comments, CRLF, `retry:` fields and multi-line data. A body that ends before
+/// the finish is [`Error::Truncated`](crate::Error::Truncated); a payload that is not JSON is
+/// [`Error::BadData`](crate::Error::BadData); a body that fails while being read is
+/// [`Error::Connect`](crate::Error::Connect). Only the first choice (index 0) is read.
+///
+/// ```
+/// use chatstream::{Accumulator, provider::openai};
+/// use futures::StreamExt;
+///
+/// # futures::executor::block_on(async {
+/// let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+///             data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+///             data: [DONE]\n\n";
+/// let bytes = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
+/// let mut reply = Accumulator::new();
+/// let mut deltas = openai::decode(bytes);
+/// while let Some(delta) = deltas.next().await {
+///     reply.push(&delta.unwrap());
+/// }
+/// assert_eq!(reply.text(), "Hi");
+/// # });
+/// ```
+pub fn decode<S, E>(bytes: S) -> DeltaStream
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    http::decode_with::<Parser, _, _>(bytes, "openai".into())
 }

@@ -3,12 +3,12 @@
 use serde::Serialize;
 
 use crate::{
-    Result, Role,
+    Role,
     provider::{ChatRequest, RequestMessage, ToolSpec},
 };
 
 #[derive(Serialize)]
-struct WireRequest<'a> {
+pub(super) struct WireRequest<'a> {
     model: &'a str,
     messages: Vec<WireMessage<'a>>,
     stream: bool,
@@ -102,8 +102,12 @@ fn wire_tool(t: &ToolSpec) -> WireTool<'_> {
     }
 }
 
-pub(super) fn request_body(request: &ChatRequest, default_model: &str) -> Result<Vec<u8>> {
-    let body = WireRequest {
+/// `request` on the wire, with `default_model` when it names none.
+pub(super) fn request_body<'a>(
+    request: &'a ChatRequest,
+    default_model: &'a str,
+) -> WireRequest<'a> {
+    WireRequest {
         model: request.model.as_deref().unwrap_or(default_model),
         messages: request.messages.iter().map(wire_message).collect(),
         stream: true,
@@ -115,42 +119,19 @@ pub(super) fn request_body(request: &ChatRequest, default_model: &str) -> Result
         max_tokens: request.max_tokens,
         stop: &request.stop,
         tools: request.tools.iter().map(wire_tool).collect(),
-    };
-    serde_json::to_vec(&body).map_err(|e| crate::Error::invalid("request", e.to_string()))
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::ToolCall;
+    use crate::provider::tests::tool_round;
 
     #[test]
     fn request_body_shape() {
-        let mut assistant = RequestMessage::new(Role::Assistant, "");
-        assistant.tool_calls = vec![ToolCall {
-            index: 0,
-            id: "call_1".into(),
-            name: "get_time".into(),
-            arguments: "{}".into(),
-        }];
-        let mut tool = RequestMessage::new(Role::Tool, "12:00");
-        tool.tool_call_id = Some("call_1".into());
-        let mut request = ChatRequest::new(vec![
-            RequestMessage::new(Role::System, "Be brief."),
-            RequestMessage::new(Role::User, "Time?"),
-            assistant,
-            tool,
-        ])
-        .with_temperature(0.5);
-        request.stop = vec!["END".into()];
-        request.tools = vec![ToolSpec {
-            name: "get_time".into(),
-            description: Some("Current time".into()),
-            parameters: serde_json::json!({"type": "object"}),
-        }];
-        let body: serde_json::Value =
-            serde_json::from_slice(&request_body(&request, "m").unwrap()).unwrap();
+        let request = tool_round("", "call_1", "{}", Some("Current time")).with_temperature(0.5);
+        let body: serde_json::Value = serde_json::to_value(request_body(&request, "m")).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
