@@ -7,6 +7,10 @@
 //! | [`DemoProvider`] | [`demo`] | nothing: a deterministic offline reply, so everything runs with no key and no network |
 //! | [`ScriptedProvider`] | [`scripted`] | a scripted sequence of deltas, errors and pauses, for tests |
 //!
+//! The two HTTP providers are one [`HttpProvider`] over their API: the builder, the client and
+//! the streaming request are shared, each module holds only its API's defaults, request body and
+//! decoder.
+//!
 //! Providers do one upstream request per [`LlmProvider::stream`] call and no retries: wrap them in
 //! the [resilience](crate::resilience) decorators for that.
 
