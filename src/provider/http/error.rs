@@ -156,10 +156,10 @@ pub(crate) async fn status_error(provider: &str, mut response: reqwest::Response
 
 /// How long the upstream asked to wait before a retry, from an error response's headers.
 ///
-/// `retry-after-ms` (OpenAI's and Azure's milliseconds) wins when it holds a number; otherwise
-/// `Retry-After` is read as seconds (fractions allowed) or as an HTTP date, which gives the time
-/// left until then (zero once it has passed). A negative or unreadable value gives `None`, so the
-/// retry falls back to its own backoff.
+/// `retry-after-ms` (OpenAI's and Azure's milliseconds) wins when it holds a number of zero or
+/// more; otherwise `Retry-After` is read as seconds (fractions allowed) or as an HTTP date, which
+/// gives the time left until then (zero once it has passed). A negative or unreadable
+/// `Retry-After` gives `None`, so the retry falls back to its own backoff.
 fn retry_after_from_headers(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
