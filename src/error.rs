@@ -227,11 +227,10 @@ impl Error {
         message: impl Into<String>,
         retry_after: Option<Duration>,
     ) -> Self {
-        let retryable = match kind.as_deref() {
-            Some("insufficient_quota" | "invalid_request_error" | "authentication_error") => false,
-            Some("overloaded_error" | "rate_limit_error" | "api_error" | "server_error") => true,
-            _ => status_is_retryable(status),
-        };
+        let retryable = kind
+            .as_deref()
+            .and_then(kind_is_retryable)
+            .unwrap_or_else(|| status_is_retryable(status));
         Error::Upstream {
             provider: provider.into(),
             status: Some(status),
@@ -247,6 +246,27 @@ impl Error {
             what,
             message: message.into(),
         }
+    }
+}
+
+/// Whether an upstream error of this type or code is worth retrying, whatever its HTTP status:
+/// the one table of error kinds, read for HTTP errors and for errors in the middle of a stream.
+///
+/// `Some(false)` for what repeats on every attempt (no quota, a bad key, a request the API
+/// rejects), `Some(true)` for overload and server trouble, `None` for a kind not listed here.
+pub(crate) fn kind_is_retryable(kind: &str) -> Option<bool> {
+    match kind {
+        "insufficient_quota"
+        | "invalid_request"
+        | "invalid_request_error"
+        | "authentication_error"
+        | "permission_error"
+        | "not_found_error"
+        | "request_too_large"
+        | "billing_error"
+        | "context_length_exceeded" => Some(false),
+        "overloaded_error" | "rate_limit_error" | "api_error" | "server_error" => Some(true),
+        _ => None,
     }
 }
 

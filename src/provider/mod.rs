@@ -7,6 +7,10 @@
 //! | [`DemoProvider`] | [`demo`] | nothing: a deterministic offline reply, so everything runs with no key and no network |
 //! | [`ScriptedProvider`] | [`scripted`] | a scripted sequence of deltas, errors and pauses, for tests |
 //!
+//! The two HTTP providers are one [`HttpProvider`] over their API: the builder, the client and
+//! the streaming request are shared, each module holds only its API's defaults, request body and
+//! decoder.
+//!
 //! Providers do one upstream request per [`LlmProvider::stream`] call and no retries: wrap them in
 //! the [resilience](crate::resilience) decorators for that.
 
@@ -27,6 +31,7 @@ mod standard;
 
 pub use anthropic::AnthropicProvider;
 pub use demo::DemoProvider;
+pub use http::{HttpProvider, HttpProviderBuilder};
 pub use openai::OpenAiProvider;
 pub use scripted::{Script, ScriptedProvider};
 pub use standard::{ProviderKind, from_env, resilient};
@@ -242,60 +247,41 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
-/// Where to find the body of an HTTP error and how to classify it; shared by the HTTP providers.
-pub(crate) fn retry_after_from_headers(
-    headers: &reqwest::header::HeaderMap,
-) -> Option<std::time::Duration> {
-    use std::time::{Duration, SystemTime};
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
-    use std::time::{Duration, SystemTime};
 
-    #[test]
-    fn retry_after_forms() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after_from_headers(&h), Some(Duration::from_secs(7)));
-        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
-        assert_eq!(
-            retry_after_from_headers(&h),
-            Some(Duration::from_millis(1500))
-        );
-        let mut h = HeaderMap::new();
-        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
-        h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
-        let d = retry_after_from_headers(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-        h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after_from_headers(&h), None);
+    /// The request the wire encodings are checked with: a system prompt, a question, an
+    /// assistant message with `text` that calls `get_time` as `id` with `arguments`, and the
+    /// tool's answer; stop at `END`; the `get_time` tool, with `description`.
+    pub(crate) fn tool_round(
+        text: &str,
+        id: &str,
+        arguments: &str,
+        description: Option<&str>,
+    ) -> ChatRequest {
+        let mut assistant = RequestMessage::new(Role::Assistant, text);
+        assistant.tool_calls = vec![ToolCall {
+            index: 0,
+            id: id.into(),
+            name: "get_time".into(),
+            arguments: arguments.into(),
+        }];
+        let mut tool = RequestMessage::new(Role::Tool, "12:00");
+        tool.tool_call_id = Some(id.into());
+        let mut request = ChatRequest::new(vec![
+            RequestMessage::new(Role::System, "Be brief."),
+            RequestMessage::new(Role::User, "Time?"),
+            assistant,
+            tool,
+        ]);
+        request.stop = vec!["END".into()];
+        request.tools = vec![ToolSpec {
+            name: "get_time".into(),
+            description: description.map(str::to_owned),
+            parameters: serde_json::json!({"type": "object"}),
+        }];
+        request
     }
 
     #[tokio::test]

@@ -1,0 +1,172 @@
+//! The Messages request body: a [`ChatRequest`] encoded for the wire, with the system prompt
+//! apart and the turns merged so that they alternate.
+
+use serde::Serialize;
+
+use crate::{Role, provider::ChatRequest};
+
+#[derive(Serialize)]
+pub(super) struct WireRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: Vec<Block<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: serde_json::Value,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: &'a serde_json::Value,
+}
+
+/// `request` on the wire, with `default_model` and `max_tokens` when it sets none.
+pub(super) fn request_body<'a>(
+    request: &'a ChatRequest,
+    default_model: &'a str,
+    max_tokens: u32,
+) -> WireRequest<'a> {
+    let mut system = Vec::new();
+    let mut messages: Vec<WireMessage<'_>> = Vec::new();
+    for m in &request.messages {
+        let (role, blocks) = match m.role {
+            Role::System => {
+                system.push(m.content.as_str());
+                continue;
+            }
+            Role::User => ("user", vec![Block::Text { text: &m.content }]),
+            Role::Assistant => {
+                let mut blocks = Vec::with_capacity(1 + m.tool_calls.len());
+                // The API rejects empty text blocks; a message of tool calls only has none.
+                if !m.content.is_empty() || m.tool_calls.is_empty() {
+                    blocks.push(Block::Text { text: &m.content });
+                }
+                for call in &m.tool_calls {
+                    blocks.push(Block::ToolUse {
+                        id: &call.id,
+                        name: &call.name,
+                        // The API wants an object; a model's unparseable arguments become `{}`.
+                        input: serde_json::from_str(&call.arguments)
+                            .ok()
+                            .filter(serde_json::Value::is_object)
+                            .unwrap_or_else(|| serde_json::json!({})),
+                    });
+                }
+                ("assistant", blocks)
+            }
+            Role::Tool => (
+                "user",
+                vec![Block::ToolResult {
+                    tool_use_id: m.tool_call_id.as_deref().unwrap_or_default(),
+                    content: &m.content,
+                }],
+            ),
+        };
+        // The API wants user and assistant turns to alternate.
+        match messages.last_mut() {
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => messages.push(WireMessage {
+                role,
+                content: blocks,
+            }),
+        }
+    }
+    WireRequest {
+        model: request.model.as_deref().unwrap_or(default_model),
+        max_tokens: request.max_tokens.unwrap_or(max_tokens),
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        messages,
+        stream: true,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop_sequences: &request.stop,
+        tools: request
+            .tools
+            .iter()
+            .map(|t| WireTool {
+                name: &t.name,
+                description: t.description.as_deref(),
+                input_schema: &t.parameters,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::provider::{RequestMessage, tests::tool_round};
+
+    #[test]
+    fn request_body_shape() {
+        let mut request = tool_round("Let me look.", "toolu_1", "{\"tz\":\"UTC\"}", None);
+        // Two user turns in a row, a second system prompt, and a reply to continue.
+        request
+            .messages
+            .insert(2, RequestMessage::new(Role::User, "Please."));
+        request.messages.extend([
+            RequestMessage::new(Role::System, "In UTC."),
+            RequestMessage::new(Role::Assistant, "It is"),
+        ]);
+        let body: serde_json::Value =
+            serde_json::to_value(request_body(&request, "claude", 512)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "model": "claude",
+                "max_tokens": 512,
+                "system": "Be brief.\n\nIn UTC.",
+                "stream": true,
+                "stop_sequences": ["END"],
+                "messages": [
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "Time?"},
+                        {"type": "text", "text": "Please."}]},
+                    {"role": "assistant", "content": [
+                        {"type": "text", "text": "Let me look."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "get_time",
+                         "input": {"tz": "UTC"}}]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12:00"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "It is"}]},
+                ],
+                "tools": [{"name": "get_time", "input_schema": {"type": "object"}}],
+            })
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The chat-completions request body: a [`ChatRequest`] encoded for the wire.
+
+use serde::Serialize;
+
+use crate::{
+    Role,
+    provider::{ChatRequest, RequestMessage, ToolSpec},
+};
+
+#[derive(Serialize)]
+pub(super) struct WireRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    /// `null` for an assistant message that only calls tools.
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireToolCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunctionCall<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    parameters: &'a serde_json::Value,
+}
+
+fn wire_message(m: &RequestMessage) -> WireMessage<'_> {
+    let calls_only = m.role == Role::Assistant && !m.tool_calls.is_empty() && m.content.is_empty();
+    WireMessage {
+        role: m.role.as_str(),
+        content: (!calls_only).then_some(m.content.as_str()),
+        tool_calls: m
+            .tool_calls
+            .iter()
+            .map(|c| WireToolCall {
+                id: &c.id,
+                kind: "function",
+                function: WireFunctionCall {
+                    name: &c.name,
+                    arguments: &c.arguments,
+                },
+            })
+            .collect(),
+        tool_call_id: m.tool_call_id.as_deref(),
+    }
+}
+
+fn wire_tool(t: &ToolSpec) -> WireTool<'_> {
+    WireTool {
+        kind: "function",
+        function: WireFunction {
+            name: &t.name,
+            description: t.description.as_deref(),
+            parameters: &t.parameters,
+        },
+    }
+}
+
+/// `request` on the wire, with `default_model` when it names none.
+pub(super) fn request_body<'a>(
+    request: &'a ChatRequest,
+    default_model: &'a str,
+) -> WireRequest<'a> {
+    WireRequest {
+        model: request.model.as_deref().unwrap_or(default_model),
+        messages: request.messages.iter().map(wire_message).collect(),
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        temperature: request.temperature,
+        top_p: request.top_p,
+        max_tokens: request.max_tokens,
+        stop: &request.stop,
+        tools: request.tools.iter().map(wire_tool).collect(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::provider::tests::tool_round;
+
+    #[test]
+    fn request_body_shape() {
+        let request = tool_round("", "call_1", "{}", Some("Current time")).with_temperature(0.5);
+        let body: serde_json::Value = serde_json::to_value(request_body(&request, "m")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "model": "m",
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "temperature": 0.5,
+                "stop": ["END"],
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Time?"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "call_1", "type": "function",
+                         "function": {"name": "get_time", "arguments": "{}"}}
+                    ]},
+                    {"role": "tool", "content": "12:00", "tool_call_id": "call_1"},
+                ],
+                "tools": [{"type": "function", "function": {
+                    "name": "get_time", "description": "Current time",
+                    "parameters": {"type": "object"}}}],
+            })
+        );
+    }
+}
