@@ -1107,3 +1107,175 @@ async fn a_five_thousand_token_reply_renders_once_per_frame_and_keeps_finished_b
     );
     page.close().await;
 }
+
+/// The built `examples/react-chat` page (Vite's `dist/`): `index.html` at `/`, its assets under
+/// `/assets/`. Three file types do not warrant tower-http's `fs` feature for one test.
+fn react_chat_page(dist: PathBuf) -> axum::Router {
+    use axum::{extract::Path as UrlPath, http::header, response::IntoResponse, routing::get};
+    let index = std::fs::read_to_string(dist.join("index.html")).unwrap();
+    let assets = dist.join("assets");
+    axum::Router::new()
+        .route(
+            "/",
+            get(move || {
+                let index = index.clone();
+                async move { axum::response::Html(index) }
+            }),
+        )
+        .route(
+            "/assets/{file}",
+            get(move |UrlPath(file): UrlPath<String>| {
+                let path = assets.join(&file);
+                async move {
+                    let kind = match path.extension().and_then(|e| e.to_str()) {
+                        Some("js") => "text/javascript",
+                        Some("css") => "text/css",
+                        _ => "application/octet-stream",
+                    };
+                    match std::fs::read(&path) {
+                        Ok(bytes) if !file.contains("..") => {
+                            ([(header::CONTENT_TYPE, kind)], bytes).into_response()
+                        }
+                        _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+                    }
+                }
+            }),
+        )
+}
+
+#[tokio::test]
+async fn the_use_chat_example_sends_stops_reloads_and_resumes() {
+    const TEST: &str = "the_use_chat_example_sends_stops_reloads_and_resumes";
+    if !have_browser(TEST) {
+        return;
+    }
+    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/react-chat/dist");
+    if !dist.join("index.html").exists() {
+        common::skip(
+            &format!("the browser test {TEST}"),
+            "examples/react-chat is not built (npm ci && npm run build there)",
+        );
+        return;
+    }
+    let words = |n: usize| (0..n).map(|i| format!("w{i} ")).collect::<Vec<_>>();
+    let slow = |n: usize| {
+        let mut s = Script::new().per_delta_delay(Duration::from_millis(40));
+        for w in words(n) {
+            s = s.text(w);
+        }
+        s.finish(FinishReason::Stop).usage(3, n as u64)
+    };
+    let provider = ScriptedProvider::new().then(slow(60)).then(slow(400));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = react_chat_page(dist).merge(chatstream::server::router(
+        service.clone(),
+        ServerOptions::default(),
+    ));
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service())
+            .await
+            .unwrap()
+    });
+    let (_driver, driver_url) = start_driver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver_url, profile.path()).await;
+    c.goto(&format!("{base}/?chat=react-1")).await.unwrap();
+    let input = "document.querySelector('input[aria-label=Message]')";
+    wait_until(&c, "the page", input).await;
+    let reply = "document.querySelector('[data-role=assistant]:last-child')";
+    let replies = "document.querySelectorAll('[data-role=assistant]').length";
+
+    // Send, then reload in the middle of the reply: the page loads the history and resumes.
+    let field = c
+        .find(Locator::Css("input[aria-label=Message]"))
+        .await
+        .unwrap();
+    field.send_keys("tell me a long story").await.unwrap();
+    field.send_keys(&Key::Enter.to_string()).await.unwrap();
+    wait_until(
+        &c,
+        "the reply streaming",
+        &format!("{reply}.textContent.length > 20"),
+    )
+    .await;
+    c.refresh().await.unwrap();
+    // Reloaded while the reply is still live: only the resume can finish it on this page.
+    wait_until(
+        &c,
+        "the reloaded page showing the live reply",
+        &format!("{reply}.dataset.status === 'streaming'"),
+    )
+    .await;
+    let full = words(60).concat();
+    wait_long(
+        &c,
+        "the resumed reply, whole",
+        &format!("{reply}.querySelector('.text').textContent === {full:?}"),
+        20,
+    )
+    .await;
+    assert_eq!(
+        js(&c, replies).await,
+        json!(1),
+        "resumed in place, not added"
+    );
+    wait_until(
+        &c,
+        "the page ready again",
+        "document.querySelector('[data-testid=status]').textContent === 'ready'",
+    )
+    .await;
+
+    // Send, stop: the server stops the reply and saves it cancelled; a reload shows it so, and
+    // finds nothing to resume.
+    let field = c
+        .find(Locator::Css("input[aria-label=Message]"))
+        .await
+        .unwrap();
+    field.send_keys("and another").await.unwrap();
+    field.send_keys(&Key::Enter.to_string()).await.unwrap();
+    wait_until(
+        &c,
+        "the second reply streaming",
+        &format!("{replies} === 2 && {reply}.textContent.length > 20"),
+    )
+    .await;
+    c.find(Locator::XPath("//button[text()='Stop']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let chat: ChatId = "react-1".parse().unwrap();
+    for _ in 0..200 {
+        if !service.hub().is_live(&chat).await.unwrap() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let stored = service
+        .store()
+        .history(&chat, chatstream::store::HistoryPage::default())
+        .await
+        .unwrap();
+    let stopped = stored.last().unwrap();
+    assert_eq!(stopped.status, chatstream::MessageStatus::Cancelled);
+    assert!(stopped.content.len() < words(400).concat().len());
+    c.refresh().await.unwrap();
+    wait_until(
+        &c,
+        "the stopped reply after a reload",
+        &format!("{replies} === 2 && {reply}.dataset.status === 'cancelled'"),
+    )
+    .await;
+    assert_eq!(
+        js(&c, &format!("{reply}.querySelector('.text').textContent")).await,
+        json!(stopped.content)
+    );
+    c.close().await.unwrap();
+}

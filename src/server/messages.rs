@@ -34,6 +34,18 @@ pub(crate) struct SendMessage {
     model: Option<String>,
 }
 
+/// A client message id, checked: 1 to [`MAX_CLIENT_MESSAGE_ID`] bytes (400
+/// `invalid_client_message_id` naming `field` otherwise).
+pub(crate) fn client_message_id(key: String, field: &str) -> Result<String, ApiError> {
+    if key.is_empty() || key.len() > MAX_CLIENT_MESSAGE_ID {
+        return Err(ApiError::bad_request(
+            "invalid_client_message_id",
+            format!("{field} must be 1 to {MAX_CLIENT_MESSAGE_ID} characters"),
+        ));
+    }
+    Ok(key)
+}
+
 fn user_sender() -> String {
     "user".into()
 }
@@ -58,13 +70,7 @@ pub(crate) async fn send(
     }
     let mut input = UserInput::new(body.content);
     if let Some(key) = body.client_message_id {
-        if key.is_empty() || key.len() > MAX_CLIENT_MESSAGE_ID {
-            return Err(ApiError::bad_request(
-                "invalid_client_message_id",
-                format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} characters"),
-            ));
-        }
-        input = input.with_client_message_id(key);
+        input = input.with_client_message_id(client_message_id(key, "clientMessageId")?);
     }
     if let Some(model) = body.model {
         if model.trim().is_empty() || model.len() > 200 {

@@ -11,6 +11,10 @@
 //! | `GET /api/stream/{chatId}` | the live reply as SSE (`start`, `delta`…, `error`?, `done`), numbered; `Last-Event-ID` or `?after=N` resumes; 204 when nothing is left |
 //! | `POST /api/stream/{chatId}/terminate` | stop the live reply (upstream closed, partial reply saved `cancelled`) |
 //! | `POST /api/chat` | stateless: `{"messages":[{"role","content"}]}` answered as SSE `data: {"content"}`… `{"done":true}` |
+//! | `POST /api/chat` (a `useChat` body) | the Vercel AI SDK's UI message stream: `{"id","messages":[UIMessage…],"trigger"}` sends the newest user message (idempotent by its id) or regenerates, answered as the reply's chunks; told apart from the stateless body by its shape |
+//! | `GET /api/chat/{chatId}/stream` | `useChat`'s resume: the live reply as UI message stream from its first chunk; 204 when none is live |
+//! | `POST /api/chat/{chatId}/stop` | stop the live reply (`{"stopped"}`); closing a UI stream response does not, unless [`ServerOptions::cancel_on_disconnect`] |
+//! | `GET /api/chat/{chatId}/messages` | the chat as `UIMessage`s, for `useChat({ messages })` |
 //! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible, streaming and not |
 //! | `GET /healthz`, `GET /readyz` | the process answers; the store and the hub answer (503 naming what is down) |
 //!
@@ -64,6 +68,7 @@ mod messages;
 mod openai;
 mod sse;
 mod stateless;
+mod ui;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -105,6 +110,10 @@ pub struct ServerOptions {
     /// On shutdown, how long live replies may finish before they are stopped and saved
     /// `interrupted` (default 5 s; see [`serve`]).
     pub shutdown_grace: Duration,
+    /// Whether closing a UI message stream response (a `useChat` client's `stop()`, a closed
+    /// tab) stops its reply (default `false`: the reply goes on, saved and resumable, and
+    /// `POST /api/chat/{chatId}/stop` stops it).
+    pub cancel_on_disconnect: bool,
 }
 
 impl Default for ServerOptions {
@@ -114,6 +123,7 @@ impl Default for ServerOptions {
             keep_alive: Duration::from_secs(15),
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(5),
+            cancel_on_disconnect: false,
         }
     }
 }
@@ -150,6 +160,13 @@ impl ServerOptions {
         self.shutdown_grace = grace;
         self
     }
+
+    /// Sets [`cancel_on_disconnect`](Self::cancel_on_disconnect).
+    #[must_use]
+    pub fn with_cancel_on_disconnect(mut self, cancel: bool) -> Self {
+        self.cancel_on_disconnect = cancel;
+        self
+    }
 }
 
 /// The shortest keep-alive interval: a zero one would spin.
@@ -183,6 +200,9 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
         .route("/api/stream/{chat_id}", get(messages::stream))
         .route("/api/stream/{chat_id}/terminate", post(messages::terminate))
         .route("/api/chat", post(stateless::chat))
+        .route("/api/chat/{chat_id}/stream", get(ui::resume))
+        .route("/api/chat/{chat_id}/stop", post(ui::stop))
+        .route("/api/chat/{chat_id}/messages", get(ui::messages))
         .route("/v1/chat/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
         .route("/healthz", get(health::healthz))

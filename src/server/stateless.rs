@@ -10,7 +10,7 @@ use std::{
 use crate::{ChatRequest, Delta, DeltaStream, RequestMessage, Role};
 use axum::{
     extract::State,
-    response::{IntoResponse, sse::Event},
+    response::{Response, sse::Event},
 };
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -30,10 +30,24 @@ pub(crate) struct StatelessMessage {
     content: String,
 }
 
+/// `POST /api/chat`: a `useChat` body is answered in the AI SDK's dialect ([`super::ui`]),
+/// any other is read as the stateless request (422 `invalid_body` when it is neither).
 pub(crate) async fn chat(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<StatelessRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    if super::ui::is_ui_request(&body) {
+        return super::ui::chat(state, body).await;
+    }
+    let body: StatelessRequest = serde_json::from_value(body).map_err(|e| {
+        ApiError::unprocessable(
+            "invalid_body",
+            format!(
+                "expected {{\"messages\": [{{\"role\", \"content\"}}]}} or a useChat request \
+                 {{\"id\", \"messages\": [{{\"id\", \"role\", \"parts\"}}], \"trigger\"}}: {e}"
+            ),
+        )
+    })?;
     if body.messages.is_empty() {
         return Err(ApiError::bad_request(
             "empty_messages",

@@ -23,12 +23,12 @@ use crate::{
 };
 
 /// A fresh schema and key prefix for one test, removed afterwards even if it panics.
-async fn isolated<Fut: Future<Output = ()>>(test: &str, body: impl FnOnce(Env) -> Fut) {
+pub(crate) async fn isolated<Fut: Future<Output = ()>>(test: &str, body: impl FnOnce(Env) -> Fut) {
     with_postgres_and_redis(test, |pg, redis| body(Env { pg, redis })).await;
 }
 
 /// One test's schema and key prefix, shared by every instance it starts.
-struct Env {
+pub(crate) struct Env {
     pg: TestPostgres,
     redis: TestRedis,
 }
@@ -54,7 +54,7 @@ impl Env {
     }
 
     /// One instance: its own hub connection (own instance id) on the shared store.
-    async fn instance(&self, provider: DynProvider) -> Server {
+    pub(crate) async fn instance(&self, provider: DynProvider) -> Server {
         serve_with(
             provider,
             self.store().await,

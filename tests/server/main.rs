@@ -6,6 +6,7 @@
 // The example is a binary: its modules are compiled into this target.
 include!("../../examples/server/embed.rs");
 
+mod ai_sdk;
 #[path = "../common/mod.rs"]
 mod common;
 mod configuration;
