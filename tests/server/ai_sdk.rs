@@ -740,3 +740,111 @@ async fn the_ai_sdk_client_assembles_resumes_regenerates_and_stops() {
     assert!(output.status.success(), "the Node test failed:\n{report}");
     assert!(report.contains("pass 5"), "{report}");
 }
+
+/// A memory store whose history reads take a while, so that two requests both read an empty
+/// chat before either writes to it.
+#[derive(Debug, Clone, Default)]
+struct SlowReads(chatstream::store::MemoryStore);
+
+#[async_trait::async_trait]
+impl chatstream::MessageStore for SlowReads {
+    fn backend(&self) -> &'static str {
+        "slow-reads"
+    }
+    async fn create_chat(
+        &self,
+        id: Option<chatstream::ChatId>,
+        title: Option<String>,
+    ) -> chatstream::Result<chatstream::Chat> {
+        self.0.create_chat(id, title).await
+    }
+    async fn get_chat(
+        &self,
+        id: &chatstream::ChatId,
+    ) -> chatstream::Result<Option<chatstream::Chat>> {
+        self.0.get_chat(id).await
+    }
+    async fn list_chats(
+        &self,
+        page: chatstream::store::ChatPage,
+    ) -> chatstream::Result<Vec<chatstream::Chat>> {
+        self.0.list_chats(page).await
+    }
+    async fn rename_chat(
+        &self,
+        id: &chatstream::ChatId,
+        title: Option<String>,
+    ) -> chatstream::Result<chatstream::Chat> {
+        self.0.rename_chat(id, title).await
+    }
+    async fn delete_chat(&self, id: &chatstream::ChatId) -> chatstream::Result<bool> {
+        self.0.delete_chat(id).await
+    }
+    async fn append(&self, message: &chatstream::Message) -> chatstream::Result<()> {
+        self.0.append(message).await
+    }
+    async fn append_idempotent(
+        &self,
+        message: &chatstream::Message,
+    ) -> chatstream::Result<chatstream::store::Appended> {
+        self.0.append_idempotent(message).await
+    }
+    async fn update(&self, message: &chatstream::Message) -> chatstream::Result<()> {
+        self.0.update(message).await
+    }
+    async fn get_message(
+        &self,
+        id: &chatstream::MessageId,
+    ) -> chatstream::Result<Option<chatstream::Message>> {
+        self.0.get_message(id).await
+    }
+    async fn history(
+        &self,
+        chat: &chatstream::ChatId,
+        page: chatstream::store::HistoryPage,
+    ) -> chatstream::Result<Vec<chatstream::Message>> {
+        let read = self.0.history(chat, page).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        read
+    }
+    async fn recover_streaming(
+        &self,
+        updated_before: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> chatstream::Result<u64> {
+        self.0.recover_streaming(updated_before).await
+    }
+}
+
+#[tokio::test]
+async fn two_first_requests_racing_import_the_history_once() {
+    let provider = ScriptedProvider::new().repeat(Script::reply(["fine"]));
+    let s = serve_on(
+        Arc::new(provider.clone()),
+        Arc::new(SlowReads::default()),
+        ServerOptions::default(),
+    )
+    .await;
+    let messages = json!([
+        {"id": "sys", "role": "system", "parts": [{"type": "text", "text": "Be brief."}]},
+        user("u1", "Weather?"),
+        {"id": "a1", "role": "assistant", "parts": [
+            {"type": "text", "text": "Checking.", "state": "done"},
+            {"type": "tool-get_weather", "toolCallId": "call_1", "state": "output-available",
+             "input": {"city": "Paris"}, "output": {"temperature": 21}},
+        ]},
+        user("u2", "Thanks"),
+    ]);
+    let body = submit("ui-race", messages);
+    let (a, b) = tokio::join!(s.post_chat(&body), s.post_chat(&body));
+    let (a, b) = (a.status().as_u16(), b.status().as_u16());
+    // The second follows the reply the first started (same key) or finds the chat busy; neither
+    // adds a message twice.
+    assert!(a == 200 || b == 200, "{a} {b}");
+    let stored = s.settled_history("ui-race").await;
+    let roles: Vec<&str> = stored.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        ["system", "user", "assistant", "tool", "user", "assistant"]
+    );
+    assert_eq!(provider.started(), 1, "one reply to the one message sent");
+}

@@ -115,12 +115,10 @@ async fn import(
     }
     let messages = request.history(chat, end)?;
     store.get_or_create_chat(chat).await?;
+    // Keyed messages (every imported one is): a concurrent import of the same history adds
+    // nothing twice.
     for m in &messages {
-        if m.client_message_id.is_some() {
-            store.append_idempotent(m).await?;
-        } else {
-            store.append(m).await?;
-        }
+        store.append_idempotent(m).await?;
     }
     Ok(true)
 }

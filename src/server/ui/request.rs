@@ -127,6 +127,7 @@ impl UiChatRequest {
         let mut stored = Vec::with_capacity(end);
         let mut last_user = None;
         for m in &self.messages[..end] {
+            let from = stored.len();
             match m.role {
                 UiRole::User => {
                     let user =
@@ -138,6 +139,19 @@ impl UiChatRequest {
                 }
                 UiRole::System => stored.push(Message::system(chat.clone(), m.text_lenient())),
                 UiRole::Assistant => m.push_assistant(chat, last_user, &mut stored)?,
+            }
+            // Every imported message is keyed by its UI message id (a tool result by its call's
+            // id too), so that two first requests racing to import the same history store it
+            // once: the store keeps one message per key.
+            for message in &mut stored[from..] {
+                if message.client_message_id.is_some() {
+                    continue;
+                }
+                let key = match (&message.role, &message.tool_call_id) {
+                    (Role::Tool, Some(call)) => format!("{}/{call}", m.id),
+                    _ => m.id.clone(),
+                };
+                message.client_message_id = Some(client_message_id(key, "a message's id")?);
             }
         }
         Ok(stored)
