@@ -4,6 +4,8 @@
 //! PostgreSQL tests need `CHATSTREAM_TEST_POSTGRES_URL` (e.g.
 //! `postgres://postgres@127.0.0.1:5432/test`); each test works in a schema of its own, dropped
 //! at the end, even when the test fails. Without the variable they say loudly that they skipped.
+//! MongoDB tests do the same with `CHATSTREAM_TEST_MONGODB_URL` (e.g. `mongodb://127.0.0.1:27017`,
+//! a replica set) and a database of their own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{future::Future, io::Write, panic::AssertUnwindSafe, path::Path, sync::Arc};
@@ -11,7 +13,8 @@ use std::{future::Future, io::Write, panic::AssertUnwindSafe, path::Path, sync::
 use chatstream::{
     ChatId, Error, Message, MessageStore,
     store::{
-        self, DynMessageStore, HistoryPage, MemoryStore, PostgresStore, SqliteStore, conformance,
+        self, DynMessageStore, HistoryPage, MemoryStore, MongoStore, PostgresStore, SqliteStore,
+        conformance,
     },
 };
 use futures::FutureExt;
@@ -276,4 +279,123 @@ async fn postgres_two_instances_on_one_schema() {
         },
     )
     .await;
+}
+
+/// The MongoDB URL of the test server, or `None` after saying loudly why the test skips.
+fn mongodb_url(test: &str) -> Option<String> {
+    match std::env::var("CHATSTREAM_TEST_MONGODB_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED {test}: CHATSTREAM_TEST_MONGODB_URL is not set \
+                 (e.g. mongodb://127.0.0.1:27017); the MongoDB store was NOT tested ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// `url` with its path naming `database` instead (its options kept).
+fn with_database_name(url: &str, database: &str) -> String {
+    let (head, options) = match url.split_once('?') {
+        Some((head, options)) => (head, format!("?{options}")),
+        None => (url, String::new()),
+    };
+    let hosts_start = head.find("://").map_or(0, |i| i + 3);
+    let hosts_end = head[hosts_start..]
+        .find('/')
+        .map_or(head.len(), |i| hosts_start + i);
+    format!("{}/{database}{options}", &head[..hosts_end])
+}
+
+/// Runs `test` with a URL naming a fresh database, then drops the database whether the test
+/// passed or panicked.
+async fn with_mongodb<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(url) = mongodb_url(test) else {
+        return;
+    };
+    let name = format!("chatstream_test_{}", uuid::Uuid::now_v7().simple());
+    let url = with_database_name(&url, &name);
+    let outcome = AssertUnwindSafe(body(url.clone())).catch_unwind().await;
+    let dropped = match MongoStore::open(&url).await {
+        Ok(store) => store.database().drop().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    dropped.unwrap_or_else(|e| panic!("could not drop test database {name}: {e}"));
+}
+
+#[test]
+fn test_database_names_replace_the_url_path() {
+    for (url, expected) in [
+        ("mongodb://h:27017", "mongodb://h:27017/t"),
+        ("mongodb://h:27017/", "mongodb://h:27017/t"),
+        (
+            "mongodb://u:p@h1,h2/db?replicaSet=rs0",
+            "mongodb://u:p@h1,h2/t?replicaSet=rs0",
+        ),
+        ("mongodb://h?w=1", "mongodb://h/t?w=1"),
+    ] {
+        assert_eq!(with_database_name(url, "t"), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_conformance() {
+    with_mongodb("mongodb_conformance", |url| async move {
+        let store = MongoStore::open(&url).await.unwrap();
+        turn_is_all_or_nothing(&store).await;
+        suite(Arc::new(store)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_two_instances_on_one_database() {
+    with_mongodb("mongodb_two_instances_on_one_database", |url| async move {
+        let a = MongoStore::open(&url).await.unwrap();
+        // The second instance comes through `store::open`, as a second server process configured
+        // by CHATSTREAM_DATABASE_URL would.
+        let b = store::open(&url).await.unwrap();
+        assert_eq!(b.backend(), "mongodb");
+        conformance::two_instances(&a, &*b).await;
+        // Opening again finds the indexes in place.
+        MongoStore::open(&url).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_mongodb_is_a_clear_store_error() {
+    // Port 1 on the loopback interface: nothing listens; a short server selection keeps it quick.
+    let err = store::open("mongodb://user:secret@127.0.0.1:1/chat?serverSelectionTimeoutMS=500")
+        .await
+        .unwrap_err();
+    let Error::Store {
+        backend: "mongodb",
+        ref message,
+        ..
+    } = err
+    else {
+        panic!("expected a mongodb store error, got {err:?}");
+    };
+    assert!(message.contains("cannot reach"), "{message}");
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(
+        !format!("{err} {err:?}").contains("secret"),
+        "the password must not leak: {err:?}"
+    );
+    for url in ["mongodb://", "mongodb://h/db?w=nonsense&journal=maybe"] {
+        match store::open(url).await {
+            Err(Error::Config(message)) => assert!(!message.is_empty()),
+            other => panic!("{url:?} must be a configuration error, got {other:?}"),
+        }
+    }
 }
