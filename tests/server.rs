@@ -828,10 +828,15 @@ async fn twenty_chats_stream_at_once() {
 async fn a_restart_on_the_same_sqlite_file_keeps_history() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+    a_restart_keeps_history(&url).await;
+}
+
+/// A second server on the database of a first one serves the first one's history.
+async fn a_restart_keeps_history(url: &str) {
     let demo: DynProvider = Arc::new(DemoProvider::new().with_delay(Duration::ZERO));
     let first = serve_on(
         demo.clone(),
-        chatstream::store::open(&url).await.unwrap(),
+        chatstream::store::open(url).await.unwrap(),
         config::Config::default(),
     )
     .await;
@@ -840,7 +845,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_history() {
     first.task.abort();
     let second = serve_on(
         demo,
-        chatstream::store::open(&url).await.unwrap(),
+        chatstream::store::open(url).await.unwrap(),
         config::Config::default(),
     )
     .await;
@@ -921,7 +926,12 @@ impl Drop for Process {
 async fn a_killed_server_leaves_the_reply_interrupted_with_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("chat.db").display());
-    let mut p = start_server(&url, &[]);
+    a_killed_server_leaves_its_reply_interrupted(&url).await;
+}
+
+/// The server's binary on `url`, killed mid-reply, then started again on the same database.
+async fn a_killed_server_leaves_its_reply_interrupted(url: &str) {
+    let mut p = start_server(url, &[]);
     let s = p.server();
     assert_eq!(
         s.send("crash", "please write a long answer", None)
@@ -945,7 +955,7 @@ async fn a_killed_server_leaves_the_reply_interrupted_with_its_checkpoint() {
     p.child.wait().unwrap();
     drop(events);
 
-    let p2 = start_server(&url, &[]);
+    let p2 = start_server(url, &[]);
     let history = p2.server().history("crash").await;
     let reply = &history[1];
     assert_eq!(reply["status"], "interrupted");
@@ -1346,4 +1356,169 @@ async fn cors_is_off_unless_origins_are_configured() {
         resp.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+}
+
+// ---- the server on MongoDB ----
+
+mod mongodb {
+    use std::{io::Write, panic::AssertUnwindSafe};
+
+    use chatstream::store::MongoStore;
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// The test server's URL with a fresh database in its path, or `None` after saying loudly why
+    /// the test skips.
+    fn database_url(test: &str) -> Option<(String, String)> {
+        let url = match std::env::var("CHATSTREAM_TEST_MONGODB_URL") {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED {test}: CHATSTREAM_TEST_MONGODB_URL is not set \
+                     (e.g. mongodb://127.0.0.1:27017); the server was NOT tested on MongoDB ***\n"
+                );
+                return None;
+            }
+        };
+        let name = format!("chatstream_test_{}", uuid::Uuid::now_v7().simple());
+        let (head, options) = match url.split_once('?') {
+            Some((head, options)) => (head, format!("?{options}")),
+            None => (url.as_str(), String::new()),
+        };
+        let hosts_start = head.find("://").map_or(0, |i| i + 3);
+        let hosts_end = head[hosts_start..]
+            .find('/')
+            .map_or(head.len(), |i| hosts_start + i);
+        Some((format!("{}/{name}{options}", &head[..hosts_end]), name))
+    }
+
+    /// Runs `test` with the URL of a fresh database, dropped at the end even if the test fails.
+    async fn isolated<F, Fut>(test: &str, body: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let Some((url, name)) = database_url(test) else {
+            return;
+        };
+        let outcome = AssertUnwindSafe(body(url.clone())).catch_unwind().await;
+        let dropped = match MongoStore::open(&url).await {
+            Ok(store) => store.database().drop().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+        dropped.unwrap_or_else(|e| panic!("could not drop test database {name}: {e}"));
+    }
+
+    async fn serve_mongodb(provider: DynProvider, url: &str) -> Server {
+        let store = chatstream::store::open(url).await.unwrap();
+        assert_eq!(store.backend(), "mongodb");
+        serve_on(provider, store, config::Config::default()).await
+    }
+
+    #[tokio::test]
+    async fn a_message_streams_a_reply_that_lands_in_history() {
+        isolated("mongodb::a_message_streams_a_reply", |url| async move {
+            let demo = DemoProvider::new().with_delay(Duration::ZERO);
+            let s = serve_mongodb(Arc::new(demo), &url).await;
+            let resp = s.send("fresh", "Tell me something", None).await;
+            assert_eq!(resp.status(), 202);
+            let sent: Value = resp.json().await.unwrap();
+            let events: Vec<Sse> = sse_events(s.stream("fresh", None).await).collect().await;
+            assert_eq!(events[0].event, "start");
+            assert_eq!(events.last().unwrap().event, "done");
+            let expected = DemoProvider::reply_for(&ChatRequest::user("Tell me something"));
+            assert_eq!(text_of(&events), expected);
+            let history = s.settled_history("fresh").await;
+            assert_eq!(history.len(), 2);
+            assert_eq!(history[0]["id"], sent["userMessage"]["id"]);
+            assert_eq!(history[1]["id"], sent["assistantMessageId"]);
+            assert_eq!(history[1]["status"], "complete");
+            assert_eq!(history[1]["content"], expected.as_str());
+            let chats: Vec<Value> = s.get("/api/chats").await.json().await.unwrap();
+            assert_eq!(chats.len(), 1);
+            assert_eq!(chats[0]["id"], "fresh");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_repeated_send_is_idempotent() {
+        isolated("mongodb::a_repeated_send_is_idempotent", |url| async move {
+            let provider = ScriptedProvider::new().repeat(slow_reply(30, 10));
+            let s = serve_mongodb(Arc::new(provider.clone()), &url).await;
+            let first: Value = s
+                .send("busy", "one", Some("key-1"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let repeat: Value = s
+                .send("busy", "one", Some("key-1"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(repeat["userMessage"]["id"], first["userMessage"]["id"]);
+            assert_eq!(repeat["assistantMessageId"], first["assistantMessageId"]);
+            let other = s.send("busy", "two", Some("key-2")).await;
+            assert_eq!(error_of(other).await, (409, "busy".into()));
+            assert_eq!(s.settled_history("busy").await.len(), 2);
+            let late: Value = s
+                .send("busy", "one", Some("key-1"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(late["userMessage"]["id"], first["userMessage"]["id"]);
+            assert_eq!(s.history("busy").await.len(), 2);
+            assert_eq!(provider.started(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn terminate_persists_the_reply_cancelled() {
+        isolated(
+            "mongodb::terminate_persists_the_reply_cancelled",
+            |url| async move {
+                let (base, _closed) = slow_openai_upstream().await;
+                let provider = OpenAiProvider::builder()
+                    .base_url(base)
+                    .model("m")
+                    .build()
+                    .unwrap();
+                let s = serve_mongodb(Arc::new(provider), &url).await;
+                assert_eq!(s.send("stop-me", "go", None).await.status(), 202);
+                let (mut seen, events) = s.read_deltas("stop-me", 3).await;
+                assert_eq!(s.terminate("stop-me").await, json!({"terminated": true}));
+                seen.extend(events.collect::<Vec<_>>().await);
+                assert_eq!(seen.last().unwrap().data["status"], "cancelled");
+                let history = s.settled_history("stop-me").await;
+                assert_eq!(history[1]["status"], "cancelled");
+                assert_eq!(history[1]["content"].as_str().unwrap(), text_of(&seen));
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_restart_on_the_same_database_keeps_history() {
+        isolated("mongodb::a_restart_keeps_history", |url| async move {
+            a_restart_keeps_history(&url).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_killed_server_leaves_the_reply_interrupted_with_its_checkpoint() {
+        isolated("mongodb::a_killed_server", |url| async move {
+            a_killed_server_leaves_its_reply_interrupted(&url).await;
+        })
+        .await;
+    }
 }
