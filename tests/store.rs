@@ -399,3 +399,69 @@ async fn unreachable_mongodb_is_a_clear_store_error() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_documents_are_as_documented_and_gaps_are_paged_over() {
+    use mongodb::bson::{Bson, Document, doc, spec::BinarySubtype};
+    with_mongodb("mongodb_documents_are_as_documented", |url| async move {
+        let store = MongoStore::open(&url).await.unwrap();
+        let chat = store.create_chat(None, None).await.unwrap();
+        let mut sent = Vec::new();
+        for i in 0..10 {
+            let m = Message::user(chat.id.clone(), format!("m{i}"));
+            store.append(&m).await.unwrap();
+            sent.push(m);
+        }
+        let messages = store.database().collection::<Document>("messages");
+        let stored = messages
+            .find_one(doc! { "content": "m0" })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(stored.get("_id"), Some(Bson::Binary(b)) if b.subtype == BinarySubtype::Uuid)
+        );
+        assert_eq!(stored.get_str("chatId").unwrap(), chat.id.as_str());
+        assert_eq!(stored.get_i64("seq").unwrap(), 0);
+        assert_eq!(
+            stored.get_i64("createdAt").unwrap(),
+            sent[0].created_at.timestamp_micros(),
+            "times are microseconds since the epoch"
+        );
+        assert!(
+            !stored.contains_key("reasoning") && !stored.contains_key("clientMessageId"),
+            "absent fields are left out: {stored:?}"
+        );
+
+        // Sequence numbers 3 to 5 removed by hand: pages still walk every message left, in order.
+        messages
+            .delete_many(doc! { "chatId": chat.id.as_str(), "seq": { "$gte": 3, "$lte": 5 } })
+            .await
+            .unwrap();
+        let left: Vec<_> = sent
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(3..=5).contains(i))
+            .map(|(_, m)| m.id)
+            .collect();
+        let mut walked = Vec::new();
+        let mut page = HistoryPage::newest(3);
+        loop {
+            let chunk = store.history(&chat.id, page).await.unwrap();
+            assert!(chunk.len() <= 3);
+            let Some(first) = chunk.first() else { break };
+            page = HistoryPage::before(first.id, 3);
+            walked.splice(0..0, chunk.iter().map(|m| m.id));
+        }
+        assert_eq!(walked, left);
+        assert_eq!(
+            store
+                .history(&chat.id, HistoryPage::newest(5))
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+    })
+    .await;
+}
