@@ -12,7 +12,11 @@
 //!
 //! Timestamps are Int64 **microseconds** since the Unix epoch: a BSON date holds milliseconds
 //! only, and every store keeps at least microseconds (the trait's promise). `seq` orders a chat's
-//! messages; `nextSeq` is the one its next message gets.
+//! messages, without gaps: a number is taken in the transaction that stores its message, and
+//! `nextSeq` is the one the chat's next message gets. A history page is therefore the window of
+//! numbers just below its cursor (the newest page reads `nextSeq` first), a range of at most one
+//! page; should gaps appear (documents removed by hand), the page falls back to the unbounded
+//! query.
 //!
 //! Indexes are created when the store opens (the MongoDB counterpart of migrations; creating an
 //! index that exists with the same keys and options is a no-op, so processes may open together):
@@ -51,7 +55,9 @@
 //! The crate's tests run the conformance suite on SecantusDB, a server that speaks MongoDB's
 //! wire protocol: it advertises itself as a single-node replica set, and its sessions,
 //! transactions (`WriteConflict` with the `TransientTransactionError` label, first committer
-//! wins), partial unique indexes, `findAndModify` and upserts behave as the store needs.
+//! wins), partial unique indexes, `findAndModify` and upserts behave as the store needs. It
+//! sorts after fetching every matching document, even along an index, which is why history
+//! pages are bounded ranges; listing chats still reads every chat there.
 
 use std::time::Duration;
 
