@@ -66,7 +66,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{
     BoxFuture, Client, ClientSession, Collection, Database, IndexModel,
-    bson::{self, Document, doc},
+    bson::{self, Bson, Document, doc},
     error::{ErrorKind, WriteFailure},
     options::{ClientOptions, IndexOptions, ReturnDocument},
 };
@@ -89,18 +89,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// MongoDB's code for a write that broke a unique index.
 const DUPLICATE_KEY: i32 = 11000;
-
-/// The fields [`MessageStore::update`] rewrites; the others never change after the append.
-const CHANGING: [&str; 8] = [
-    "content",
-    "reasoning",
-    "toolCalls",
-    "status",
-    "finishReason",
-    "usage",
-    "error",
-    "updatedAt",
-];
 
 /// A store in a MongoDB database: for teams whose data lives in MongoDB, and for several server
 /// processes that share chats.
@@ -179,7 +167,8 @@ impl MongoStore {
             .run_command(doc! { "hello": 1 })
             .await
             .map_err(|e| store_error("connect", e))?;
-        let replicated = hello.get_str("setName").is_ok() || hello.get_str("msg") == Ok("isdbgrid");
+        let replicated =
+            hello.get_str("setName").is_ok() || hello.get_str("msg").ok() == Some("isdbgrid");
         if !replicated {
             return Err(Error::Config(
                 "the MongoDB store needs a replica set or a sharded cluster: it writes a turn in \
@@ -348,6 +337,61 @@ impl MessageDoc {
             updated_at: from_micros("message", self.updated_at)?,
         })
     }
+}
+
+/// What [`MessageStore::update`] writes: the fields that change as a reply grows, those now empty
+/// removed, as [`MessageDoc`] leaves them out.
+///
+/// Built by hand rather than with serde: the bson crate's serializer has another name in each of
+/// the driver's two bson versions, and an application may switch the driver to either.
+fn changes(m: &Message) -> Document {
+    let mut set = doc! {
+        "content": m.content.as_str(),
+        "status": m.status.as_str(),
+        "updatedAt": micros(m.updated_at),
+    };
+    let mut unset = Document::new();
+    let mut optional = |field: &str, value: Option<Bson>| match value {
+        Some(value) => set.insert(field, value),
+        None => unset.insert(field, ""),
+    };
+    optional("reasoning", m.reasoning.as_deref().map(Bson::from));
+    optional(
+        "toolCalls",
+        (!m.tool_calls.is_empty()).then(|| {
+            m.tool_calls
+                .iter()
+                .map(|c| {
+                    Bson::from(doc! {
+                        "index": i64::from(c.index),
+                        "id": c.id.as_str(),
+                        "name": c.name.as_str(),
+                        "arguments": c.arguments.as_str(),
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into()
+        }),
+    );
+    optional("finishReason", m.finish_reason.map(|f| f.as_str().into()));
+    optional(
+        "usage",
+        m.usage.map(|u| {
+            // Counts beyond i64::MAX cannot occur; they saturate rather than fail a write.
+            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            doc! {
+                "inputTokens": count(u.input_tokens),
+                "outputTokens": count(u.output_tokens),
+            }
+            .into()
+        }),
+    );
+    optional("error", m.error.as_deref().map(Bson::from));
+    let mut change = doc! { "$set": set };
+    if !unset.is_empty() {
+        change.insert("$unset", unset);
+    }
+    change
 }
 
 fn validate_database(name: &str) -> Result<()> {
@@ -770,23 +814,7 @@ impl MessageStore for MongoStore {
     }
 
     async fn update(&self, message: &Message) -> Result<()> {
-        let mut stored =
-            bson::to_document(&MessageDoc::new(message, 0)).map_err(|e| Error::Store {
-                backend: BACKEND,
-                message: format!("cannot encode message: {e}"),
-                source: Some(Box::new(e)),
-            })?;
-        let (mut set, mut unset) = (Document::new(), Document::new());
-        for field in CHANGING {
-            match stored.remove(field) {
-                Some(value) => set.insert(field, value),
-                None => unset.insert(field, ""),
-            };
-        }
-        let mut change = doc! { "$set": set };
-        if !unset.is_empty() {
-            change.insert("$unset", unset);
-        }
+        let change = changes(message);
         // See the module documentation for why a checkpoint is two writes and no transaction.
         let updated = self
             .messages
