@@ -1,14 +1,15 @@
 //! Message store costs: persisting one streamed reply (append, 20 checkpoints, final update), one
 //! checkpoint alone, starting a turn (what a session writes and reads before a reply can start),
 //! and loading the newest page of 50 from chats of 100 and 10,000 messages, for the memory store
-//! and a SQLite file in WAL mode.
+//! and a SQLite file in WAL mode, and MongoDB when `CHATSTREAM_TEST_MONGODB_URL` names a server
+//! (each run in a database of its own, dropped at the end).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 
 use chatstream::{
     ChatId, FinishReason, Message, MessageStatus, MessageStore, Usage,
-    store::{HistoryPage, MemoryStore, SqliteStore},
+    store::{HistoryPage, MemoryStore, MongoStore, SqliteStore},
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
@@ -29,6 +30,7 @@ struct Backends {
     // Kept alive for the SQLite file's lifetime.
     _dir: tempfile::TempDir,
     stores: Vec<(&'static str, Box<dyn MessageStore>)>,
+    mongodb: Option<MongoStore>,
 }
 
 fn backends(rt: &Runtime) -> Backends {
@@ -36,12 +38,36 @@ fn backends(rt: &Runtime) -> Backends {
     let sqlite = rt
         .block_on(SqliteStore::open_path(dir.path().join("bench.db")))
         .unwrap();
+    let mut stores: Vec<(&'static str, Box<dyn MessageStore>)> = vec![
+        ("memory", Box::new(MemoryStore::new())),
+        ("sqlite_file", Box::new(sqlite)),
+    ];
+    let mongodb = std::env::var("CHATSTREAM_TEST_MONGODB_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .map(|url| {
+            let name = format!("chatstream_bench_{}", uuid::Uuid::now_v7().simple());
+            rt.block_on(MongoStore::open_in_database(&url, &name))
+                .unwrap()
+        });
+    match &mongodb {
+        Some(store) => stores.push(("mongodb", Box::new(store.clone()))),
+        None => eprintln!("CHATSTREAM_TEST_MONGODB_URL is not set: MongoDB is not measured"),
+    }
     Backends {
         _dir: dir,
-        stores: vec![
-            ("memory", Box::new(MemoryStore::new())),
-            ("sqlite_file", Box::new(sqlite)),
-        ],
+        stores,
+        mongodb,
+    }
+}
+
+impl Backends {
+    /// Drops the MongoDB database of this run.
+    fn finish(self, rt: &Runtime) {
+        if let Some(store) = self.mongodb {
+            rt.block_on(async { store.database().drop().await })
+                .unwrap();
+        }
     }
 }
 
@@ -75,6 +101,7 @@ fn reply(c: &mut Criterion) {
         });
     }
     group.finish();
+    backends.finish(&rt);
 }
 
 fn checkpoint(c: &mut Criterion) {
@@ -94,6 +121,7 @@ fn checkpoint(c: &mut Criterion) {
         });
     }
     group.finish();
+    backends.finish(&rt);
 }
 
 /// What a send costs the store before its reply can start, in a new chat: the turn (chat, user
@@ -128,6 +156,7 @@ fn turn(c: &mut Criterion) {
         });
     }
     group.finish();
+    backends.finish(&rt);
 }
 
 fn history(c: &mut Criterion) {
@@ -157,6 +186,7 @@ fn history(c: &mut Criterion) {
         }
     }
     group.finish();
+    backends.finish(&rt);
 }
 
 criterion_group!(benches, reply, checkpoint, turn, history);

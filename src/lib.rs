@@ -30,7 +30,8 @@
 //!   OpenAI-compatible, Anthropic, demo and scripted providers.
 //! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
 //!   decorators around any provider.
-//! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite and PostgreSQL backends.
+//! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite, PostgreSQL and MongoDB
+//!   backends.
 //! - [`ChatService`] and [`ChatSession`]: conversations — send a message, get the reply's events
 //!   and a cancel handle, read history; replies run detached and are checkpointed as they grow
 //!   ([`session`]).
@@ -45,6 +46,7 @@
 //! |---|---|---|
 //! | `sqlite` | the SQLite message store (sqlx) | yes |
 //! | `postgres` | the PostgreSQL message store (sqlx) | no |
+//! | `mongodb` | the MongoDB message store (the official driver; a replica set or sharded cluster) | no |
 //! | `redis` | the Redis stream hub, to share live replies across instances | no |
 //! | `conformance` | exports the store conformance suite for third-party backends | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -4,6 +4,8 @@
 //! PostgreSQL tests need `CHATSTREAM_TEST_POSTGRES_URL` (e.g.
 //! `postgres://postgres@127.0.0.1:5432/test`); each test works in a schema of its own, dropped
 //! at the end, even when the test fails. Without the variable they say loudly that they skipped.
+//! MongoDB tests do the same with `CHATSTREAM_TEST_MONGODB_URL` (e.g. `mongodb://127.0.0.1:27017`,
+//! a replica set) and a database of their own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,10 +15,11 @@ use std::{path::Path, sync::Arc};
 use chatstream::{
     ChatId, Error, Message, MessageStore,
     store::{
-        self, DynMessageStore, HistoryPage, MemoryStore, PostgresStore, SqliteStore, conformance,
+        self, DynMessageStore, HistoryPage, MemoryStore, MongoStore, PostgresStore, SqliteStore,
+        conformance,
     },
 };
-use common::with_postgres;
+use common::{with_database_name, with_mongodb, with_postgres};
 
 /// Everything the suite has, on one store.
 async fn suite(store: DynMessageStore) {
@@ -229,6 +232,140 @@ async fn postgres_two_instances_on_one_schema() {
         PostgresStore::open_in_schema(&pg.url, &pg.schema)
             .await
             .unwrap();
+    })
+    .await;
+}
+
+#[test]
+fn test_database_names_replace_the_url_path() {
+    for (url, expected) in [
+        ("mongodb://h:27017", "mongodb://h:27017/t"),
+        ("mongodb://h:27017/", "mongodb://h:27017/t"),
+        (
+            "mongodb://u:p@h1,h2/db?replicaSet=rs0",
+            "mongodb://u:p@h1,h2/t?replicaSet=rs0",
+        ),
+        ("mongodb://h?w=1", "mongodb://h/t?w=1"),
+    ] {
+        assert_eq!(with_database_name(url, "t"), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_conformance() {
+    with_mongodb("mongodb_conformance", |url| async move {
+        let store = MongoStore::open(&url).await.unwrap();
+        turn_is_all_or_nothing(&store).await;
+        suite(Arc::new(store)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_two_instances_on_one_database() {
+    with_mongodb("mongodb_two_instances_on_one_database", |url| async move {
+        let a = MongoStore::open(&url).await.unwrap();
+        // The second instance comes through `store::open`, as a second server process configured
+        // by CHATSTREAM_DATABASE_URL would.
+        let b = store::open(&url).await.unwrap();
+        assert_eq!(b.backend(), "mongodb");
+        conformance::two_instances(&a, &*b).await;
+        // Opening again finds the indexes in place.
+        MongoStore::open(&url).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_mongodb_is_a_clear_store_error() {
+    // Port 1 on the loopback interface: nothing listens; a short server selection keeps it quick.
+    let err = store::open("mongodb://user:secret@127.0.0.1:1/chat?serverSelectionTimeoutMS=500")
+        .await
+        .unwrap_err();
+    let Error::Store {
+        backend: "mongodb",
+        ref message,
+        ..
+    } = err
+    else {
+        panic!("expected a mongodb store error, got {err:?}");
+    };
+    assert!(message.contains("cannot reach"), "{message}");
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(
+        !format!("{err} {err:?}").contains("secret"),
+        "the password must not leak: {err:?}"
+    );
+    for url in ["mongodb://", "mongodb://h/db?w=nonsense&journal=maybe"] {
+        match store::open(url).await {
+            Err(Error::Config(message)) => assert!(!message.is_empty()),
+            other => panic!("{url:?} must be a configuration error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_documents_are_as_documented_and_gaps_are_paged_over() {
+    use mongodb::bson::{Bson, Document, doc, spec::BinarySubtype};
+    with_mongodb("mongodb_documents_are_as_documented", |url| async move {
+        let store = MongoStore::open(&url).await.unwrap();
+        let chat = store.create_chat(None, None).await.unwrap();
+        let mut sent = Vec::new();
+        for i in 0..10 {
+            let m = Message::user(chat.id.clone(), format!("m{i}"));
+            store.append(&m).await.unwrap();
+            sent.push(m);
+        }
+        let messages = store.database().collection::<Document>("messages");
+        let stored = messages
+            .find_one(doc! { "content": "m0" })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(stored.get("_id"), Some(Bson::Binary(b)) if b.subtype == BinarySubtype::Uuid)
+        );
+        assert_eq!(stored.get_str("chatId").unwrap(), chat.id.as_str());
+        assert_eq!(stored.get_i64("seq").unwrap(), 0);
+        assert_eq!(
+            stored.get_i64("createdAt").unwrap(),
+            sent[0].created_at.timestamp_micros(),
+            "times are microseconds since the epoch"
+        );
+        assert!(
+            !stored.contains_key("reasoning") && !stored.contains_key("clientMessageId"),
+            "absent fields are left out: {stored:?}"
+        );
+
+        // Sequence numbers 3 to 5 removed by hand: pages still walk every message left, in order.
+        messages
+            .delete_many(doc! { "chatId": chat.id.as_str(), "seq": { "$gte": 3, "$lte": 5 } })
+            .await
+            .unwrap();
+        let left: Vec<_> = sent
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(3..=5).contains(i))
+            .map(|(_, m)| m.id)
+            .collect();
+        let mut walked = Vec::new();
+        let mut page = HistoryPage::newest(3);
+        loop {
+            let chunk = store.history(&chat.id, page).await.unwrap();
+            assert!(chunk.len() <= 3);
+            let Some(first) = chunk.first() else { break };
+            page = HistoryPage::before(first.id, 3);
+            walked.splice(0..0, chunk.iter().map(|m| m.id));
+        }
+        assert_eq!(walked, left);
+        assert_eq!(
+            store
+                .history(&chat.id, HistoryPage::newest(5))
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
     })
     .await;
 }

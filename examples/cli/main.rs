@@ -61,8 +61,8 @@ struct Args {
     #[arg(long, env = "CHATSTREAM_MODEL")]
     model: Option<String>,
 
-    /// Where chats are kept: sqlite://PATH, postgres://… or memory [default: a SQLite file in the
-    /// user's data directory].
+    /// Where chats are kept: sqlite://PATH, postgres://…, mongodb://…/DATABASE or memory
+    /// [default: a SQLite file in the user's data directory].
     #[arg(long, env = "CHATSTREAM_DATABASE_URL", value_name = "URL")]
     database_url: Option<String>,
 

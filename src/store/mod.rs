@@ -5,9 +5,10 @@
 //! | memory | [`MemoryStore`] | always | tests, demos, stateless servers |
 //! | SQLite | `SqliteStore` | `sqlite` (default) | one process, one file, no server: the embedded default |
 //! | PostgreSQL | `PostgresStore` | `postgres` | production, and several server instances sharing chats |
+//! | MongoDB | `MongoStore` | `mongodb` | teams whose data lives in MongoDB (a replica set), several instances |
 //!
 //! [`open`] picks a backend from a URL (`memory`, `sqlite://PATH`, `sqlite::memory:`,
-//! `postgres://…`). With the `conformance` feature, `store::conformance` exports the test suite
+//! `postgres://…`, `mongodb://…/DATABASE`). With the `conformance` feature, `store::conformance` exports the test suite
 //! every backend passes, for stores of your own.
 //!
 //! ## Checkpointing a streaming reply
@@ -36,6 +37,8 @@ use crate::{Chat, ChatId, Message, MessageId, Result};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -44,6 +47,8 @@ mod sql;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "mongodb")]
+pub use mongo::MongoStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
@@ -139,7 +144,7 @@ pub struct Appended {
 /// write entirely or not at all.
 #[async_trait]
 pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
-    /// The backend's name: `memory`, `sqlite`, `postgres`.
+    /// The backend's name: `memory`, `sqlite`, `postgres`, `mongodb`.
     fn backend(&self) -> &'static str;
 
     /// Creates a chat with this id (or a generated one) and title.
@@ -393,7 +398,8 @@ pub trait MessageStoreExt: MessageStore {
 impl<S: MessageStore + ?Sized> MessageStoreExt for S {}
 
 /// Opens a store from a URL: `memory`, `sqlite://PATH` (created if missing), `sqlite::memory:`,
-/// or `postgres://…` / `postgresql://…`. Migrations run on open.
+/// `postgres://…` / `postgresql://…`, or `mongodb://…` / `mongodb+srv://…` (in the database the
+/// URL's path names, `chatstream` when it names none). Migrations (MongoDB: indexes) run on open.
 ///
 /// Fails with [`Error::Config`](crate::Error::Config) for an unknown scheme or a backend whose
 /// feature is off, and with [`Error::Store`](crate::Error::Store) when the database cannot be
@@ -427,8 +433,17 @@ pub async fn open(url: &str) -> Result<DynMessageStore> {
             "postgres:// URLs need the `postgres` feature of chatstream".into(),
         ));
     }
+    if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
+        #[cfg(feature = "mongodb")]
+        return Ok(std::sync::Arc::new(MongoStore::open(url).await?));
+        #[cfg(not(feature = "mongodb"))]
+        return Err(crate::Error::Config(
+            "mongodb:// URLs need the `mongodb` feature of chatstream".into(),
+        ));
+    }
     let scheme = url.split(':').next().unwrap_or(url);
     Err(crate::Error::Config(format!(
-        "unknown store URL scheme {scheme:?}: use memory, sqlite://PATH or postgres://…"
+        "unknown store URL scheme {scheme:?}: use memory, sqlite://PATH, postgres://… or \
+         mongodb://…"
     )))
 }

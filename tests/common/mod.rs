@@ -37,6 +37,13 @@ const POSTGRES: Service = Service {
     example: "postgres://postgres@127.0.0.1:5432/test",
 };
 
+/// The MongoDB test server.
+const MONGODB: Service = Service {
+    name: "MongoDB",
+    var: "CHATSTREAM_TEST_MONGODB_URL",
+    example: "mongodb://127.0.0.1:27017",
+};
+
 /// The Redis test server.
 const REDIS: Service = Service {
     name: "Redis",
@@ -205,6 +212,39 @@ pub async fn with_postgres<Fut: Future<Output = ()>>(
             schema: unique_name(),
         };
         then_clean_up(body(pg.clone()), pg.drop_schema()).await;
+    }
+}
+
+/// `url` with its path naming `database` instead (its options kept).
+pub fn with_database_name(url: &str, database: &str) -> String {
+    let (head, options) = match url.split_once('?') {
+        Some((head, options)) => (head, format!("?{options}")),
+        None => (url, String::new()),
+    };
+    let hosts_start = head.find("://").map_or(0, |i| i + 3);
+    let hosts_end = head[hosts_start..]
+        .find('/')
+        .map_or(head.len(), |i| hosts_start + i);
+    format!("{}/{database}{options}", &head[..hosts_end])
+}
+
+/// Runs `body` with the URL of a fresh MongoDB database, then drops the database, pass or fail;
+/// without `CHATSTREAM_TEST_MONGODB_URL`, skips loudly.
+pub async fn with_mongodb<Fut: Future<Output = ()>>(test: &str, body: impl FnOnce(String) -> Fut) {
+    if let Some([url]) = service_urls(test, [MONGODB]) {
+        let name = unique_name();
+        let url = with_database_name(&url, &name);
+        let drop = async {
+            let store = chatstream::store::MongoStore::open(&url)
+                .await
+                .map_err(|e| e.to_string())?;
+            store
+                .database()
+                .drop()
+                .await
+                .map_err(|e| format!("could not drop test database {name}: {e}"))
+        };
+        then_clean_up(body(url.clone()), drop).await;
     }
 }
 

@@ -12,6 +12,7 @@ mod common;
 mod configuration;
 mod contract;
 mod instances;
+mod mongodb;
 mod rejections;
 mod restart;
 mod support;

@@ -12,10 +12,15 @@ use crate::support::*;
 async fn a_restart_on_the_same_sqlite_file_keeps_history() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+    a_restart_keeps_history(&url).await;
+}
+
+/// A second server on the database of a first one serves the first one's history.
+pub(crate) async fn a_restart_keeps_history(url: &str) {
     let demo: DynProvider = Arc::new(DemoProvider::new().with_delay(Duration::ZERO));
     let first = serve_on(
         demo.clone(),
-        chatstream::store::open(&url).await.unwrap(),
+        chatstream::store::open(url).await.unwrap(),
         ServerOptions::default(),
     )
     .await;
@@ -24,7 +29,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_history() {
     first.task.abort();
     let second = serve_on(
         demo,
-        chatstream::store::open(&url).await.unwrap(),
+        chatstream::store::open(url).await.unwrap(),
         ServerOptions::default(),
     )
     .await;
@@ -37,7 +42,12 @@ async fn a_restart_on_the_same_sqlite_file_keeps_history() {
 async fn a_killed_server_leaves_the_reply_interrupted_with_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("chat.db").display());
-    let mut p = start_server(&url, &[]);
+    a_killed_server_leaves_its_reply_interrupted(&url).await;
+}
+
+/// The server's binary on `url`, killed mid-reply, then started again on the same database.
+pub(crate) async fn a_killed_server_leaves_its_reply_interrupted(url: &str) {
+    let mut p = start_server(url, &[]);
     let s = p.server();
     assert_eq!(
         s.send("crash", "please write a long answer", None)
@@ -61,7 +71,7 @@ async fn a_killed_server_leaves_the_reply_interrupted_with_its_checkpoint() {
     p.child.wait().unwrap();
     drop(events);
 
-    let p2 = start_server(&url, &[]);
+    let p2 = start_server(url, &[]);
     let history = p2.server().history("crash").await;
     let reply = &history[1];
     assert_eq!(reply["status"], "interrupted");
