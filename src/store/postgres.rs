@@ -3,23 +3,15 @@
 
 use std::{str::FromStr, time::Duration};
 
-use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{
     Connection,
-    migrate::Migrator,
     postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult},
 };
 
-use super::{
-    Appended, ChatPage, HistoryPage, MessageStore,
-    sql::{self, Insert, Sql, SqlBackend, Statements, message_columns},
-};
-use crate::{Chat, ChatId, Error, Message, MessageId, Result};
-
-const BACKEND: &str = "postgres";
-
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+use super::Appended;
+use super::sql::{self, Insert, Sql, SqlBackend, Statements, message_columns};
+use crate::{Error, Message, Result};
 
 /// How long opening the store waits for the server before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +74,7 @@ impl PostgresStore {
             Ok(_) => {}
             // Two processes creating the schema at once: the loser sees a duplicate.
             Err(e) if is_duplicate_object(&e) => {}
-            Err(e) => return Err(sql::store_error(BACKEND, "create schema", e)),
+            Err(e) => return Err(sql::store_error(Self::BACKEND, "create schema", e)),
         }
         Self::finish_open(conn, options).await
     }
@@ -166,12 +158,12 @@ async fn connect_once(options: &PgConnectOptions) -> Result<PgConnection> {
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(Error::Store {
-            backend: BACKEND,
+            backend: PostgresStore::BACKEND,
             message: format!("cannot connect to database {database:?} at {server}: {e}"),
             source: Some(Box::new(e)),
         }),
         Err(_) => Err(Error::Store {
-            backend: BACKEND,
+            backend: PostgresStore::BACKEND,
             message: format!(
                 "cannot connect to database {database:?} at {server}: no answer within {}s",
                 CONNECT_TIMEOUT.as_secs()
@@ -182,10 +174,10 @@ async fn connect_once(options: &PgConnectOptions) -> Result<PgConnection> {
 }
 
 async fn migrate(conn: &mut PgConnection) -> Result<()> {
-    MIGRATOR
+    sqlx::migrate!("migrations/postgres")
         .run(conn)
         .await
-        .map_err(|e| sql::migration_error(BACKEND, e))
+        .map_err(|e| sql::migration_error(PostgresStore::BACKEND, e))
 }
 
 impl SqlBackend for PostgresStore {
@@ -193,7 +185,7 @@ impl SqlBackend for PostgresStore {
     type Time = DateTime<Utc>;
     type WriteLock<'a> = ();
 
-    const BACKEND: &'static str = BACKEND;
+    const BACKEND: &'static str = "postgres";
     const SQL: Statements = Statements {
         insert_chat: "INSERT INTO chats (id, title, created_at, updated_at) \
                       VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
@@ -266,53 +258,8 @@ impl SqlBackend for PostgresStore {
         let tx = self.pool.begin().await.map_err(sql::err::<Self>(doing))?;
         Ok(((), tx))
     }
-}
 
-/// A checkpoint as one statement, one round trip: the message row and its chat's activity time.
-const UPDATE: &str = "WITH m AS ( \
-        UPDATE messages SET content = $1, reasoning = $2, tool_calls = $3, status = $4, \
-        finish_reason = $5, usage_input_tokens = $6, usage_output_tokens = $7, error = $8, \
-        updated_at = $9 WHERE id = $10 RETURNING chat_id \
-    ) \
-    UPDATE chats SET updated_at = GREATEST(chats.updated_at, $9) \
-    FROM m WHERE chats.id = m.chat_id";
-
-#[async_trait]
-impl MessageStore for PostgresStore {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
-        Sql(self).create_chat(id, title).await
-    }
-
-    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
-        Sql(self).get_chat(id).await
-    }
-
-    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
-        Sql(self).list_chats(page).await
-    }
-
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
-        Sql(self).rename_chat(id, title).await
-    }
-
-    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
-        Sql(self).delete_chat(id).await
-    }
-
-    async fn append(&self, message: &Message) -> Result<()> {
-        Sql(self).append(message).await
-    }
-
-    async fn append_idempotent(&self, message: &Message) -> Result<Appended> {
-        Sql(self).append_idempotent(message).await
-    }
-
-    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        super::same_chat(user, reply)?;
+    async fn turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
         let sql = Sql(self);
         let err = sql::err::<Self>;
         let key = user.client_message_id.as_deref();
@@ -362,7 +309,7 @@ impl MessageStore for PostgresStore {
         })
     }
 
-    async fn update(&self, message: &Message) -> Result<()> {
+    async fn checkpoint(&self, message: &Message) -> Result<()> {
         let done = Sql(self)
             .bind_checkpoint(sqlx::query(UPDATE), message)?
             .execute(&self.pool)
@@ -373,27 +320,18 @@ impl MessageStore for PostgresStore {
         }
         Ok(())
     }
-
-    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
-        Sql(self).get_message(id).await
-    }
-
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
-        Sql(self).history(chat, page).await
-    }
-
-    async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64> {
-        Sql(self).recover_streaming(updated_before).await
-    }
-
-    async fn streaming_replies(&self) -> Result<Vec<Message>> {
-        Sql(self).streaming_replies().await
-    }
-
-    async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
-        Sql(self).interrupt_reply(id).await
-    }
 }
+
+/// A checkpoint as one statement, one round trip: the message row and its chat's activity time.
+const UPDATE: &str = "WITH m AS ( \
+        UPDATE messages SET content = $1, reasoning = $2, tool_calls = $3, status = $4, \
+        finish_reason = $5, usage_input_tokens = $6, usage_output_tokens = $7, error = $8, \
+        updated_at = $9 WHERE id = $10 RETURNING chat_id \
+    ) \
+    UPDATE chats SET updated_at = GREATEST(chats.updated_at, $9) \
+    FROM m WHERE chats.id = m.chat_id";
+
+sql::impl_message_store!(PostgresStore);
 
 #[cfg(test)]
 mod tests {

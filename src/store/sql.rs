@@ -109,7 +109,125 @@ pub(crate) trait SqlBackend: Send + Sync + Sized + 'static {
         &self,
         doing: &'static str,
     ) -> impl Future<Output = Result<(Self::WriteLock<'_>, Transaction<'static, Self::Db>)>> + Send;
+
+    /// [`MessageStore::append_turn`](super::MessageStore::append_turn), once the two messages
+    /// are known to share a chat: each backend writes a turn its own way.
+    fn turn(
+        &self,
+        user: &Message,
+        reply: &Message,
+    ) -> impl Future<Output = Result<super::Appended>> + Send;
+
+    /// [`MessageStore::update`](super::MessageStore::update): each backend writes a checkpoint
+    /// its own way.
+    fn checkpoint(&self, message: &Message) -> impl Future<Output = Result<()>> + Send;
 }
+
+/// Implements [`MessageStore`](super::MessageStore) for a [`SqlBackend`]: [`Sql`]'s operations,
+/// and the backend's own [`turn`](SqlBackend::turn) and [`checkpoint`](SqlBackend::checkpoint).
+///
+/// A macro rather than a blanket impl over `SqlBackend`, which would need [`Sql`]'s bounds spelt
+/// out again and would show in the public docs as implemented for a private trait.
+macro_rules! impl_message_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::MessageStore for $store {
+            fn backend(&self) -> &'static str {
+                <Self as $crate::store::sql::SqlBackend>::BACKEND
+            }
+
+            async fn create_chat(
+                &self,
+                id: Option<$crate::ChatId>,
+                title: Option<String>,
+            ) -> $crate::Result<$crate::Chat> {
+                $crate::store::sql::Sql(self).create_chat(id, title).await
+            }
+
+            async fn get_chat(&self, id: &$crate::ChatId) -> $crate::Result<Option<$crate::Chat>> {
+                $crate::store::sql::Sql(self).get_chat(id).await
+            }
+
+            async fn list_chats(
+                &self,
+                page: $crate::store::ChatPage,
+            ) -> $crate::Result<Vec<$crate::Chat>> {
+                $crate::store::sql::Sql(self).list_chats(page).await
+            }
+
+            async fn rename_chat(
+                &self,
+                id: &$crate::ChatId,
+                title: Option<String>,
+            ) -> $crate::Result<$crate::Chat> {
+                $crate::store::sql::Sql(self).rename_chat(id, title).await
+            }
+
+            async fn delete_chat(&self, id: &$crate::ChatId) -> $crate::Result<bool> {
+                $crate::store::sql::Sql(self).delete_chat(id).await
+            }
+
+            async fn append(&self, message: &$crate::Message) -> $crate::Result<()> {
+                $crate::store::sql::Sql(self).append(message).await
+            }
+
+            async fn append_idempotent(
+                &self,
+                message: &$crate::Message,
+            ) -> $crate::Result<$crate::store::Appended> {
+                $crate::store::sql::Sql(self)
+                    .append_idempotent(message)
+                    .await
+            }
+
+            async fn append_turn(
+                &self,
+                user: &$crate::Message,
+                reply: &$crate::Message,
+            ) -> $crate::Result<$crate::store::Appended> {
+                $crate::store::same_chat(user, reply)?;
+                $crate::store::sql::SqlBackend::turn(self, user, reply).await
+            }
+
+            async fn update(&self, message: &$crate::Message) -> $crate::Result<()> {
+                $crate::store::sql::SqlBackend::checkpoint(self, message).await
+            }
+
+            async fn get_message(
+                &self,
+                id: &$crate::MessageId,
+            ) -> $crate::Result<Option<$crate::Message>> {
+                $crate::store::sql::Sql(self).get_message(id).await
+            }
+
+            async fn history(
+                &self,
+                chat: &$crate::ChatId,
+                page: $crate::store::HistoryPage,
+            ) -> $crate::Result<Vec<$crate::Message>> {
+                $crate::store::sql::Sql(self).history(chat, page).await
+            }
+
+            async fn recover_streaming(
+                &self,
+                updated_before: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> $crate::Result<u64> {
+                $crate::store::sql::Sql(self)
+                    .recover_streaming(updated_before)
+                    .await
+            }
+
+            async fn streaming_replies(&self) -> $crate::Result<Vec<$crate::Message>> {
+                $crate::store::sql::Sql(self).streaming_replies().await
+            }
+
+            async fn interrupt_reply(&self, id: &$crate::MessageId) -> $crate::Result<bool> {
+                $crate::store::sql::Sql(self).interrupt_reply(id).await
+            }
+        }
+    };
+}
+pub(crate) use impl_message_store;
 
 /// A query of a backend's database.
 pub(crate) type Query<'q, Db> = sqlx::query::Query<'q, Db, <Db as Database>::Arguments<'q>>;

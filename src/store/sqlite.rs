@@ -2,25 +2,15 @@
 
 use std::{path::Path, str::FromStr, time::Duration};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{
-    migrate::Migrator,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
-        SqliteRow, SqliteSynchronous,
-    },
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteRow, SqliteSynchronous,
 };
 
-use super::{
-    Appended, ChatPage, HistoryPage, MessageStore,
-    sql::{self, Columns, Sql, SqlBackend, Statements, message_columns},
-};
-use crate::{Chat, ChatId, Error, Message, MessageId, Result};
-
-const BACKEND: &str = "sqlite";
-
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+use super::sql::{self, Columns, Sql, SqlBackend, Statements, message_columns};
+use super::{Appended, MessageStore};
+use crate::{Error, Message, Result};
 
 /// How long a writer waits for another connection's write to finish before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +99,7 @@ impl SqliteStore {
     /// A new, private, in-memory database.
     pub async fn in_memory() -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(|e| sql::store_error(BACKEND, "configure in-memory database", e))?
+            .map_err(sql::err::<Self>("configure in-memory database"))?
             .foreign_keys(true);
         // Each connection to `:memory:` would be its own database: keep exactly one, forever.
         let pool = SqlitePoolOptions::new()
@@ -119,7 +109,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await
-            .map_err(|e| sql::store_error(BACKEND, "open in-memory database", e))?;
+            .map_err(sql::err::<Self>("open in-memory database"))?;
         Self::from_pool(pool).await
     }
 
@@ -138,7 +128,7 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await
-            .map_err(|e| sql::store_error(BACKEND, &format!("open {file}"), e))?;
+            .map_err(sql::err::<Self>(&format!("open {file}")))?;
         Self::from_pool(pool).await
     }
 
@@ -148,10 +138,10 @@ impl SqliteStore {
     /// leaves its messages behind; WAL mode and a busy timeout are recommended as in
     /// [`open`](Self::open).
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
-        MIGRATOR
+        sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await
-            .map_err(|e| sql::migration_error(BACKEND, e))?;
+            .map_err(|e| sql::migration_error(Self::BACKEND, e))?;
         let keep = pool.options().get_max_connections() > 1;
         Ok(SqliteStore {
             pool,
@@ -194,7 +184,7 @@ impl SqlBackend for SqliteStore {
     type Time = i64;
     type WriteLock<'a> = tokio::sync::MutexGuard<'a, WriteSlot>;
 
-    const BACKEND: &'static str = BACKEND;
+    const BACKEND: &'static str = "sqlite";
     const SQL: Statements = Statements {
         insert_chat: "INSERT INTO chats (id, title, created_at, updated_at) VALUES (?, ?, ?, ?) \
                       ON CONFLICT (id) DO NOTHING",
@@ -270,6 +260,70 @@ impl SqlBackend for SqliteStore {
             .await
             .map_err(sql::err::<Self>(doing))?;
         Ok((writing, tx))
+    }
+
+    async fn turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        let sql = Sql(self);
+        let (u, r) = (Columns::of::<Self>(user)?, Columns::of::<Self>(reply)?);
+        let chat = user.chat_id.as_str();
+        let key = user.client_message_id.as_deref();
+        let user_id = user.id.as_uuid();
+        let now = nanos(Utc::now())?;
+        let query = sqlx::query(TURN_SCRIPT).bind(chat).bind(now).bind(now);
+        let query = sql.bind_columns(query, &u).bind(chat).bind(chat).bind(key);
+        let query = sql.bind_columns(query, &r).bind(chat).bind(user_id);
+        let query = query
+            .bind(u.updated_at.max(r.updated_at))
+            .bind(chat)
+            .bind(user_id)
+            .bind(user_id)
+            .bind(chat)
+            .bind(key);
+        let rows = match self.script(query).await {
+            Ok(rows) => rows,
+            Err(e) if sql::is_unique_violation(&e) => {
+                // The key check in the script makes this unreachable for a repeated key; a taken
+                // message id ends up here (and nothing of the turn is kept).
+                let taken = if self.get_message(&user.id).await?.is_some() {
+                    user.id
+                } else {
+                    reply.id
+                };
+                return Err(Error::AlreadyExists {
+                    what: "message",
+                    id: taken.to_string(),
+                });
+            }
+            Err(e) => return Err(sql::store_error(Self::BACKEND, "append turn", e)),
+        };
+        let stored = rows
+            .first()
+            .map(Sql::<Self>::decode_message)
+            .transpose()?
+            .ok_or_else(|| Error::Store {
+                backend: Self::BACKEND,
+                message: "append turn: the user message is missing after the write".into(),
+                source: None,
+            })?;
+        Ok(Appended {
+            created: stored.id == user.id,
+            message: stored,
+        })
+    }
+
+    async fn checkpoint(&self, message: &Message) -> Result<()> {
+        let query = Sql(self)
+            .bind_checkpoint(sqlx::query(UPDATE_SCRIPT), message)?
+            .bind(nanos(message.updated_at)?)
+            .bind(message.id.as_uuid());
+        let rows = self
+            .script(query)
+            .await
+            .map_err(sql::err::<Self>("update message"))?;
+        if rows.is_empty() {
+            return Err(sql::not_found("message", message.id));
+        }
+        Ok(())
     }
 }
 
@@ -362,125 +416,7 @@ impl SqliteStore {
         result
     }
 }
-#[async_trait]
-impl MessageStore for SqliteStore {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
-        Sql(self).create_chat(id, title).await
-    }
-
-    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
-        Sql(self).get_chat(id).await
-    }
-
-    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
-        Sql(self).list_chats(page).await
-    }
-
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
-        Sql(self).rename_chat(id, title).await
-    }
-
-    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
-        Sql(self).delete_chat(id).await
-    }
-
-    async fn append(&self, message: &Message) -> Result<()> {
-        Sql(self).append(message).await
-    }
-
-    async fn append_idempotent(&self, message: &Message) -> Result<Appended> {
-        Sql(self).append_idempotent(message).await
-    }
-
-    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        super::same_chat(user, reply)?;
-        let sql = Sql(self);
-        let (u, r) = (Columns::of::<Self>(user)?, Columns::of::<Self>(reply)?);
-        let chat = user.chat_id.as_str();
-        let key = user.client_message_id.as_deref();
-        let user_id = user.id.as_uuid();
-        let now = nanos(Utc::now())?;
-        let query = sqlx::query(TURN_SCRIPT).bind(chat).bind(now).bind(now);
-        let query = sql.bind_columns(query, &u).bind(chat).bind(chat).bind(key);
-        let query = sql.bind_columns(query, &r).bind(chat).bind(user_id);
-        let query = query
-            .bind(u.updated_at.max(r.updated_at))
-            .bind(chat)
-            .bind(user_id)
-            .bind(user_id)
-            .bind(chat)
-            .bind(key);
-        let rows = match self.script(query).await {
-            Ok(rows) => rows,
-            Err(e) if sql::is_unique_violation(&e) => {
-                // The key check in the script makes this unreachable for a repeated key; a taken
-                // message id ends up here (and nothing of the turn is kept).
-                let taken = if self.get_message(&user.id).await?.is_some() {
-                    user.id
-                } else {
-                    reply.id
-                };
-                return Err(Error::AlreadyExists {
-                    what: "message",
-                    id: taken.to_string(),
-                });
-            }
-            Err(e) => return Err(sql::store_error(BACKEND, "append turn", e)),
-        };
-        let stored = rows
-            .first()
-            .map(Sql::<Self>::decode_message)
-            .transpose()?
-            .ok_or_else(|| Error::Store {
-                backend: BACKEND,
-                message: "append turn: the user message is missing after the write".into(),
-                source: None,
-            })?;
-        Ok(Appended {
-            created: stored.id == user.id,
-            message: stored,
-        })
-    }
-
-    async fn update(&self, message: &Message) -> Result<()> {
-        let query = Sql(self)
-            .bind_checkpoint(sqlx::query(UPDATE_SCRIPT), message)?
-            .bind(nanos(message.updated_at)?)
-            .bind(message.id.as_uuid());
-        let rows = self
-            .script(query)
-            .await
-            .map_err(sql::err::<Self>("update message"))?;
-        if rows.is_empty() {
-            return Err(sql::not_found("message", message.id));
-        }
-        Ok(())
-    }
-
-    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
-        Sql(self).get_message(id).await
-    }
-
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
-        Sql(self).history(chat, page).await
-    }
-
-    async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64> {
-        Sql(self).recover_streaming(updated_before).await
-    }
-
-    async fn streaming_replies(&self) -> Result<Vec<Message>> {
-        Sql(self).streaming_replies().await
-    }
-
-    async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
-        Sql(self).interrupt_reply(id).await
-    }
-}
+sql::impl_message_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
