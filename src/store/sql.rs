@@ -1,6 +1,6 @@
 //! What the SQL backends share: the logic of every store operation whose steps are the same in
-//! SQLite and PostgreSQL, the decoding of rows, the encoding of a message's structured fields and
-//! the error mapping.
+//! SQLite and PostgreSQL, the error mapping, and (in [`row`]) how messages and chats are laid out
+//! in columns.
 //!
 //! A backend implements [`SqlBackend`]: its sqlx database, its SQL text ([`Statements`]), how it
 //! stores a timestamp, and how its writers take turns. [`Sql`] runs the operations over those.
@@ -13,20 +13,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 
 use super::HistoryPage;
-use crate::{
-    Chat, ChatId, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role, ToolCall,
-    Usage,
-};
+use crate::{Chat, ChatId, Error, Message, MessageId, Result};
 
-/// The columns of a message row, in the order every statement that writes one binds them.
-macro_rules! message_columns {
-    () => {
-        "id, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
-         usage_input_tokens, usage_output_tokens, error, client_message_id, reply_to, created_at, \
-         updated_at"
-    };
-}
-pub(crate) use message_columns;
+mod row;
+
+pub(crate) use row::{Columns, as_stored, message_columns};
+use row::{RawChat, RawMessage, tool_calls_to_json, usage_columns};
 
 /// The assistant messages still `streaming`, oldest first. No parameters, so no dialect.
 pub(crate) const STREAMING_REPLIES: &str = concat!(
@@ -241,31 +233,6 @@ pub(crate) enum Insert {
     Existing(Box<Message>),
     /// A unique constraint refused the row; the transaction must be dropped.
     Duplicate,
-}
-
-/// A message's columns as a statement binds them, in `message_columns!()` order.
-pub(crate) struct Columns<'a, T> {
-    message: &'a Message,
-    tool_calls: Option<String>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    pub(crate) created_at: T,
-    pub(crate) updated_at: T,
-}
-
-impl<'a, T> Columns<'a, T> {
-    /// The columns of `message` as `B` stores them.
-    pub(crate) fn of<B: SqlBackend<Time = T>>(message: &'a Message) -> Result<Self> {
-        let (input_tokens, output_tokens) = usage_columns(message.usage);
-        Ok(Columns {
-            message,
-            tool_calls: tool_calls_to_json(B::BACKEND, &message.tool_calls)?,
-            input_tokens,
-            output_tokens,
-            created_at: B::encode_time(message.created_at)?,
-            updated_at: B::encode_time(message.updated_at)?,
-        })
-    }
 }
 
 /// The operations the SQL backends run alike, over one backend: `Sql(store).get_message(id)`.
@@ -613,26 +580,10 @@ where
     }
 
     fn decode_chat(row: &Row<B>) -> Result<Chat> {
-        let raw = RawChat::<B::Time>::from_row(row).map_err(err::<B>("read chat"))?;
-        Ok(Chat {
-            id: raw
-                .id
-                .parse()
-                .map_err(|e| corrupt(B::BACKEND, "chat id", e))?,
-            title: raw.title,
-            created_at: B::decode_time(raw.created_at),
-            updated_at: B::decode_time(raw.updated_at),
-        })
+        RawChat::<B::Time>::from_row(row)
+            .map_err(err::<B>("read chat"))?
+            .into_chat::<B>()
     }
-}
-
-/// `message` as `B` hands it back after writing it: with its timestamps as they read back, so a
-/// repeat compares equal.
-pub(crate) fn as_stored<B: SqlBackend>(message: &Message) -> Message {
-    let mut stored = message.clone();
-    stored.created_at = B::kept(stored.created_at);
-    stored.updated_at = B::kept(stored.updated_at);
-    stored
 }
 
 /// Wraps a sqlx error into the crate's error, saying what was being done.
@@ -690,100 +641,6 @@ pub(crate) fn corrupt(backend: &'static str, what: &str, detail: impl std::fmt::
         backend,
         message: format!("stored {what} is unreadable: {detail}"),
         source: None,
-    }
-}
-
-/// Tool calls as stored: `None` for none, else a JSON array.
-pub(crate) fn tool_calls_to_json(
-    backend: &'static str,
-    calls: &[ToolCall],
-) -> Result<Option<String>> {
-    if calls.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(calls)
-        .map(Some)
-        .map_err(|e| Error::Store {
-            backend,
-            message: format!("cannot encode tool calls: {e}"),
-            source: Some(Box::new(e)),
-        })
-}
-
-/// Token counts as stored: signed 64-bit integers.
-///
-/// Counts beyond `i64::MAX` cannot occur in practice; they saturate rather than fail a write.
-pub(crate) fn usage_columns(usage: Option<Usage>) -> (Option<i64>, Option<i64>) {
-    let col = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    match usage {
-        Some(u) => (Some(col(u.input_tokens)), Some(col(u.output_tokens))),
-        None => (None, None),
-    }
-}
-
-/// The columns of a chat row, decoded into Rust types but not yet validated.
-#[derive(FromRow)]
-pub(crate) struct RawChat<T> {
-    id: String,
-    title: Option<String>,
-    created_at: T,
-    updated_at: T,
-}
-
-/// The columns of a message row, decoded into Rust types but not yet validated.
-#[derive(FromRow)]
-pub(crate) struct RawMessage<T> {
-    id: uuid::Uuid,
-    chat_id: String,
-    role: String,
-    content: String,
-    reasoning: Option<String>,
-    tool_calls: Option<String>,
-    tool_call_id: Option<String>,
-    status: String,
-    finish_reason: Option<String>,
-    usage_input_tokens: Option<i64>,
-    usage_output_tokens: Option<i64>,
-    error: Option<String>,
-    client_message_id: Option<String>,
-    reply_to: Option<uuid::Uuid>,
-    created_at: T,
-    updated_at: T,
-}
-
-impl<T> RawMessage<T> {
-    fn into_message<B: SqlBackend<Time = T>>(self) -> Result<Message> {
-        let bad = |detail: Error| corrupt(B::BACKEND, "message", detail);
-        let tool_calls = match self.tool_calls.as_deref() {
-            None | Some("") => Vec::new(),
-            Some(json) => serde_json::from_str(json)
-                .map_err(|e| corrupt(B::BACKEND, "message tool calls", e))?,
-        };
-        let count = |n: Option<i64>| n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        let usage =
-            (self.usage_input_tokens.is_some() || self.usage_output_tokens.is_some()).then(|| {
-                Usage {
-                    input_tokens: count(self.usage_input_tokens),
-                    output_tokens: count(self.usage_output_tokens),
-                }
-            });
-        Ok(Message {
-            id: MessageId::from_uuid(self.id),
-            chat_id: self.chat_id.parse().map_err(bad)?,
-            role: self.role.parse::<Role>().map_err(bad)?,
-            content: self.content,
-            reasoning: self.reasoning,
-            tool_calls,
-            tool_call_id: self.tool_call_id,
-            status: self.status.parse::<MessageStatus>().map_err(bad)?,
-            finish_reason: self.finish_reason.as_deref().map(FinishReason::parse),
-            usage,
-            error: self.error,
-            client_message_id: self.client_message_id,
-            reply_to: self.reply_to.map(MessageId::from_uuid),
-            created_at: B::decode_time(self.created_at),
-            updated_at: B::decode_time(self.updated_at),
-        })
     }
 }
 
