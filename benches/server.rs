@@ -61,11 +61,7 @@ use axum::{
     },
     routing::post,
 };
-use chatstream::{
-    ChatService, DynProvider,
-    provider::OpenAiProvider,
-    resilience::{RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts},
-};
+use chatstream::{ChatService, provider::OpenAiProvider, server::ServerOptions};
 use eventsource_stream::Eventsource;
 use futures::{StreamExt, future::ready, stream};
 use serde::{Deserialize, Serialize};
@@ -283,27 +279,17 @@ async fn chatstream_router(upstream: &str, db: &str) -> Router {
         .model("gpt-4o-mini")
         .build()
         .expect("provider");
-    let provider: DynProvider = Arc::new(
-        openai
-            .with_timeouts(Timeouts::default())
-            .with_retry(RetryPolicy::default())
-            .with_recovery(RecoveryPolicy::default()),
-    );
+    let provider = chatstream::provider::resilient(openai);
     let store = chatstream::store::open(&format!("sqlite://{db}"))
         .await
         .expect("store");
     store.recover_streaming(None).await.expect("recover");
     let service = ChatService::builder()
-        .provider(provider.clone())
+        .provider(provider)
         .store(store)
         .build()
         .expect("service");
-    app::app(app::AppState {
-        service,
-        model: "gpt-4o-mini".into(),
-        provider,
-        config: Arc::new(config::Config::default()),
-    })
+    chatstream::server::router(service, ServerOptions::default())
 }
 
 /// A server process; dropping it closes its standard input, which ends it.

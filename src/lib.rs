@@ -57,13 +57,18 @@ mod id;
 mod message;
 pub mod provider;
 pub mod resilience;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 pub mod session;
 pub mod store;
 
 pub use accumulate::Accumulator;
 pub use delta::{Delta, RetryNotice, ToolCallDelta};
 pub use error::{BoxError, Error, Result, TimeoutPhase, status_is_retryable};
-pub use hub::{DynStreamHub, EventPayload, HubEvent, HubEventStream, LocalHub, StreamHub};
+pub use hub::{
+    DynStreamHub, EventPayload, HubEvent, HubEventStream, LiveReplyInfo, LocalHub, StreamHub,
+};
 pub use id::{ChatId, MessageId};
 pub use message::{Chat, FinishReason, Message, MessageStatus, Role, ToolCall, Usage};
 pub use provider::{
@@ -71,7 +76,8 @@ pub use provider::{
     ScriptedProvider, ToolSpec,
 };
 pub use session::{
-    ChatService, ChatServiceBuilder, ChatSession, ContextBudget, ReplyHandle, Session, UserInput,
+    ChatService, ChatServiceBuilder, ChatSession, ContextBudget, ReplyHandle, SendOptions, Session,
+    UserInput,
 };
 
 pub use store::{DynMessageStore, MessageStore, MessageStoreExt};

@@ -7,25 +7,40 @@
 // The example is a binary: its modules are compiled into this target.
 include!("../examples/server/embed.rs");
 
+mod common;
+
 use std::{
-    io::Write,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use chatstream::{ChatService, DynProvider, LlmProvider, provider::DemoProvider};
+use chatstream::server::ServerOptions;
+use chatstream::{
+    ChatId, ChatRequest, ChatService, Delta, DeltaStream, DynProvider, Error, FinishReason,
+    LlmProvider, Message, Role, Script, ScriptedProvider, ToolCallDelta, provider::DemoProvider,
+};
 use fantoccini::{Client, ClientBuilder, Locator, key::Key};
 use serde_json::{Value, json};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// chromedriver, in a process group of its own with the browser it starts.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // A test that fails never closes its session: the whole group goes, so that no browser
+        // outlives the test (std can signal a child, not a group).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -42,6 +57,7 @@ fn free_port() -> u16 {
 async fn start_driver() -> (Driver, String) {
     let port = free_port();
     let child = Command::new(CHROMEDRIVER)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,33 +98,246 @@ async fn browser(driver_url: &str, profile: &Path) -> Client {
         .expect("a WebDriver session")
 }
 
-async fn serve() -> String {
-    let provider: DynProvider = Arc::new(DemoProvider::new().with_delay(Duration::from_millis(40)));
-    let service = ChatService::builder()
-        .provider(provider.clone())
-        .build()
-        .unwrap();
+/// A reply in Markdown with everything a model writes: a heading, a list, a table, links, inline
+/// code, a fenced Rust block, an image of each kind, and markup that must stay text.
+const MARKDOWN: &str = r#"## Streaming in Rust
+
+Replies arrive as **deltas**:
+
+- text comes as `Delta::Text`
+- a stop closes the upstream
+
+| Store | Feature |
+| --- | --- |
+| memory | always |
+| SQLite | `sqlite` |
+
+Read [the docs](https://docs.rs/chatstream), not [this](javascript:window.__pwned=3) nor <javascript:window.__pwned=4>.
+
+```rust
+fn main() {
+    let answer = 42;
+    println!("{answer}");
+}
+```
+
+Markup stays text: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script>.
+
+A remote picture ![tracker](http://127.0.0.1:9/pixel.png) and an inline one ![dot](data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=).
+"#;
+
+/// The reply in the README's picture.
+const TOUR: &str = r#"## What chatstream keeps for you
+
+Every reply is **saved as it streams**, so nothing is lost:
+
+- *Stop* closes the upstream request for real
+- a dropped connection resumes with `Last-Event-ID`
+- a failed reply keeps the words already written
+
+| Store | Feature | Survives a restart |
+| --- | --- | --- |
+| memory | always on | no |
+| SQLite | `sqlite` | yes |
+| PostgreSQL | `postgres` | yes |
+
+```rust
+let mut acc = Accumulator::new();
+let mut deltas = provider.stream(ChatRequest::user("Hello"));
+while let Some(delta) = deltas.next().await {
+    acc.push(&delta?);
+}
+```
+"#;
+
+/// Splits `text` into pieces of about `n` bytes, on character boundaries.
+fn pieces(text: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for ch in text.chars() {
+        cur.push(ch);
+        if cur.len() >= n {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn markdown_script() -> Script {
+    let mut s = Script::new()
+        .per_delta_delay(Duration::from_millis(4))
+        .reasoning("Answering in Markdown, with a tool call first.")
+        .delta(Delta::ToolCall(ToolCallDelta {
+            index: 0,
+            id: Some("call_1".into()),
+            name: Some("get_weather".into()),
+            arguments: "{\"city\":".into(),
+        }))
+        .delta(Delta::ToolCall(ToolCallDelta {
+            index: 0,
+            arguments: "\"Paris\",\"unit\":\"C\"}".into(),
+            ..ToolCallDelta::default()
+        }));
+    for piece in pieces(MARKDOWN, 7) {
+        s = s.text(piece);
+    }
+    s.finish(FinishReason::Stop).usage(20, 200)
+}
+
+/// The long reply: sections of paragraphs and lists, about `ESSAY_TOKENS` tokens.
+const ESSAY_TOKENS: usize = 5000;
+
+fn essay() -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut section = 0;
+    while tokens.len() < ESSAY_TOKENS {
+        section += 1;
+        tokens.push(format!("## Section {section}\n\n"));
+        for para in 0..3 {
+            for w in 0..40 {
+                tokens.push(format!("word{section}x{para}x{w} "));
+            }
+            tokens.push("end.\n\n".into());
+        }
+        for item in 0..4 {
+            tokens.push(format!("- item {section}.{item}\n"));
+        }
+        tokens.push("\n".into());
+    }
+    tokens
+}
+
+/// The page's provider: Markdown, the README's tour, a long reply and a reply that fails once,
+/// by the prompt's first word; the offline demo (40 ms a word) for anything else.
+#[derive(Debug)]
+struct PageProvider {
+    demo: DemoProvider,
+    failed_once: AtomicBool,
+}
+
+impl LlmProvider for PageProvider {
+    fn name(&self) -> &str {
+        "page"
+    }
+
+    fn default_model(&self) -> &str {
+        "page"
+    }
+
+    fn stream(&self, request: ChatRequest) -> DeltaStream {
+        let prompt = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let script = if prompt.starts_with("markdown") {
+            markdown_script()
+        } else if prompt.starts_with("tour") {
+            let mut s = Script::new().per_delta_delay(Duration::from_millis(4));
+            for piece in pieces(TOUR, 7) {
+                s = s.text(piece);
+            }
+            s.finish(FinishReason::Stop)
+        } else if prompt.starts_with("essay") {
+            let mut s = Script::new().per_delta_delay(Duration::from_millis(1));
+            for t in essay() {
+                s = s.text(t);
+            }
+            s.finish(FinishReason::Stop)
+        } else if prompt.starts_with("flaky") && !self.failed_once.swap(true, Ordering::SeqCst) {
+            Script::new().text("Half an ans").fail(|| Error::Truncated {
+                provider: "page".into(),
+            })
+        } else {
+            return self.demo.stream(request);
+        };
+        ScriptedProvider::new().then(script).stream(request)
+    }
+}
+
+async fn serve() -> (String, ChatService) {
+    let provider: DynProvider = Arc::new(PageProvider {
+        demo: DemoProvider::new().with_delay(Duration::from_millis(40)),
+        failed_once: AtomicBool::new(false),
+    });
+    let service = ChatService::builder().provider(provider).build().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = app::AppState {
-        service,
-        model: provider.default_model().to_string(),
-        provider,
-        config: Arc::new(config::Config::default()),
-    };
+    let app =
+        chatstream::server::router(service.clone(), ServerOptions::default()).merge(page::routes());
     tokio::spawn(async move {
-        axum::serve(listener, app::app(state).into_make_service())
+        axum::serve(listener, app.into_make_service())
             .await
             .unwrap()
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), service)
+}
+
+/// Whether the browser is there; if not, says loudly that `test` was skipped.
+fn have_browser(test: &str) -> bool {
+    if Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists() {
+        return true;
+    }
+    common::skip(
+        &format!("the browser test {test}"),
+        &format!(
+            "{CHROMEDRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver)"
+        ),
+    );
+    false
+}
+
+/// A server, a browser on its page, and the browser's driver, for one test.
+struct Page {
+    base: String,
+    service: ChatService,
+    c: Client,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+impl Page {
+    async fn open() -> Page {
+        let (base, service) = serve().await;
+        let (driver, driver_url) = start_driver().await;
+        let profile = tempfile::tempdir().unwrap();
+        let c = browser(&driver_url, profile.path()).await;
+        c.goto(&base).await.unwrap();
+        // A first visit opens two windows, each on a new chat.
+        wait_until(
+            &c,
+            "two chat windows",
+            "document.querySelectorAll('.window').length === 2",
+        )
+        .await;
+        Page {
+            base,
+            service,
+            c,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    async fn close(self) {
+        self.c.close().await.unwrap();
+    }
 }
 
 /// Runs `script` (a JS expression) in the page until it returns true.
 async fn wait_until(c: &Client, what: &str, script: &str) {
     for _ in 0..300 {
+        // A script that throws (an element not there yet) counts as not yet.
         let v = c
-            .execute(&format!("return Boolean({script});"), vec![])
+            .execute(
+                &format!("try {{ return Boolean({script}); }} catch (e) {{ return false; }}"),
+                vec![],
+            )
             .await
             .unwrap();
         if v == Value::Bool(true) {
@@ -137,7 +366,7 @@ async fn type_and_send(c: &Client, window: usize, text: &str) {
 }
 
 fn screenshot_path() -> PathBuf {
-    // The README's picture is refreshed on request; otherwise the shot goes under target/.
+    // The README's picture is refreshed on request; otherwise the shot goes to the temp dir.
     if std::env::var_os("CHATSTREAM_UPDATE_SCREENSHOT").is_some() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot.png")
     } else {
@@ -145,24 +374,48 @@ fn screenshot_path() -> PathBuf {
     }
 }
 
+/// Like [`wait_until`], for up to `secs` seconds.
+async fn wait_long(c: &Client, what: &str, script: &str, secs: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        let check = format!(
+            "(() => {{ try {{ return Boolean({script}); }} catch (e) {{ return false; }} }})()"
+        );
+        if js(c, &check).await == Value::Bool(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {secs} s waiting for {what} ({script})");
+}
+
+/// Runs an asynchronous script whose result is what it passes to `done`.
+async fn js_async(c: &Client, body: &str) -> Value {
+    c.execute_async(
+        &format!("const done = arguments[arguments.length - 1]; {body}"),
+        vec![],
+    )
+    .await
+    .unwrap()
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn two_windows_stream_stop_reload_and_render_markup_as_text() {
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        let mut err = std::io::stderr();
-        let _ = writeln!(
-            err,
-            "\n*** SKIPPED the browser test: {CHROMEDRIVER} or {CHROMIUM} is missing \
-             (apt-get install chromium chromium-driver) ***\n"
-        );
+    if !have_browser("two_windows_stream_stop_reload_and_render_markup_as_text") {
         return;
     }
-    let base = serve().await;
-    let (_driver, driver_url) = start_driver().await;
-    let profile = tempfile::tempdir().unwrap();
-    let c = browser(&driver_url, profile.path()).await;
-    let result = run(&c, &base).await;
-    c.close().await.unwrap();
-    result
+    let page = Page::open().await;
+    run(&page.c, &page.base).await;
+    page.close().await;
 }
 
 async fn run(c: &Client, base: &str) {
@@ -251,13 +504,6 @@ async fn run(c: &Client, base: &str) {
         json!(true)
     );
 
-    let shot = c.screenshot().await.unwrap();
-    let path = screenshot_path();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    std::fs::write(&path, shot).unwrap();
-
     // After a reload both windows come back with their histories.
     c.refresh().await.unwrap();
     wait_until(
@@ -290,4 +536,574 @@ async fn run(c: &Client, base: &str) {
     )
     .await;
     assert_eq!(squash(first_again.as_str().unwrap()), squash(&expected));
+}
+
+/// What the first window's reply to [`MARKDOWN`] rendered as.
+const RENDERED: &str = r#"(() => {
+  const msg = document.querySelector('.window:nth-child(1) .msg.assistant');
+  const t = msg.querySelector('.text');
+  const link = t.querySelector('a[rel~=noopener]');
+  return {
+    h2: t.querySelector('h2') && t.querySelector('h2').textContent,
+    items: [...t.querySelectorAll('li')].map((li) => li.textContent),
+    inlineCode: [...t.querySelectorAll('li code')].map((c) => c.textContent),
+    cells: [...t.querySelectorAll('table th, table td')].map((c) => c.textContent),
+    link: link && { href: link.getAttribute('href'), rel: link.rel, target: link.target },
+    hrefs: [...document.querySelectorAll('.messages a')].map((a) => a.getAttribute('href')),
+    rust: [...t.querySelectorAll('pre code.hljs.language-rust')].map((c) => c.textContent),
+    keywords: [...t.querySelectorAll('pre code .hljs-keyword')].map((k) => k.textContent),
+    copyButtons: t.querySelectorAll('.code-block button.copy-code').length,
+    images: [...document.querySelectorAll('.messages img')].map((i) => i.getAttribute('src').slice(0, 22)),
+    scripts: document.querySelectorAll('.messages script').length,
+    pwned: window.__pwned === undefined ? null : window.__pwned,
+    text: t.textContent,
+    fetched: performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.includes('pixel')),
+    tool: msg.querySelector('.tool-call summary').textContent,
+    args: msg.querySelector('.tool-call pre code').textContent,
+    reasoning: msg.querySelector('details.reasoning').textContent,
+  };
+})()"#;
+
+async fn check_markdown(c: &Client, when: &str) {
+    let r = js(c, RENDERED).await;
+    assert_eq!(r["h2"], "Streaming in Rust", "{when}: {r:#}");
+    assert_eq!(
+        r["items"],
+        json!(["text comes as Delta::Text", "a stop closes the upstream"]),
+        "{when}"
+    );
+    assert_eq!(r["inlineCode"], json!(["Delta::Text"]), "{when}");
+    assert_eq!(
+        r["cells"],
+        json!(["Store", "Feature", "memory", "always", "SQLite", "sqlite"]),
+        "{when}"
+    );
+    assert_eq!(
+        r["link"],
+        json!({"href": "https://docs.rs/chatstream", "rel": "noopener noreferrer nofollow", "target": "_blank"}),
+        "{when}"
+    );
+    // Only the docs link and the remote picture (as a link, not fetched) are links; neither
+    // javascript: URL became one.
+    assert_eq!(
+        r["hrefs"],
+        json!(["https://docs.rs/chatstream", "http://127.0.0.1:9/pixel.png"]),
+        "{when}"
+    );
+    let text = r["text"].as_str().unwrap();
+    for literal in [
+        "[this](javascript:window.__pwned=3)",
+        "<javascript:window.__pwned=4>",
+        r#"<img src=x onerror="window.__pwned=1">"#,
+        "<script>window.__pwned=2</script>",
+    ] {
+        assert!(
+            text.contains(literal),
+            "{when}: {literal} is not shown as text"
+        );
+    }
+    assert_eq!(r["scripts"], json!(0), "{when}");
+    assert_eq!(r["pwned"], Value::Null, "{when}: markup in a reply ran");
+    assert_eq!(r["images"], json!(["data:image/png;base64,"]), "{when}");
+    assert_eq!(
+        r["fetched"],
+        json!([]),
+        "{when}: a remote image was fetched"
+    );
+    assert_eq!(
+        r["rust"],
+        json!(["fn main() {\n    let answer = 42;\n    println!(\"{answer}\");\n}\n"]),
+        "{when}"
+    );
+    assert_eq!(r["keywords"], json!(["fn", "let"]), "{when}");
+    assert_eq!(r["copyButtons"], json!(1), "{when}");
+    assert!(
+        r["tool"].as_str().unwrap().contains("get_weather"),
+        "{when}"
+    );
+    assert_eq!(
+        r["args"], "{\n  \"city\": \"Paris\",\n  \"unit\": \"C\"\n}",
+        "{when}"
+    );
+    assert!(
+        r["reasoning"]
+            .as_str()
+            .unwrap()
+            .contains("Answering in Markdown"),
+        "{when}"
+    );
+}
+
+/// axe-core's check of the whole page: no serious or critical violation.
+async fn check_accessibility(c: &Client) {
+    let axe =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web/node_modules/axe-core/axe.min.js");
+    let Ok(source) = std::fs::read_to_string(&axe) else {
+        common::skip(
+            "the accessibility check",
+            &format!("{} is missing (run `npm ci` in web/)", axe.display()),
+        );
+        return;
+    };
+    c.execute(&source, vec![]).await.unwrap();
+    let violations = js_async(
+        c,
+        "axe.run(document, { resultTypes: ['violations'] }).then((r) => done(r.violations\
+           .filter((v) => v.impact === 'serious' || v.impact === 'critical')\
+           .map((v) => ({ id: v.id, impact: v.impact, help: v.help,\
+                          nodes: v.nodes.slice(0, 5).map((n) => n.target.join(' ')) }))))\
+         .catch((e) => done(String(e)));",
+    )
+    .await;
+    assert_eq!(violations, json!([]), "axe-core: {violations:#}");
+}
+
+#[tokio::test]
+async fn markdown_renders_as_elements_and_stays_safe_live_and_after_reload() {
+    if !have_browser("markdown_renders_as_elements_and_stays_safe_live_and_after_reload") {
+        return;
+    }
+    let page = Page::open().await;
+    let c = &page.c;
+    type_and_send(c, 1, "markdown, please").await;
+    type_and_send(c, 2, "Show me some code").await;
+    wait_until(
+        c,
+        "both replies finished",
+        "document.querySelectorAll('.msg.assistant').length === 2 \
+         && !document.querySelector('.msg.streaming')",
+    )
+    .await;
+    check_markdown(c, "live").await;
+    // Screen readers heard the reply, its code included, block by block as each was finished.
+    let heard = js(
+        c,
+        "document.querySelector('.window:nth-child(1) [aria-live=polite]').textContent",
+    )
+    .await;
+    let heard = heard.as_str().unwrap();
+    for part in [
+        "Streaming in Rust",
+        "a stop closes the upstream",
+        "Code: fn main()",
+    ] {
+        assert!(heard.contains(part), "{part:?} was not announced: {heard}");
+    }
+    // The demo's reply has a highlighted Rust block too.
+    assert_eq!(
+        js(
+            c,
+            "document.querySelectorAll('.window:nth-child(2) pre code.hljs.language-rust .hljs-keyword').length > 0"
+        )
+        .await,
+        json!(true)
+    );
+
+    // A code block's button copies its code.
+    click(c, ".window:nth-child(1) button.copy-code").await;
+    wait_until(
+        c,
+        "the code copied",
+        "document.querySelector('.window:nth-child(1) button.copy-code').textContent.startsWith('Copied')",
+    )
+    .await;
+
+    check_accessibility(c).await;
+
+    c.refresh().await.unwrap();
+    wait_until(
+        c,
+        "both histories after reload",
+        "document.querySelectorAll('.msg.assistant').length === 2",
+    )
+    .await;
+    check_markdown(c, "after reload").await;
+
+    // The README's picture: a tour of the Markdown beside the demo's code, its heading on top.
+    c.set_window_size(1280, 960).await.unwrap();
+    type_and_send(c, 1, "tour, please").await;
+    wait_until(
+        c,
+        "the tour",
+        "document.querySelectorAll('.window:nth-child(1) .msg.assistant').length === 2 \
+         && !document.querySelector('.msg.streaming')",
+    )
+    .await;
+    js(
+        c,
+        "(() => { const l = document.querySelector('.window:nth-child(1) .messages');\
+           const h = [...l.querySelectorAll('h2')].pop(); l.scrollTop = h.offsetTop - 64;\
+           document.activeElement.blur(); return true; })()",
+    )
+    .await;
+    let shot = c.screenshot().await.unwrap();
+    let path = screenshot_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&path, shot).unwrap();
+    page.close().await;
+}
+
+#[tokio::test]
+async fn scrolling_up_loads_older_pages_once_each_in_order() {
+    if !have_browser("scrolling_up_loads_older_pages_once_each_in_order") {
+        return;
+    }
+    let page = Page::open().await;
+    let c = &page.c;
+    let chat = ChatId::new("long-chat").unwrap();
+    let store = page.service.store();
+    store
+        .create_chat(Some(chat.clone()), Some("Long chat".into()))
+        .await
+        .unwrap();
+    let total = 150;
+    for i in 0..total {
+        let role = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        store
+            .append(&Message::new(chat.clone(), role, format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    c.refresh().await.unwrap();
+    wait_until(
+        c,
+        "the chat listed",
+        "document.querySelector('#chat-list option[value=\"long-chat\"]')",
+    )
+    .await;
+    c.find(Locator::Css("#chat-list"))
+        .await
+        .unwrap()
+        .select_by_value("long-chat")
+        .await
+        .unwrap();
+    let list = "document.querySelector('.window[data-chat=\"long-chat\"] .messages')";
+    let count = format!("{list}.querySelectorAll('.msg').length");
+    let requests = "performance.getEntriesByType('resource').map((e) => e.name)\
+                    .filter((n) => n.includes('/api/messages/long-chat'))";
+    wait_until(c, "the newest page", &format!("{count} === 50")).await;
+    // The chat opens on one page, whatever its length.
+    assert_eq!(js(c, &format!("{requests}.length")).await, json!(1));
+    assert_eq!(
+        js(
+            c,
+            &format!("{list}.scrollHeight - {list}.scrollTop - {list}.clientHeight < 2")
+        )
+        .await,
+        json!(true),
+        "opens at the newest message"
+    );
+
+    for _ in 0..10 {
+        // Scroll to the top; note where the oldest shown message is.
+        let before = js(
+            c,
+            &format!(
+                "(() => {{ const l = {list}; l.scrollTop = 0; const m = l.querySelector('.msg');\
+                   return {{ count: l.querySelectorAll('.msg').length, id: m.dataset.id,\
+                            top: m.getBoundingClientRect().top - l.getBoundingClientRect().top }}; }})()"
+            ),
+        )
+        .await;
+        let shown = before["count"].as_u64().unwrap();
+        if shown == total {
+            break;
+        }
+        wait_until(
+            c,
+            "an older page",
+            &format!("{count} > {shown} && !{list}.querySelector('.history-edge').textContent.startsWith('Loading')"),
+        )
+        .await;
+        // What was in view stays in view.
+        let top = js(
+            c,
+            &format!(
+                "(() => {{ const l = {list}; const m = l.querySelector('[data-id=\"{}\"]');\
+                   return m.getBoundingClientRect().top - l.getBoundingClientRect().top; }})()",
+                before["id"].as_str().unwrap()
+            ),
+        )
+        .await;
+        let moved = top.as_f64().unwrap() - before["top"].as_f64().unwrap();
+        assert!(moved.abs() < 2.0, "the view jumped by {moved}px");
+    }
+    let texts = js(
+        c,
+        &format!("[...{list}.querySelectorAll('.msg .text')].map((t) => t.textContent.trim())"),
+    )
+    .await;
+    let expected: Vec<String> = (0..total).map(|i| format!("message {i}")).collect();
+    assert_eq!(texts, json!(expected), "every message once, in order");
+    let urls = js(c, requests).await;
+    let urls: Vec<&str> = urls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(urls.len(), 3, "one request per page: {urls:?}");
+    assert!(!urls[0].contains("before="), "{urls:?}");
+    let cursors: std::collections::HashSet<_> = urls
+        .iter()
+        .filter_map(|u| u.split("before=").nth(1))
+        .collect();
+    assert_eq!(cursors.len(), 2, "each older page asked for once: {urls:?}");
+    assert_eq!(
+        js(
+            c,
+            &format!("{list}.querySelector('.history-edge').textContent")
+        )
+        .await,
+        json!("Start of the chat")
+    );
+    page.close().await;
+}
+
+#[tokio::test]
+async fn regenerate_supersedes_the_earlier_reply_and_a_failed_reply_offers_it() {
+    if !have_browser("regenerate_supersedes_the_earlier_reply_and_a_failed_reply_offers_it") {
+        return;
+    }
+    let page = Page::open().await;
+    let c = &page.c;
+
+    // Shift+Enter starts a new line, Enter sends, Escape stops.
+    let input = c
+        .find(Locator::Css(".window:nth-child(1) textarea"))
+        .await
+        .unwrap();
+    input.send_keys("first line").await.unwrap();
+    input
+        .send_keys(&format!("{}{}{}", Key::Shift, Key::Enter, Key::Null))
+        .await
+        .unwrap();
+    input.send_keys("second line").await.unwrap();
+    input.send_keys(&Key::Enter.to_string()).await.unwrap();
+    wait_until(
+        c,
+        "the reply streaming",
+        "document.querySelector('.window:nth-child(1) .msg.assistant .text').textContent.length > 0",
+    )
+    .await;
+    input.send_keys(&Key::Escape.to_string()).await.unwrap();
+    wait_until(
+        c,
+        "the reply stopped by Escape",
+        "document.querySelector('.window:nth-child(1) .msg.assistant .meta').textContent === 'stopped'",
+    )
+    .await;
+    assert_eq!(
+        js(
+            c,
+            "document.querySelector('.window:nth-child(1) .msg.user .text').textContent"
+        )
+        .await,
+        json!("first line\nsecond line")
+    );
+
+    click(c, ".window:nth-child(1) button.regenerate:not([hidden])").await;
+    let settled = "document.querySelectorAll('.window:nth-child(1) .msg.assistant').length === 2 \
+                   && !document.querySelector('.window:nth-child(1) .msg.streaming')";
+    wait_until(c, "the regenerated reply", settled).await;
+    let shape = r#"(() => {
+      const w = document.querySelector('.window:nth-child(1)');
+      const replies = [...w.querySelectorAll('.msg.assistant')];
+      return {
+        users: w.querySelectorAll('.msg.user').length,
+        superseded: replies.map((r) => r.classList.contains('superseded')),
+        earlierShown: replies[0].querySelector('.text').offsetParent !== null,
+        offered: replies.map((r) => !r.querySelector('.footer button.regenerate').hidden),
+        meta: replies.map((r) => r.querySelector('.meta').textContent),
+      };
+    })()"#;
+    let expected = json!({
+        "users": 1,
+        "superseded": [true, false],
+        "earlierShown": false,
+        "offered": [false, true],
+        "meta": ["stopped", ""],
+    });
+    assert_eq!(js(c, shape).await, expected);
+    // The server kept both replies to the one user message.
+    let chat = js(
+        c,
+        "document.querySelector('.window:nth-child(1)').dataset.chat",
+    )
+    .await;
+    let history = js_async(
+        c,
+        &format!(
+            "fetch('/api/messages/{}').then((r) => r.json()).then(done);",
+            chat.as_str().unwrap()
+        ),
+    )
+    .await;
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert_eq!(history[1]["replyTo"], history[0]["id"]);
+    assert_eq!(history[2]["replyTo"], history[0]["id"]);
+    // The earlier reply can still be read.
+    click(
+        c,
+        ".window:nth-child(1) .msg.superseded .superseded-bar button",
+    )
+    .await;
+    assert_eq!(
+        js(
+            c,
+            "document.querySelector('.window:nth-child(1) .msg.superseded .text').offsetParent !== null"
+        )
+        .await,
+        json!(true)
+    );
+    c.refresh().await.unwrap();
+    wait_until(c, "the history after reload", settled).await;
+    assert_eq!(js(c, shape).await, expected, "after reload");
+
+    // A failed reply says so and offers to regenerate.
+    type_and_send(c, 2, "flaky question").await;
+    wait_until(
+        c,
+        "the reply failed",
+        "document.querySelector('.window:nth-child(2) .msg.assistant .meta').textContent === 'failed'",
+    )
+    .await;
+    let error = js(
+        c,
+        "document.querySelector('.window:nth-child(2) .msg.assistant .error').textContent",
+    )
+    .await;
+    assert!(error.as_str().unwrap().contains("Regenerate"), "{error}");
+    // A superseded reply beside a failed one.
+    check_accessibility(c).await;
+    click(c, ".window:nth-child(2) .error button.regenerate").await;
+    wait_until(
+        c,
+        "the regenerated reply complete",
+        "document.querySelectorAll('.window:nth-child(2) .msg.assistant').length === 2 \
+         && !document.querySelector('.window:nth-child(2) .msg.streaming') \
+         && document.querySelector('.window:nth-child(2) .msg.assistant:last-child .meta').textContent === ''",
+    )
+    .await;
+    assert_eq!(
+        js(
+            c,
+            "document.querySelectorAll('.window:nth-child(2) .msg.user').length"
+        )
+        .await,
+        json!(1)
+    );
+
+    // Renaming a chat.
+    click(c, ".window:nth-child(1) button.rename").await;
+    let title = c
+        .find(Locator::Css(".window:nth-child(1) .window-head input"))
+        .await
+        .unwrap();
+    // The title is selected: typing replaces it.
+    title
+        .send_keys(&format!("Renamed chat{}", Key::Enter))
+        .await
+        .unwrap();
+    wait_until(
+        c,
+        "the new title",
+        "document.querySelector('.window:nth-child(1) h2').textContent === 'Renamed chat'",
+    )
+    .await;
+    c.refresh().await.unwrap();
+    wait_until(
+        c,
+        "the new title after reload",
+        "document.querySelector('.window:nth-child(1) h2').textContent === 'Renamed chat'",
+    )
+    .await;
+
+    // On a narrow screen the windows stack.
+    let columns = "new Set([...document.querySelectorAll('.window')].map((w) => w.getBoundingClientRect().left)).size";
+    assert_eq!(js(c, columns).await, json!(2));
+    c.set_window_size(500, 900).await.unwrap();
+    wait_until(c, "the windows stacked", &format!("{columns} === 1")).await;
+    page.close().await;
+}
+
+#[tokio::test]
+async fn a_five_thousand_token_reply_renders_once_per_frame_and_keeps_finished_blocks() {
+    if !have_browser("a_five_thousand_token_reply_renders_once_per_frame_and_keeps_finished_blocks")
+    {
+        return;
+    }
+    let page = Page::open().await;
+    let c = &page.c;
+    // Counts frames, and the batches of changes to the window's messages.
+    js(
+        c,
+        "(() => { window.__frames = 0; const tick = () => { window.__frames++; requestAnimationFrame(tick); };\
+           requestAnimationFrame(tick); window.__batches = 0;\
+           new MutationObserver(() => { window.__batches++; }).observe(\
+             document.querySelector('.window:nth-child(1) .messages'),\
+             { childList: true, subtree: true, characterData: true });\
+           return true; })()",
+    )
+    .await;
+    type_and_send(c, 1, "essay, please").await;
+    // Once the second section is written, the first one's blocks are final.
+    wait_long(
+        c,
+        "the second section",
+        "document.querySelectorAll('.window:nth-child(1) .msg.assistant .text h2').length >= 2",
+        60,
+    )
+    .await;
+    js(
+        c,
+        "window.__firstP = document.querySelector('.window:nth-child(1) .msg.assistant .text p')",
+    )
+    .await;
+    wait_long(
+        c,
+        "the long reply finished",
+        "document.querySelector('.window:nth-child(1) .msg.assistant:not(.streaming)')",
+        120,
+    )
+    .await;
+    let tokens = essay();
+    let sections = tokens.iter().filter(|t| t.starts_with("## ")).count();
+    assert!(tokens.len() >= ESSAY_TOKENS);
+    let r = js(
+        c,
+        "(() => { const t = document.querySelector('.window:nth-child(1) .msg.assistant .text');\
+           return { h2: t.querySelectorAll('h2').length, p: t.querySelectorAll('p').length,\
+                    li: t.querySelectorAll('li').length, kept: window.__firstP.isConnected,\
+                    frames: window.__frames, batches: window.__batches }; })()",
+    )
+    .await;
+    assert_eq!(r["h2"], json!(sections), "{r}");
+    assert_eq!(r["p"], json!(sections * 3), "{r}");
+    assert_eq!(r["li"], json!(sections * 4), "{r}");
+    // Finished blocks are rendered once and kept, not rebuilt with every delta.
+    assert_eq!(r["kept"], json!(true), "{r}");
+    // The page changed at most once per frame, not once per delta (plus a few changes for the
+    // user message and the start and end of the reply).
+    let (frames, batches) = (
+        r["frames"].as_u64().unwrap(),
+        r["batches"].as_u64().unwrap(),
+    );
+    assert!(
+        batches <= frames + 10,
+        "{batches} batches of changes in {frames} frames"
+    );
+    assert!(
+        batches < tokens.len() as u64 / 2,
+        "{batches} batches of changes for {} deltas",
+        tokens.len()
+    );
+    page.close().await;
 }

@@ -1,317 +1,19 @@
-//! The stream hub conformance suite: every function takes a `&dyn StreamHub`, so each backend
-//! runs the same contract (the in-process hub below; the Redis hub calls the same functions).
+//! The stream hubs: the conformance suite (`chatstream::hub::conformance`) run against each
+//! backend (the in-process hub below; the Redis hub when `CHATSTREAM_TEST_REDIS_URL` is set), and
+//! what only one backend has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::time::Duration;
 
 use chatstream::{
-    ChatId, Delta, Error, FinishReason, MessageId, MessageStatus, Usage,
-    hub::{EventPayload, HubEvent, HubEventStream, LocalHub, ReplyPublisher, StreamHub},
+    ChatId, MessageId,
+    hub::{
+        LocalHub, StreamHub,
+        conformance::{pieces, publish_reply},
+    },
 };
-use futures::StreamExt;
-
-fn start_payload(chat: &ChatId, message_id: MessageId) -> EventPayload {
-    EventPayload::Start {
-        chat_id: chat.clone(),
-        message_id,
-        user_message_id: MessageId::generate(),
-    }
-}
-
-fn done_payload(message_id: MessageId) -> EventPayload {
-    EventPayload::Done {
-        message_id,
-        status: MessageStatus::Complete,
-        finish_reason: Some(FinishReason::Stop),
-        usage: Some(Usage {
-            input_tokens: 1,
-            output_tokens: 2,
-        }),
-    }
-}
-
-fn pieces(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("w{i} ")).collect()
-}
-
-async fn collect(stream: HubEventStream) -> Vec<HubEvent> {
-    stream.map(|e| e.expect("event")).collect().await
-}
-
-fn text(events: &[HubEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match &*e.payload {
-            EventPayload::Delta(Delta::Text { text }) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn assert_increasing_after(events: &[HubEvent], after: u64) {
-    let mut last = after;
-    for e in events {
-        assert!(e.seq > last, "seq {} after {last}", e.seq);
-        last = e.seq;
-    }
-}
-
-/// Publishes a whole reply of text pieces; returns the `done` event's number.
-async fn publish_reply(publisher: &mut dyn ReplyPublisher, chat: &ChatId, words: &[String]) -> u64 {
-    let id = MessageId::generate();
-    assert_eq!(publisher.publish(start_payload(chat, id)).await.unwrap(), 1);
-    for (i, w) in words.iter().enumerate() {
-        let seq = publisher
-            .publish(EventPayload::Delta(Delta::text(w.clone())))
-            .await
-            .unwrap();
-        assert_eq!(seq, i as u64 + 2);
-    }
-    publisher.publish(done_payload(id)).await.unwrap()
-}
-
-/// One live reply per chat; a finished one frees the chat; other chats are independent.
-pub async fn one_live_reply_per_chat(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let other = ChatId::generate();
-    assert!(!hub.is_live(&chat).await.unwrap());
-    let mut live = hub.start(&chat).await.unwrap();
-    assert!(hub.is_live(&chat).await.unwrap());
-    assert!(matches!(hub.start(&chat).await, Err(Error::Busy { .. })));
-    let mut elsewhere = hub.start(&other).await.unwrap();
-    publish_reply(&mut *live.publisher, &chat, &pieces(3)).await;
-    assert!(!hub.is_live(&chat).await.unwrap());
-    assert!(
-        live.publisher
-            .publish(EventPayload::Delta(Delta::text("late")))
-            .await
-            .is_err(),
-        "publishing after done must fail"
-    );
-    let mut again = hub.start(&chat).await.unwrap();
-    publish_reply(&mut *again.publisher, &chat, &pieces(1)).await;
-    publish_reply(&mut *elsewhere.publisher, &other, &pieces(1)).await;
-}
-
-/// Numbers start at 1 and increase; replay after every N gives exactly the rest; a subscriber
-/// that saw the end, or a chat with nothing, gets `None`.
-pub async fn replay_after_every_n(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    assert!(hub.subscribe(&chat, None).await.unwrap().is_none());
-    let words = pieces(100);
-    let mut live = hub.start(&chat).await.unwrap();
-    let done = publish_reply(&mut *live.publisher, &chat, &words).await;
-    assert_eq!(done, words.len() as u64 + 2);
-    let all = collect(hub.subscribe(&chat, None).await.unwrap().unwrap()).await;
-    assert_eq!(
-        all.first().map(|e| (e.seq, e.event_name())),
-        Some((1, "start"))
-    );
-    assert_eq!(
-        all.last().map(|e| (e.seq, e.event_name())),
-        Some((done, "done"))
-    );
-    assert_increasing_after(&all, 0);
-    assert_eq!(text(&all), words.concat());
-    for after in 0..done {
-        let events = collect(hub.subscribe(&chat, Some(after)).await.unwrap().unwrap()).await;
-        assert_increasing_after(&events, after);
-        let skip = (after as usize).saturating_sub(1).min(words.len());
-        assert_eq!(text(&events), words[skip..].concat(), "after {after}");
-        assert_eq!(events.iter().filter(|e| e.is_terminal()).count(), 1);
-        assert_eq!(events.last().map(|e| e.seq), Some(done));
-        let starts = events.iter().filter(|e| e.event_name() == "start").count();
-        assert_eq!(starts, usize::from(after == 0), "after {after}");
-    }
-    assert!(hub.subscribe(&chat, Some(done)).await.unwrap().is_none());
-    assert!(
-        hub.subscribe(&chat, Some(done + 5))
-            .await
-            .unwrap()
-            .is_none()
-    );
-}
-
-/// Subscribers that join before, during and after the live part all get exactly the reply, and
-/// their streams end after `done`.
-pub async fn follow_live_with_many_subscribers(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let words = pieces(300);
-    let mut live = hub.start(&chat).await.unwrap();
-    let mut early_tasks = Vec::new();
-    for _ in 0..5 {
-        let stream = hub.subscribe(&chat, None).await.unwrap().unwrap();
-        early_tasks.push(tokio::spawn(collect(stream)));
-    }
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    let mut mid = None;
-    for (i, w) in words.iter().enumerate() {
-        live.publisher
-            .publish(EventPayload::Delta(Delta::text(w.clone())))
-            .await
-            .unwrap();
-        if i == 150 {
-            mid = Some(tokio::spawn(collect(
-                hub.subscribe(&chat, Some(40)).await.unwrap().unwrap(),
-            )));
-        }
-        if i % 50 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    live.publisher.publish(done_payload(id)).await.unwrap();
-    for t in early_tasks {
-        let events = t.await.unwrap();
-        assert_increasing_after(&events, 0);
-        assert_eq!(text(&events), words.concat());
-    }
-    let events = mid.unwrap().await.unwrap();
-    assert_increasing_after(&events, 40);
-    assert_eq!(text(&events), words[39..].concat());
-}
-
-/// A subscriber that is never polled does not hold the publisher or other subscribers back, and
-/// later catches up exactly.
-pub async fn slow_subscriber_lags_without_blocking(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let words = pieces(5_000);
-    let mut live = hub.start(&chat).await.unwrap();
-    let slow = hub.subscribe(&chat, None).await.unwrap().unwrap();
-    let fast = tokio::spawn(collect(hub.subscribe(&chat, None).await.unwrap().unwrap()));
-    // Publishing everything must not wait for the slow subscriber.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        publish_reply(&mut *live.publisher, &chat, &words),
-    )
-    .await
-    .expect("publishing was blocked by a subscriber");
-    assert_eq!(text(&fast.await.unwrap()), words.concat());
-    let late = collect(slow).await;
-    assert_increasing_after(&late, 0);
-    assert_eq!(text(&late), words.concat());
-}
-
-/// Terminate fires the reply's token once; with nothing live it answers `false`.
-pub async fn terminate_fires_the_token(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    assert!(!hub.terminate(&chat).await.unwrap());
-    let mut live = hub.start(&chat).await.unwrap();
-    assert!(!live.cancel.is_cancelled());
-    assert!(hub.terminate(&chat).await.unwrap());
-    tokio::time::timeout(Duration::from_millis(100), live.cancel.cancelled())
-        .await
-        .expect("cancel token fired");
-    assert!(!hub.terminate(&chat).await.unwrap(), "second terminate");
-    // Still live until the generator publishes its done.
-    assert!(hub.is_live(&chat).await.unwrap());
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    live.publisher
-        .publish(EventPayload::done(id, MessageStatus::Cancelled))
-        .await
-        .unwrap();
-    assert!(!hub.terminate(&chat).await.unwrap(), "after done");
-}
-
-/// Aborting a reply that published nothing frees the chat as though it never started; dropping a
-/// publisher mid-reply ends the reply as interrupted, so no subscriber hangs.
-pub async fn abandoned_replies_do_not_hang(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let live = hub.start(&chat).await.unwrap();
-    live.publisher.abort().await.unwrap();
-    assert!(!hub.is_live(&chat).await.unwrap());
-    assert!(hub.subscribe(&chat, None).await.unwrap().is_none());
-
-    let mut live = hub.start(&chat).await.unwrap();
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    live.publisher
-        .publish(EventPayload::Delta(Delta::text("half")))
-        .await
-        .unwrap();
-    let follower = hub.subscribe(&chat, None).await.unwrap().unwrap();
-    drop(live);
-    let events = tokio::time::timeout(Duration::from_secs(5), collect(follower))
-        .await
-        .expect("subscriber ended");
-    assert_eq!(text(&events), "half");
-    let names: Vec<_> = events.iter().map(|e| e.event_name()).collect();
-    assert_eq!(names, ["start", "delta", "error", "done"]);
-    match &*events[3].payload {
-        EventPayload::Done { status, .. } => assert_eq!(*status, MessageStatus::Interrupted),
-        other => panic!("{other:?}"),
-    }
-    assert!(!hub.is_live(&chat).await.unwrap());
-}
-
-/// Every kind of delta survives replay (coalesced or not) with its content intact.
-pub async fn mixed_deltas_replay_intact(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let mut live = hub.start(&chat).await.unwrap();
-    let id = MessageId::generate();
-    live.publisher
-        .publish(start_payload(&chat, id))
-        .await
-        .unwrap();
-    let mut published = Vec::new();
-    for i in 0..40u32 {
-        let d = match i % 5 {
-            0 => Delta::reasoning(format!("r{i}")),
-            1 | 2 => Delta::text(format!("t{i}")),
-            3 => Delta::ToolCall(chatstream::ToolCallDelta {
-                index: i / 10,
-                id: (i % 10 == 3).then(|| format!("call{i}")),
-                name: (i % 10 == 3).then(|| "f".to_string()),
-                arguments: format!("a{i}"),
-            }),
-            _ => Delta::usage(u64::from(i), 1),
-        };
-        published.push(d.clone());
-        live.publisher
-            .publish(EventPayload::Delta(d))
-            .await
-            .unwrap();
-    }
-    live.publisher.publish(done_payload(id)).await.unwrap();
-    let fold = |deltas: &[Delta]| {
-        let mut acc = chatstream::Accumulator::new();
-        acc.extend(deltas);
-        acc
-    };
-    let expected = fold(&published);
-    for after in [0, 1, 7, 20, 39] {
-        let events = collect(hub.subscribe(&chat, Some(after)).await.unwrap().unwrap()).await;
-        let deltas: Vec<Delta> = events
-            .iter()
-            .filter_map(|e| match &*e.payload {
-                EventPayload::Delta(d) => Some(d.clone()),
-                _ => None,
-            })
-            .collect();
-        let got = fold(&deltas);
-        if after == 0 {
-            assert_eq!(got.text(), expected.text());
-            assert_eq!(got.reasoning(), expected.reasoning());
-            assert_eq!(got.tool_calls(), expected.tool_calls());
-            assert_eq!(got.usage(), expected.usage());
-        } else {
-            let rest = fold(&published[after as usize - 1..]);
-            assert_eq!(got.text(), rest.text(), "after {after}");
-            assert_eq!(got.reasoning(), rest.reasoning(), "after {after}");
-            assert_eq!(got.tool_calls(), rest.tool_calls(), "after {after}");
-        }
-    }
-}
 
 macro_rules! local_hub_suite {
     ($($name:ident),* $(,)?) => {
@@ -324,9 +26,9 @@ macro_rules! local_hub_suite {
                         std::time::Duration::from_secs(60),
                         4,
                     );
-                    super::$name(&hub).await;
+                    chatstream::hub::conformance::$name(&hub).await;
                     let default_hub = chatstream::hub::LocalHub::new();
-                    super::$name(&default_hub).await;
+                    chatstream::hub::conformance::$name(&default_hub).await;
                 }
             )*
         }
@@ -339,16 +41,21 @@ local_hub_suite!(
     follow_live_with_many_subscribers,
     slow_subscriber_lags_without_blocking,
     terminate_fires_the_token,
+    terminate_reply_spares_newer_replies,
+    live_reply_names_its_message,
     abandoned_replies_do_not_hang,
     mixed_deltas_replay_intact,
+    live_replies_answer_each_chat,
+    ping_answers,
 );
 
 #[tokio::test(start_paused = true)]
 async fn local_finished_replies_expire_after_the_grace_period() {
     let hub = LocalHub::with_grace(Duration::from_secs(10));
     let chat = ChatId::generate();
-    let mut live = hub.start(&chat).await.unwrap();
-    publish_reply(&mut *live.publisher, &chat, &pieces(3)).await;
+    let id = MessageId::generate();
+    let mut live = hub.start(&chat, id).await.unwrap();
+    publish_reply(&mut *live.publisher, &chat, id, &pieces(3)).await;
     assert_eq!(hub.held_replies(), 1);
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert!(hub.subscribe(&chat, None).await.unwrap().is_some());
@@ -362,7 +69,7 @@ async fn local_watchers_are_counted() {
     let hub = LocalHub::new();
     let chat = ChatId::generate();
     assert_eq!(hub.watchers(&chat).await.unwrap(), Some(0));
-    let _live = hub.start(&chat).await.unwrap();
+    let _live = hub.start(&chat, MessageId::generate()).await.unwrap();
     let a = hub.subscribe(&chat, None).await.unwrap().unwrap();
     let b = hub.subscribe(&chat, None).await.unwrap().unwrap();
     assert_eq!(hub.watchers(&chat).await.unwrap(), Some(2));
@@ -377,9 +84,7 @@ async fn local_watchers_are_counted() {
 #[cfg(feature = "redis")]
 mod redis_hub {
     use std::{
-        future::Future,
         io::Write,
-        panic::AssertUnwindSafe,
         sync::Arc,
         time::{Duration, Instant},
     };
@@ -387,91 +92,17 @@ mod redis_hub {
     use chatstream::{
         ChatId, ChatService, ChatSession, Delta, Error, FinishReason, Message, MessageId,
         MessageStatus, MessageStore, Script, ScriptedProvider, UserInput,
-        hub::{EventPayload, RedisHub, StreamHub, recover_orphans},
+        hub::{EventPayload, LiveReplyInfo, RedisHub, StreamHub, recover_orphans},
         store::MemoryStore,
     };
-    use futures::{FutureExt, StreamExt};
+    use futures::StreamExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::{collect, done_payload, pieces, publish_reply, start_payload, text};
+    use chatstream::hub::conformance::{
+        collect, done_payload, pieces, publish_reply, start_payload, text,
+    };
 
-    /// The Redis URL, or `None` after saying loudly why the test skips.
-    fn redis_url(test: &str) -> Option<String> {
-        match std::env::var("CHATSTREAM_TEST_REDIS_URL") {
-            Ok(url) if !url.trim().is_empty() => Some(url),
-            _ => {
-                // Straight to the process's stderr: the harness swallows a passing test's output.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\n*** SKIPPED {test}: CHATSTREAM_TEST_REDIS_URL is not set \
-                     (e.g. redis://127.0.0.1:6379); the Redis hub was NOT tested ***\n"
-                );
-                None
-            }
-        }
-    }
-
-    /// One test's Redis: its URL and key prefix.
-    #[derive(Clone)]
-    struct TestRedis {
-        url: String,
-        prefix: String,
-    }
-
-    impl TestRedis {
-        fn builder(&self, instance: &str) -> chatstream::hub::RedisHubBuilder {
-            RedisHub::builder(self.url.clone())
-                .prefix(self.prefix.clone())
-                .instance_id(instance)
-        }
-
-        async fn hub(&self, instance: &str) -> RedisHub {
-            self.builder(instance).connect().await.expect("connect")
-        }
-
-        async fn conn(&self) -> redis::aio::MultiplexedConnection {
-            redis::Client::open(self.url.as_str())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap()
-        }
-
-        async fn keys(&self) -> Vec<String> {
-            redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query_async(&mut self.conn().await)
-                .await
-                .unwrap()
-        }
-    }
-
-    /// Runs `body` with a fresh key prefix, then deletes the prefix's keys, pass or fail.
-    async fn with_redis<F, Fut>(test: &str, body: F)
-    where
-        F: FnOnce(TestRedis) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        let Some(url) = redis_url(test) else {
-            return;
-        };
-        let t = TestRedis {
-            url,
-            prefix: format!("chatstream-test-{}", uuid::Uuid::now_v7().simple()),
-        };
-        let outcome = AssertUnwindSafe(body(t.clone())).catch_unwind().await;
-        let keys = t.keys().await;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut t.conn().await)
-                .await
-                .unwrap();
-        }
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
-    }
+    use crate::common::with_redis;
 
     macro_rules! redis_hub_suite {
         ($($name:ident),* $(,)?) => {
@@ -480,7 +111,7 @@ mod redis_hub {
                 async fn $name() {
                     with_redis(concat!("redis_hub::", stringify!($name)), |t| async move {
                         let hub = t.hub("a").await;
-                        super::$name(&hub).await;
+                        chatstream::hub::conformance::$name(&hub).await;
                     })
                     .await;
                 }
@@ -494,8 +125,12 @@ mod redis_hub {
         follow_live_with_many_subscribers,
         slow_subscriber_lags_without_blocking,
         terminate_fires_the_token,
+        terminate_reply_spares_newer_replies,
+        live_reply_names_its_message,
         abandoned_replies_do_not_hang,
         mixed_deltas_replay_intact,
+        live_replies_answer_each_chat,
+        ping_answers,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,11 +138,17 @@ mod redis_hub {
         with_redis("redis_hub::followed_on_another", |t| async move {
             let (a, b) = (t.hub("a").await, t.hub("b").await);
             let chat = ChatId::generate();
-            let mut live = a.start(&chat).await.unwrap();
+            let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
             assert!(b.is_live(&chat).await.unwrap());
+            assert_eq!(
+                b.live_reply(&chat).await.unwrap(),
+                Some(LiveReplyInfo::new(id, Some("a".into()))),
+                "B knows which message A is generating, and that A owns it"
+            );
             let follower = tokio::spawn(collect(b.subscribe(&chat, None).await.unwrap().unwrap()));
             let words = pieces(50);
-            let done = publish_reply(&mut *live.publisher, &chat, &words).await;
+            let done = publish_reply(&mut *live.publisher, &chat, id, &words).await;
             let followed = follower.await.unwrap();
             assert_eq!(text(&followed), words.concat());
             assert_eq!(followed.last().map(|e| e.seq), Some(done));
@@ -528,9 +169,16 @@ mod redis_hub {
         with_redis("redis_hub::busy_across_instances", |t| async move {
             let (a, b) = (t.hub("a").await, t.hub("b").await);
             let chat = ChatId::generate();
-            let mut live = a.start(&chat).await.unwrap();
-            assert!(matches!(b.start(&chat).await, Err(Error::Busy { .. })));
-            assert!(matches!(a.start(&chat).await, Err(Error::Busy { .. })));
+            let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
+            assert!(matches!(
+                b.start(&chat, MessageId::generate()).await,
+                Err(Error::Busy { .. })
+            ));
+            assert!(matches!(
+                a.start(&chat, MessageId::generate()).await,
+                Err(Error::Busy { .. })
+            ));
             // Many instances racing for one chat: exactly one wins.
             let other = ChatId::generate();
             let hubs = [a.clone(), b.clone(), t.hub("c").await, t.hub("d").await];
@@ -538,7 +186,9 @@ mod redis_hub {
             for hub in &hubs {
                 for _ in 0..5 {
                     let (hub, other) = (hub.clone(), other.clone());
-                    tries.push(tokio::spawn(async move { hub.start(&other).await }));
+                    tries.push(tokio::spawn(async move {
+                        hub.start(&other, MessageId::generate()).await
+                    }));
                 }
             }
             let mut won = Vec::new();
@@ -550,8 +200,8 @@ mod redis_hub {
                 }
             }
             assert_eq!(won.len(), 1, "exactly one start wins");
-            publish_reply(&mut *live.publisher, &chat, &pieces(1)).await;
-            b.start(&chat)
+            publish_reply(&mut *live.publisher, &chat, id, &pieces(1)).await;
+            b.start(&chat, MessageId::generate())
                 .await
                 .unwrap()
                 .publisher
@@ -569,8 +219,8 @@ mod redis_hub {
             // pub/sub, not by the renewal's fallback check.
             let (a, b) = (t.hub("a").await, t.hub("b").await);
             let chat = ChatId::generate();
-            let mut live = a.start(&chat).await.unwrap();
             let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
             live.publisher
                 .publish(start_payload(&chat, id))
                 .await
@@ -627,8 +277,8 @@ mod redis_hub {
                 .spawn(async move {
                     let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
                     // The session's order: take the chat in the hub, then store the message.
-                    let mut live = a.start(&a_chat).await.unwrap();
                     let mut message = Message::assistant_streaming(a_chat.clone());
+                    let mut live = a.start(&a_chat, message.id).await.unwrap();
                     a_store.append(&message).await.unwrap();
                     live.publisher
                         .publish(start_payload(&a_chat, message.id))
@@ -656,7 +306,10 @@ mod redis_hub {
             assert_eq!(recover_orphans(&*store, &b).await.unwrap(), 0);
             let m = store.get_message(&message_id).await.unwrap().unwrap();
             assert_eq!(m.status, MessageStatus::Streaming);
-            assert!(matches!(b.start(&chat.id).await, Err(Error::Busy { .. })));
+            assert!(matches!(
+                b.start(&chat.id, MessageId::generate()).await,
+                Err(Error::Busy { .. })
+            ));
 
             // Once it expired, the follower ends and recovery marks the reply.
             while b.is_live(&chat.id).await.unwrap() {
@@ -679,7 +332,198 @@ mod redis_hub {
             assert_eq!(m.content, "checkpointed text");
             assert_eq!(recover_orphans(&*store, &b).await.unwrap(), 0);
             // The chat is free again.
-            b.start(&chat.id).await.unwrap().publisher.abort().await.unwrap();
+            b.start(&chat.id, MessageId::generate())
+                .await
+                .unwrap()
+                .publisher
+                .abort()
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+
+    /// Instance A, on a runtime of its own: `run` starts what A does; shutting the runtime down
+    /// then stops A's renewals and listener at once, as killing its process would.
+    async fn on_instance_a<T: Send + 'static>(
+        run: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> (tokio::runtime::Runtime, T) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = runtime.spawn(run).await.unwrap();
+        (runtime, out)
+    }
+
+    /// One renewal loop keeps every live reply of an instance alive, however many, past many
+    /// leases; when the instance dies they all expire together, about one lease later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_live_replies_stay_alive_then_expire_a_lease_after_their_instance_died() {
+        with_redis("redis_hub::many_live_replies", |t| async move {
+            let lease = Duration::from_secs(1);
+            let b = t.builder("b").lease(lease).connect().await.unwrap();
+            let chats: Vec<ChatId> = (0..200).map(|_| ChatId::generate()).collect();
+            let (a_chats, a_redis) = (chats.clone(), t.clone());
+            let (a_runtime, ids) = on_instance_a(async move {
+                let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
+                let mut ids = Vec::new();
+                for chat in &a_chats {
+                    let id = MessageId::generate();
+                    // Never finished, never dropped: only the renewal loop keeps them.
+                    std::mem::forget(a.start(chat, id).await.unwrap());
+                    ids.push(id);
+                }
+                assert_eq!(a.owned_replies(), 200);
+                std::mem::forget(a);
+                ids
+            })
+            .await;
+            let owned_by_a: Vec<_> = ids
+                .iter()
+                .map(|id| Some(LiveReplyInfo::new(*id, Some("a".into()))))
+                .collect();
+            let began = Instant::now();
+            while began.elapsed() < lease * 4 {
+                assert_eq!(
+                    b.live_replies(&chats).await.unwrap(),
+                    owned_by_a,
+                    "every reply still live after {:?}",
+                    began.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+
+            a_runtime.shutdown_background();
+            let died = Instant::now();
+            let (mut first_gone, mut all_gone) = (None, None);
+            while all_gone.is_none() {
+                let live = b.live_replies(&chats).await.unwrap();
+                let now = died.elapsed();
+                let left = live.iter().filter(|l| l.is_some()).count();
+                if left < chats.len() {
+                    first_gone.get_or_insert(now);
+                }
+                if left == 0 {
+                    all_gone = Some(now);
+                }
+                assert!(now < lease * 3, "{left} replies never expired");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let (first_gone, all_gone) = (first_gone.unwrap(), all_gone.unwrap());
+            let _ = writeln!(
+                std::io::stderr(),
+                "200 replies of a dead instance expired between {first_gone:?} and {all_gone:?}"
+            );
+            // Renewed every tenth of the lease: expired 0.9 to 1 lease after the death (with
+            // room for a round trip and the polling).
+            assert!(
+                first_gone >= lease * 8 / 10,
+                "expired early: {first_gone:?}"
+            );
+            assert!(all_gone <= lease * 12 / 10, "expired late: {all_gone:?}");
+        })
+        .await;
+    }
+
+    /// A terminate whose pub/sub message was lost still reaches the owner: the renewal reads the
+    /// `cancel` flag every tenth of the lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missed_terminate_reaches_the_owner_with_the_next_renewal() {
+        with_redis("redis_hub::missed_terminate", |t| async move {
+            let lease = Duration::from_secs(2);
+            let a = t.builder("a").lease(lease).connect().await.unwrap();
+            let chat = ChatId::generate();
+            let id = MessageId::generate();
+            let mut live = a.start(&chat, id).await.unwrap();
+            // What a terminate writes, without its message to the owner.
+            redis::cmd("HSET")
+                .arg(format!("{}:{{{}}}:reply", t.prefix, chat))
+                .arg("cancel")
+                .arg("1")
+                .query_async::<()>(&mut t.conn().await)
+                .await
+                .unwrap();
+            tokio::time::timeout(lease / 2, live.cancel.cancelled())
+                .await
+                .expect("the renewal fired the cancel token");
+            live.publisher
+                .publish(EventPayload::done(id, MessageStatus::Cancelled))
+                .await
+                .unwrap();
+            assert_eq!(a.owned_replies(), 0);
+        })
+        .await;
+    }
+
+    /// A service on a Redis hub recovers a dead instance's reply by itself, soon after the
+    /// lease expired and never before; its followers end at about the same time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_recovers_a_dead_instances_reply_as_its_lease_expires() {
+        with_redis("redis_hub::service_recovers", |t| async move {
+            let lease = Duration::from_millis(1000);
+            let store = Arc::new(MemoryStore::new());
+            let chat = store.create_chat(None, None).await.unwrap();
+            let b = Arc::new(t.builder("b").lease(lease).connect().await.unwrap());
+            assert_eq!(
+                b.recovery_interval(),
+                Some(lease / 4),
+                "a quarter lease, under a second"
+            );
+            let service = ChatService::builder()
+                .provider(Arc::new(ScriptedProvider::new()))
+                .store(store.clone())
+                .hub(b.clone())
+                .build()
+                .unwrap();
+            let (a_chat, a_store, a_redis) = (chat.id.clone(), store.clone(), t.clone());
+            let (a_runtime, message_id) = on_instance_a(async move {
+                let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
+                let message = Message::assistant_streaming(a_chat.clone());
+                let mut live = a.start(&a_chat, message.id).await.unwrap();
+                a_store.append(&message).await.unwrap();
+                live.publisher
+                    .publish(start_payload(&a_chat, message.id))
+                    .await
+                    .unwrap();
+                std::mem::forget(live);
+                std::mem::forget(a);
+                message.id
+            })
+            .await;
+            let follower = tokio::spawn(async move {
+                let events = collect(b.subscribe(&chat.id, None).await.unwrap().unwrap()).await;
+                (events, Instant::now())
+            });
+            a_runtime.shutdown_background();
+            let died = Instant::now();
+            let status = |store: Arc<MemoryStore>| async move {
+                store.get_message(&message_id).await.unwrap().unwrap().status
+            };
+            let marked = loop {
+                if status(store.clone()).await != MessageStatus::Streaming {
+                    break died.elapsed();
+                }
+                assert!(died.elapsed() < lease * 3, "never recovered");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let (events, ended) = tokio::time::timeout(lease * 2, follower)
+                .await
+                .expect("the follower ends")
+                .unwrap();
+            let ended = ended - died;
+            let _ = writeln!(
+                std::io::stderr(),
+                "a dead instance's reply: marked after {marked:?}, its follower ended after {ended:?}"
+            );
+            assert_eq!(status(store.clone()).await, MessageStatus::Interrupted);
+            assert!(marked >= lease * 8 / 10, "marked early: {marked:?}");
+            assert!(marked <= lease * 3 / 2, "marked late: {marked:?}");
+            assert!(ended <= lease * 3 / 2, "the follower ended late: {ended:?}");
+            let names: Vec<_> = events.iter().map(|e| e.event_name()).collect();
+            assert_eq!(names, ["start", "error", "done"]);
+            assert_eq!(service.recovery_failures(), 0);
         })
         .await;
     }
@@ -702,8 +546,8 @@ mod redis_hub {
             );
             let store = MemoryStore::new();
             let chat = store.create_chat(None, None).await.unwrap();
-            let mut live = a.start(&chat.id).await.unwrap();
             let message = Message::assistant_streaming(chat.id.clone());
+            let mut live = a.start(&chat.id, message.id).await.unwrap();
             store.append(&message).await.unwrap();
             // Before its start event and after it, over three leases: never touched.
             assert_eq!(recover_orphans(&store, &b).await.unwrap(), 0);
@@ -744,8 +588,9 @@ mod redis_hub {
             let grace = Duration::from_millis(1500);
             let hub = t.builder("a").grace(grace).connect().await.unwrap();
             let chat = ChatId::generate();
-            let mut live = hub.start(&chat).await.unwrap();
-            publish_reply(&mut *live.publisher, &chat, &pieces(3)).await;
+            let id = MessageId::generate();
+            let mut live = hub.start(&chat, id).await.unwrap();
+            publish_reply(&mut *live.publisher, &chat, id, &pieces(3)).await;
             let mut conn = t.conn().await;
             for key in t.keys().await {
                 let ttl: i64 = redis::cmd("PTTL")
@@ -860,8 +705,8 @@ mod redis_hub {
                 .await
                 .unwrap();
             let chat = ChatId::generate();
-            let mut live = hub.start(&chat).await.unwrap();
             let id = MessageId::generate();
+            let mut live = hub.start(&chat, id).await.unwrap();
             live.publisher
                 .publish(start_payload(&chat, id))
                 .await
@@ -897,6 +742,26 @@ mod redis_hub {
                 "the follower is told: {rest:?}"
             );
             assert!(live.publisher.publish(done_payload(id)).await.is_err());
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ping_fails_while_redis_is_gone() {
+        with_redis("redis_hub::ping_fails", |t| async move {
+            let proxy = Proxy::to(&t.url).await;
+            let hub = RedisHub::builder(proxy.url())
+                .prefix(t.prefix.clone())
+                .timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .unwrap();
+            hub.ping().await.unwrap();
+            proxy.cut().await;
+            let failed = tokio::time::timeout(Duration::from_secs(5), hub.ping())
+                .await
+                .expect("a ping with Redis gone fails rather than hangs");
+            assert!(matches!(failed, Err(Error::Hub { .. })), "{failed:?}");
         })
         .await;
     }

@@ -266,6 +266,71 @@ async fn resending_a_client_message_id_returns_the_same_reply(store: DynMessageS
     );
 }
 
+/// A handle outlives its reply: cancelling it later never stops a newer reply in the same chat,
+/// whether the handle started its reply or followed it as a repeated send.
+async fn an_old_handle_never_cancels_a_newer_reply(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(["first"]))
+        .then(Script::reply(["slow", " second"]).per_delta_delay(Duration::from_millis(50)));
+    let service = service(&provider, store.clone());
+    let session = service.session(chat());
+    let mut own = session
+        .send(UserInput::new("one").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    let own_events = std::mem::replace(&mut own.events, futures::stream::empty().boxed());
+    assert_eq!(drain(own_events).await.text, "first");
+    // The same send again: a handle on the finished reply.
+    let repeat = session
+        .send(UserInput::new("one").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    assert!(!repeat.is_new());
+    let newer = session.send(UserInput::new("two")).await.unwrap();
+    let mut events = newer.events;
+    let first = read_texts(&mut events, 1).await;
+    assert_eq!(first.text, "slow");
+    assert!(
+        !own.cancel().await.unwrap(),
+        "the own handle of a finished reply"
+    );
+    assert!(
+        !repeat.cancel().await.unwrap(),
+        "a repeat's handle of a finished reply"
+    );
+    assert!(session.is_live().await.unwrap());
+    let rest = drain(events).await;
+    assert_eq!(rest.text, " second");
+    assert_eq!(rest.done.map(|d| d.0), Some(MessageStatus::Complete));
+    let m = wait_final(&store, newer.assistant_message_id).await;
+    assert_eq!(
+        (m.status, m.content.as_str()),
+        (MessageStatus::Complete, "slow second")
+    );
+
+    // A reply left `streaming` in the store by a process that died: a repeat of its send gets a
+    // handle on it, and that handle must not stop the reply that runs in the chat afterwards.
+    let provider = ScriptedProvider::new()
+        .then(Script::reply(["slow", " third"]).per_delta_delay(Duration::from_millis(50)));
+    let service = self::service(&provider, store.clone());
+    let session = service.session(chat());
+    let user = Message::user(session.chat_id().clone(), "lost").with_client_message_id("k9");
+    let left = Message::assistant_streaming(session.chat_id().clone()).replying_to(user.id);
+    store.append_turn(&user, &left).await.unwrap();
+    let repeat = session
+        .send(UserInput::new("lost").with_client_message_id("k9"))
+        .await
+        .unwrap();
+    assert_eq!(repeat.assistant_message_id, left.id);
+    let newer = session.send(UserInput::new("three")).await.unwrap();
+    let mut events = newer.events;
+    assert_eq!(read_texts(&mut events, 1).await.text, "slow");
+    assert!(!repeat.cancel().await.unwrap(), "a handle on a dead reply");
+    let rest = drain(events).await;
+    assert_eq!(rest.text, " third");
+    assert_eq!(rest.done.map(|d| d.0), Some(MessageStatus::Complete));
+}
+
 async fn a_second_send_while_live_is_busy(store: DynMessageStore) {
     let provider = ScriptedProvider::new()
         .then(Script::new().text("x").stall())
@@ -986,6 +1051,8 @@ mod every_store {
         cancel_mid_reply_persists_the_partial_reply,
         #[tokio::test]
         a_second_send_while_live_is_busy,
+        #[tokio::test]
+        an_old_handle_never_cancels_a_newer_reply,
         #[tokio::test]
         failing_checkpoints_do_not_stop_the_reply,
         #[tokio::test]

@@ -6,7 +6,9 @@
 //! at the end, even when the test fails. Without the variable they say loudly that they skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{future::Future, io::Write, panic::AssertUnwindSafe, path::Path, sync::Arc};
+mod common;
+
+use std::{path::Path, sync::Arc};
 
 use chatstream::{
     ChatId, Error, Message, MessageStore,
@@ -14,8 +16,7 @@ use chatstream::{
         self, DynMessageStore, HistoryPage, MemoryStore, PostgresStore, SqliteStore, conformance,
     },
 };
-use futures::FutureExt;
-use sqlx::Connection;
+use common::with_postgres;
 
 /// Everything the suite has, on one store.
 async fn suite(store: DynMessageStore) {
@@ -201,56 +202,12 @@ async fn unreachable_postgres_is_a_clear_store_error() {
     }
 }
 
-/// The PostgreSQL URL of the test database, or `None` after saying loudly why the test skips.
-fn postgres_url(test: &str) -> Option<String> {
-    match std::env::var("CHATSTREAM_TEST_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            // Straight to the process's stderr: the test harness would swallow `eprintln!` of a
-            // passing test, and a skip must not go unnoticed.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** SKIPPED {test}: CHATSTREAM_TEST_POSTGRES_URL is not set \
-                 (e.g. postgres://postgres@127.0.0.1:5432/test); the PostgreSQL store was NOT \
-                 tested ***\n"
-            );
-            None
-        }
-    }
-}
-
-/// Runs `test` with the database URL and a fresh schema name, then drops the schema whether the
-/// test passed or panicked.
-async fn with_schema<F, Fut>(test: &str, body: F)
-where
-    F: FnOnce(String, String) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let Some(url) = postgres_url(test) else {
-        return;
-    };
-    let schema = format!("chatstream_test_{}", uuid::Uuid::now_v7().simple());
-    let outcome = AssertUnwindSafe(body(url.clone(), schema.clone()))
-        .catch_unwind()
-        .await;
-    let dropped = async {
-        let mut conn = sqlx::PgConnection::connect(&url).await?;
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .execute(&mut conn)
-            .await?;
-        conn.close().await
-    }
-    .await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    dropped.unwrap_or_else(|e| panic!("could not drop test schema {schema}: {e}"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_conformance() {
-    with_schema("postgres_conformance", |url, schema| async move {
-        let store = PostgresStore::open_in_schema(&url, &schema).await.unwrap();
+    with_postgres("postgres_conformance", |pg| async move {
+        let store = PostgresStore::open_in_schema(&pg.url, &pg.schema)
+            .await
+            .unwrap();
         turn_is_all_or_nothing(&store).await;
         suite(Arc::new(store)).await;
     })
@@ -259,21 +216,19 @@ async fn postgres_conformance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_two_instances_on_one_schema() {
-    with_schema(
-        "postgres_two_instances_on_one_schema",
-        |url, schema| async move {
-            let a = PostgresStore::open_in_schema(&url, &schema).await.unwrap();
-            // The second instance comes through `store::open`, its schema given in the URL, as a
-            // second server process configured by CHATSTREAM_DATABASE_URL would.
-            let sep = if url.contains('?') { '&' } else { '?' };
-            let b = store::open(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
-                .await
-                .unwrap();
-            assert_eq!(b.backend(), "postgres");
-            conformance::two_instances(&a, &*b).await;
-            // Opening again runs no migration twice.
-            PostgresStore::open_in_schema(&url, &schema).await.unwrap();
-        },
-    )
+    with_postgres("postgres_two_instances_on_one_schema", |pg| async move {
+        let a = PostgresStore::open_in_schema(&pg.url, &pg.schema)
+            .await
+            .unwrap();
+        // The second instance comes through `store::open`, its schema given in the URL, as a
+        // second server process configured by CHATSTREAM_DATABASE_URL would.
+        let b = store::open(&pg.search_path_url()).await.unwrap();
+        assert_eq!(b.backend(), "postgres");
+        conformance::two_instances(&a, &*b).await;
+        // Opening again runs no migration twice.
+        PostgresStore::open_in_schema(&pg.url, &pg.schema)
+            .await
+            .unwrap();
+    })
     .await;
 }

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use chatstream::{
-    Chat, ChatId, ChatService, ChatSession, Message, MessageStatus, Role, UserInput,
+    Chat, ChatId, ChatService, ChatSession, Message, MessageStatus, Role, SendOptions, UserInput,
     store::{ChatPage, HistoryPage},
 };
 use rustyline::{
@@ -251,7 +251,7 @@ impl Repl {
         self.interrupts.clear();
         let session = self.service.session(self.chat.clone());
         let handle = session
-            .send(UserInput::new(text))
+            .send(UserInput::new(text).with_options(self.send_options()))
             .await
             .map_err(|e| e.to_string())?;
         self.show(handle).await
@@ -437,7 +437,7 @@ impl Repl {
         let handle = self
             .service
             .session(self.chat.clone())
-            .regenerate()
+            .regenerate_with(self.send_options())
             .await
             .map_err(|e| match e {
                 chatstream::Error::Invalid { .. } => {
@@ -448,9 +448,17 @@ impl Repl {
         self.show(handle).await
     }
 
+    /// What every send and retry asks for: the model chosen with `/model` (or `--model`).
+    fn send_options(&self) -> SendOptions {
+        match &self.model {
+            Some(model) => SendOptions::default().with_model(model.clone()),
+            None => SendOptions::default(),
+        }
+    }
+
     fn set_model(&mut self, name: &str) -> Result<(), String> {
         if !name.is_empty() {
-            self.service = self.app.service(Some(name)).map_err(|e| e.to_string())?;
+            // Per send: the service, its store and its provider stay as they are.
             self.model = Some(name.to_string());
         }
         println!(

@@ -14,15 +14,10 @@ use std::{
     io::IsTerminal,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::Arc,
     time::Duration,
 };
 
-use chatstream::{
-    ChatId, ChatService, DynMessageStore, DynProvider, LlmProvider,
-    provider::{AnthropicProvider, DemoProvider, OpenAiProvider},
-    resilience::{RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts},
-};
+use chatstream::{ChatId, ChatService, DynMessageStore, DynProvider, provider::ProviderKind};
 use clap::{Parser, ValueEnum};
 
 /// A terminal chat with large language models, on the chatstream library.
@@ -57,8 +52,9 @@ struct Args {
     #[arg(long, env = "CHATSTREAM_JSON")]
     json: bool,
 
-    /// The upstream [default: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else demo].
-    #[arg(long, env = "CHATSTREAM_PROVIDER", value_enum)]
+    /// The upstream: openai, anthropic or demo [default: openai when OPENAI_API_KEY or
+    /// OPENAI_BASE_URL is set, else demo].
+    #[arg(long, env = "CHATSTREAM_PROVIDER", value_parser = parse_provider)]
     provider: Option<ProviderKind>,
 
     /// The model sent upstream [default: the provider's usual one].
@@ -93,15 +89,8 @@ Examples (`cargo run --release --example cli -- ARGS`):
   git diff | cli --chat review         a prompt from a pipe, in the chat `review` (created if new)
   cli --json --chat review \"Shorter\"   the final message as JSON";
 
-/// Which upstream to talk to (the server's CHATSTREAM_PROVIDER values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ProviderKind {
-    /// OpenAI or any OpenAI-compatible server.
-    Openai,
-    /// Anthropic's Messages API.
-    Anthropic,
-    /// The offline demo provider.
-    Demo,
+fn parse_provider(s: &str) -> Result<ProviderKind, String> {
+    s.parse().map_err(|e: chatstream::Error| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,29 +221,11 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-/// The upstream, wrapped (innermost first) in timeouts, retries and mid-stream recovery, chosen
-/// by the server's rules.
+/// The upstream chosen by the server's rules, in the library's standard stack (timeouts,
+/// retries, mid-stream recovery).
 fn build_provider(args: &Args) -> chatstream::Result<DynProvider> {
-    fn resilient(p: impl LlmProvider) -> DynProvider {
-        Arc::new(
-            p.with_timeouts(Timeouts::default())
-                .with_retry(RetryPolicy::default())
-                .with_recovery(RecoveryPolicy::default()),
-        )
-    }
-    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
-    let kind = args
-        .provider
-        .unwrap_or(if set("OPENAI_API_KEY") || set("OPENAI_BASE_URL") {
-            ProviderKind::Openai
-        } else {
-            ProviderKind::Demo
-        });
-    Ok(match kind {
-        ProviderKind::Openai => resilient(OpenAiProvider::from_env()?),
-        ProviderKind::Anthropic => resilient(AnthropicProvider::from_env()?),
-        ProviderKind::Demo => Arc::new(DemoProvider::new()),
-    })
+    let kind = args.provider.map_or_else(ProviderKind::from_env, Ok)?;
+    chatstream::provider::from_env(kind)
 }
 
 /// An error as one line: providers may quote multi-line upstream bodies.

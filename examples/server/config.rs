@@ -1,124 +1,116 @@
-//! Configuration from environment variables (see the table in the README).
+//! The server's settings: command-line options, each with an environment-variable twin.
 
 use std::{net::SocketAddr, time::Duration};
 
-/// Which upstream the server talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    OpenAi,
-    Anthropic,
-    Demo,
-}
+use chatstream::{provider::ProviderKind, server::ServerOptions};
+use clap::Parser;
 
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Demo => "demo",
-        }
-    }
-}
-
-/// Everything the server reads from its environment.
-#[derive(Debug, Clone)]
+/// The chatstream chat server: the web page at `/` and the HTTP API of `chatstream::server`.
+///
+/// Every option can also be set by the environment variable named beside it; the command line
+/// wins.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "server", version, after_help = AFTER_HELP)]
 pub struct Config {
+    /// The address to listen on.
+    #[arg(long, env = "CHATSTREAM_ADDR", default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
+
+    /// Where chats are kept: sqlite://PATH, postgres://… or memory.
+    #[arg(
+        long,
+        env = "CHATSTREAM_DATABASE_URL",
+        default_value = "sqlite://chatstream.db",
+        value_name = "URL"
+    )]
     pub database_url: String,
-    pub provider: ProviderKind,
+
+    /// The upstream: openai, anthropic or demo [default: openai when OPENAI_API_KEY or
+    /// OPENAI_BASE_URL is set, else demo].
+    #[arg(long, env = "CHATSTREAM_PROVIDER", value_parser = parse_provider)]
+    pub provider: Option<ProviderKind>,
+
+    /// The model sent upstream [default: the provider's usual one].
+    #[arg(long, env = "CHATSTREAM_MODEL")]
     pub model: Option<String>,
+
+    /// Share live replies with other instances through this Redis (redis://…).
+    #[arg(long, env = "CHATSTREAM_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
+
     /// The prefix of every Redis key (several deployments can share one Redis).
+    #[arg(long, env = "CHATSTREAM_REDIS_PREFIX", default_value = "chatstream")]
     pub redis_prefix: String,
-    /// How long a live reply's lease lasts without renewal (how soon other instances may take
-    /// over the replies of an instance that died).
-    pub redis_lease: Option<Duration>,
+
+    /// How long a live reply's lease lasts, in milliseconds: how soon other instances may take
+    /// over the replies of an instance that died [default: 10000].
+    #[arg(long, env = "CHATSTREAM_REDIS_LEASE_MS", value_name = "MS")]
+    pub redis_lease_ms: Option<u64>,
+
+    /// The largest request body, in bytes.
+    #[arg(long, env = "CHATSTREAM_BODY_LIMIT", default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub body_limit: usize,
-    pub keep_alive: Duration,
+
+    /// How often an idle event stream gets a keep-alive comment, in seconds.
+    #[arg(
+        long,
+        env = "CHATSTREAM_KEEP_ALIVE_SECS",
+        default_value_t = 15,
+        value_name = "SECS"
+    )]
+    pub keep_alive_secs: u64,
+
+    /// On SIGINT/SIGTERM, how long live replies may finish before they are stopped and saved
+    /// `interrupted`, in seconds.
+    #[arg(
+        long,
+        env = "CHATSTREAM_SHUTDOWN_GRACE_SECS",
+        default_value_t = 5,
+        value_name = "SECS"
+    )]
+    pub shutdown_grace_secs: u64,
+
+    /// Origins allowed by CORS, comma-separated [default: none, CORS off].
+    #[arg(
+        long,
+        env = "CHATSTREAM_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
     pub cors_origins: Vec<String>,
-    pub shutdown_grace: Duration,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            database_url: "sqlite://chatstream.db".into(),
-            provider: ProviderKind::Demo,
-            model: None,
-            redis_url: None,
-            redis_prefix: "chatstream".into(),
-            redis_lease: None,
-            body_limit: 1024 * 1024,
-            keep_alive: Duration::from_secs(15),
-            cors_origins: Vec::new(),
-            shutdown_grace: Duration::from_secs(5),
-        }
-    }
+const AFTER_HELP: &str = "\
+Upstream settings: OPENAI_API_KEY, OPENAI_BASE_URL (any OpenAI-compatible server), ANTHROPIC_API_KEY,
+ANTHROPIC_BASE_URL. With neither key nor base URL the offline demo provider answers.";
+
+fn parse_provider(s: &str) -> Result<ProviderKind, String> {
+    s.parse().map_err(|e: chatstream::Error| e.to_string())
 }
 
 impl Config {
-    /// Reads the configuration; `get` looks a variable up (the process environment in `main`).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let mut c = Config::default();
-        if let Some(addr) = get("CHATSTREAM_ADDR") {
-            c.addr = addr.parse().map_err(|e| {
-                format!("CHATSTREAM_ADDR={addr:?} is not an address like 127.0.0.1:3000: {e}")
-            })?;
-        }
-        if let Some(url) = get("CHATSTREAM_DATABASE_URL") {
-            c.database_url = url;
-        }
-        c.provider = match get("CHATSTREAM_PROVIDER").as_deref() {
-            Some("openai") => ProviderKind::OpenAi,
-            Some("anthropic") => ProviderKind::Anthropic,
-            Some("demo") => ProviderKind::Demo,
-            Some(other) => {
-                return Err(format!(
-                    "CHATSTREAM_PROVIDER={other:?}: use openai, anthropic or demo"
-                ));
-            }
-            None if get("OPENAI_API_KEY").is_some() || get("OPENAI_BASE_URL").is_some() => {
-                ProviderKind::OpenAi
-            }
-            None => ProviderKind::Demo,
-        };
-        c.model = get("CHATSTREAM_MODEL");
-        c.redis_url = get("CHATSTREAM_REDIS_URL");
-        if let Some(prefix) = get("CHATSTREAM_REDIS_PREFIX") {
-            c.redis_prefix = prefix;
-        }
-        if let Some(ms) = get("CHATSTREAM_REDIS_LEASE_MS") {
-            let ms: u64 = ms
-                .parse()
-                .map_err(|_| format!("CHATSTREAM_REDIS_LEASE_MS={ms:?} is not a number"))?;
-            c.redis_lease = Some(Duration::from_millis(ms.max(100)));
-        }
-        if let Some(limit) = get("CHATSTREAM_BODY_LIMIT") {
-            c.body_limit = limit
-                .parse()
-                .map_err(|_| format!("CHATSTREAM_BODY_LIMIT={limit:?} is not a number of bytes"))?;
-        }
-        if let Some(secs) = get("CHATSTREAM_KEEP_ALIVE_SECS") {
-            let secs: u64 = secs
-                .parse()
-                .map_err(|_| format!("CHATSTREAM_KEEP_ALIVE_SECS={secs:?} is not a number"))?;
-            c.keep_alive = Duration::from_secs(secs.max(1));
-        }
-        if let Some(secs) = get("CHATSTREAM_SHUTDOWN_GRACE_SECS") {
-            let secs: u64 = secs
-                .parse()
-                .map_err(|_| format!("CHATSTREAM_SHUTDOWN_GRACE_SECS={secs:?} is not a number"))?;
-            c.shutdown_grace = Duration::from_secs(secs);
-        }
-        if let Some(origins) = get("CHATSTREAM_CORS_ORIGINS") {
-            c.cors_origins = origins
-                .split(',')
-                .map(|o| o.trim().to_string())
-                .filter(|o| !o.is_empty())
-                .collect();
-        }
-        Ok(c)
+    /// The upstream: the one named, else the one the environment implies.
+    pub fn provider_kind(&self) -> chatstream::Result<ProviderKind> {
+        self.provider.map_or_else(ProviderKind::from_env, Ok)
+    }
+
+    /// The Redis lease, when one is set (at least 100 ms).
+    pub fn redis_lease(&self) -> Option<Duration> {
+        self.redis_lease_ms
+            .map(|ms| Duration::from_millis(ms.max(100)))
+    }
+
+    /// How the chat routes serve.
+    pub fn server_options(&self) -> ServerOptions {
+        ServerOptions::default()
+            .with_body_limit(self.body_limit)
+            .with_keep_alive(Duration::from_secs(self.keep_alive_secs))
+            .with_shutdown_grace(Duration::from_secs(self.shutdown_grace_secs))
+            .with_cors_origins(
+                self.cors_origins
+                    .iter()
+                    .map(|o| o.trim())
+                    .filter(|o| !o.is_empty()),
+            )
     }
 }

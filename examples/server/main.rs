@@ -1,28 +1,21 @@
 //! The chatstream chat server: `cargo run --release --example server`, then open the printed
-//! address. Configuration comes from environment variables (see the README).
+//! address. `--help` lists the options; each has an environment-variable twin (see the README).
+//!
+//! The HTTP API is `chatstream::server`; this program adds its configuration and the web page.
 
-mod api;
-mod app;
 mod config;
-mod error;
-mod openai_compat;
-mod stateless;
+mod page;
 
 use std::sync::Arc;
 
-use chatstream::{
-    ChatService, DynProvider, LlmProvider,
-    provider::{AnthropicProvider, DemoProvider, OpenAiProvider},
-    resilience::{RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts},
-};
+use chatstream::{ChatService, DynStreamHub, server};
+use clap::Parser;
 
-use crate::config::{Config, ProviderKind};
-
-/// How often an instance on Redis looks for replies whose owner died (their lease expired).
-const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::config::Config;
 
 #[tokio::main]
 async fn main() {
+    let config = Config::parse();
     // Logs go to standard error; standard output carries only the start-up line.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -32,92 +25,64 @@ async fn main() {
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
         )
         .init();
-    if let Err(e) = run().await {
+    if let Err(e) = run(config).await {
         eprintln!("chatstream server: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::from_lookup(|k| std::env::var(k).ok())?;
-    let provider = build_provider(&config)?;
-    let model = config
-        .model
-        .clone()
-        .unwrap_or_else(|| provider.default_model().to_string());
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let kind = config.provider_kind()?;
+    let provider = chatstream::provider::from_env(kind)?;
     let store = chatstream::store::open(&config.database_url).await?;
-    let hub = app::open_hub(&config).await?;
-    let service = ChatService::builder()
-        .provider(provider.clone())
+    let hub = open_hub(&config).await?;
+    let mut builder = ChatService::builder()
+        .provider(provider)
         .store(store)
-        .hub(hub)
-        .build()?;
+        .hub(hub);
+    if let Some(model) = &config.model {
+        builder = builder.model(model.clone());
+    }
+    let service = builder.build()?;
     // Replies left streaming by an instance that is gone (this one's last run, or another
-    // instance whose lease expired) are marked interrupted, now and, with Redis, periodically.
-    let recovered = app::recover(&service).await?;
+    // instance whose lease expired) are marked interrupted, now and, with Redis, by the service
+    // as each lease expires.
+    let recovered = service.recover_orphans().await?;
     if recovered > 0 {
         tracing::warn!(
             recovered,
             "marked replies whose instance is gone as interrupted"
         );
     }
-    if config.redis_url.is_some() {
-        app::spawn_recovery(service.clone(), RECOVERY_EVERY);
-    }
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     println!(
-        "chatstream listening on http://{} (provider {}, model {}, store {}, hub {})",
+        "chatstream listening on http://{} (provider {kind}, model {}, store {}, hub {})",
         listener.local_addr()?,
-        config.provider.as_str(),
-        model,
+        service.model(),
         redact(&config.database_url),
         config.redis_url.as_deref().map_or("local".into(), redact),
     );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-    // On a signal the listener stops accepting at once; live replies get the grace period, then
-    // are stopped and persisted `interrupted`, which ends their event streams so that the
-    // server's graceful shutdown can finish.
-    let replies_done = tokio::spawn({
-        let service = service.clone();
-        let shutdown = shutdown.clone();
-        let grace = config.shutdown_grace;
-        async move {
-            shutdown.cancelled().await;
-            service.shutdown(grace).await;
-        }
-    });
-    let state = app::AppState {
-        service,
-        provider,
-        model,
-        config: Arc::new(config),
-    };
-    // `into_make_service` hands each connection a clone of the router's `Arc`; serving the
-    // `Router` itself rebuilds every route for each new connection (about 10 KiB per connection).
-    axum::serve(listener, app::app(state).into_make_service())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
-    replies_done.await?;
-    tracing::info!("stopped");
+    let options = config.server_options();
+    let app = server::router(service.clone(), options.clone()).merge(page::routes());
+    server::serve(listener, app, service, &options, server::shutdown_signal()).await?;
     Ok(())
 }
 
-/// The upstream, wrapped (innermost first) in timeouts, retries and mid-stream recovery.
-fn build_provider(config: &Config) -> chatstream::Result<DynProvider> {
-    fn resilient(p: impl LlmProvider) -> DynProvider {
-        Arc::new(
-            p.with_timeouts(Timeouts::default())
-                .with_retry(RetryPolicy::default())
-                .with_recovery(RecoveryPolicy::default()),
-        )
-    }
-    Ok(match config.provider {
-        ProviderKind::OpenAi => resilient(OpenAiProvider::from_env()?),
-        ProviderKind::Anthropic => resilient(AnthropicProvider::from_env()?),
-        ProviderKind::Demo => Arc::new(DemoProvider::new()),
+/// The hub of live replies: Redis when `CHATSTREAM_REDIS_URL` is set (several instances share
+/// replies), else in-process.
+async fn open_hub(config: &Config) -> chatstream::Result<DynStreamHub> {
+    Ok(match &config.redis_url {
+        Some(url) => {
+            let mut builder =
+                chatstream::hub::RedisHub::builder(url.clone()).prefix(config.redis_prefix.clone());
+            if let Some(lease) = config.redis_lease() {
+                builder = builder.lease(lease);
+            }
+            Arc::new(builder.connect().await?)
+        }
+        None => Arc::new(chatstream::LocalHub::new()),
     })
 }
 
@@ -133,27 +98,4 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-async fn watch_signals(shutdown: tokio_util::sync::CancellationToken) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

@@ -15,7 +15,9 @@ use futures::StreamExt;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{EventPayload, HubEvent, HubEventStream, LiveReply, ReplyPublisher, StreamHub};
+use super::{
+    EventPayload, HubEvent, HubEventStream, LiveReply, LiveReplyInfo, ReplyPublisher, StreamHub,
+};
 use crate::{ChatId, Delta, Error, MessageId, MessageStatus, Result, ToolCallDelta};
 
 /// How long a finished reply stays replayable by default.
@@ -108,6 +110,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Fires the cancel token of the chat's live reply (only if it fills `only`, when given);
+    /// `true` if this call stopped it.
+    fn terminate(&self, chat_id: &ChatId, only: Option<&MessageId>) -> bool {
+        let replies = lock(&self.replies);
+        let Some(reply) = replies.get(chat_id) else {
+            return false;
+        };
+        if only.is_some_and(|id| *id != reply.message_id)
+            || !reply.is_live()
+            || reply.cancel.is_cancelled()
+        {
+            return false;
+        }
+        reply.cancel.cancel();
+        true
+    }
+
     fn remove_if(&self, chat_id: &ChatId, reply: *const Reply) {
         let mut replies = lock(&self.replies);
         if replies
@@ -151,6 +170,8 @@ fn schedule_removal(inner: &Arc<Inner>, chat_id: ChatId, reply: &Arc<Reply>) {
 }
 
 struct Reply {
+    /// The assistant message the reply fills, as given at start.
+    message_id: MessageId,
     buffer: Mutex<Buffer>,
     /// Notified after every change of the buffer; subscribers wait on it when they caught up.
     wake: Notify,
@@ -176,8 +197,6 @@ struct Buffer {
     /// The newest events, as published; their numbers are consecutive.
     window: VecDeque<HubEvent>,
     window_len: usize,
-    /// From the `start` event, to end an abandoned reply with a proper `done`.
-    message_id: Option<MessageId>,
 }
 
 enum Compacted {
@@ -271,15 +290,11 @@ impl Buffer {
             compact: Vec::new(),
             window: VecDeque::with_capacity(window_len.min(64)),
             window_len,
-            message_id: None,
         }
     }
 
     fn push(&mut self, payload: EventPayload) -> u64 {
         self.last_seq += 1;
-        if let EventPayload::Start { message_id, .. } = &payload {
-            self.message_id = Some(*message_id);
-        }
         self.window.push_back(HubEvent::new(self.last_seq, payload));
         if self.window.len() > self.window_len
             && let Some(old) = self.window.pop_front()
@@ -351,8 +366,9 @@ fn continues(run: &RunKind, next: &RunKind) -> bool {
 }
 
 impl Reply {
-    fn new(window_len: usize) -> Self {
+    fn new(message_id: MessageId, window_len: usize) -> Self {
         Reply {
+            message_id,
             buffer: Mutex::new(Buffer::new(window_len)),
             wake: Notify::new(),
             cancel: CancellationToken::new(),
@@ -363,6 +379,10 @@ impl Reply {
     fn wake(&self) {
         self.wake.notify_waiters();
     }
+
+    fn is_live(&self) -> bool {
+        lock(&self.buffer).state == State::Live
+    }
 }
 
 #[async_trait]
@@ -371,16 +391,14 @@ impl StreamHub for LocalHub {
         "local"
     }
 
-    async fn start(&self, chat_id: &ChatId) -> Result<LiveReply> {
+    async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply> {
         let mut replies = lock(&self.inner.replies);
-        if let Some(current) = replies.get(chat_id)
-            && lock(&current.buffer).state == State::Live
-        {
+        if replies.get(chat_id).is_some_and(|r| r.is_live()) {
             return Err(Error::Busy {
                 chat_id: chat_id.to_string(),
             });
         }
-        let reply = Arc::new(Reply::new(self.inner.live_window));
+        let reply = Arc::new(Reply::new(message_id, self.inner.live_window));
         replies.insert(chat_id.clone(), reply.clone());
         drop(replies);
         let cancel = reply.cancel.clone();
@@ -414,23 +432,25 @@ impl StreamHub for LocalHub {
         Ok(Some(subscription(reply, after)))
     }
 
-    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+    async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>> {
         let replies = lock(&self.inner.replies);
-        let Some(reply) = replies.get(chat_id) else {
-            return Ok(false);
-        };
-        if lock(&reply.buffer).state != State::Live || reply.cancel.is_cancelled() {
-            return Ok(false);
-        }
-        reply.cancel.cancel();
-        Ok(true)
+        Ok(replies
+            .get(chat_id)
+            .filter(|r| r.is_live())
+            .map(|r| LiveReplyInfo::new(r.message_id, None)))
+    }
+
+    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+        Ok(self.inner.terminate(chat_id, None))
+    }
+
+    async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool> {
+        Ok(self.inner.terminate(chat_id, Some(message_id)))
     }
 
     async fn is_live(&self, chat_id: &ChatId) -> Result<bool> {
         let replies = lock(&self.inner.replies);
-        Ok(replies
-            .get(chat_id)
-            .is_some_and(|r| lock(&r.buffer).state == State::Live))
+        Ok(replies.get(chat_id).is_some_and(|r| r.is_live()))
     }
 
     async fn watchers(&self, chat_id: &ChatId) -> Result<Option<usize>> {
@@ -440,6 +460,11 @@ impl StreamHub for LocalHub {
                 .get(chat_id)
                 .map_or(0, |r| r.watchers.load(Ordering::Relaxed)),
         ))
+    }
+
+    /// Always `Ok`: the replies are in this process's memory.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -553,15 +578,12 @@ impl LocalPublisher {
             self.reply.wake();
             return;
         }
-        let message_id = {
-            let mut buffer = lock(&self.reply.buffer);
-            buffer.push(EventPayload::Error {
-                code: "interrupted".into(),
-                message: "the process generating this reply stopped before it finished".into(),
-            });
-            buffer.message_id
-        };
-        self.finish(message_id.map(|id| EventPayload::done(id, MessageStatus::Interrupted)));
+        lock(&self.reply.buffer).push(EventPayload::Error {
+            code: "interrupted".into(),
+            message: "the process generating this reply stopped before it finished".into(),
+        });
+        let done = EventPayload::done(self.reply.message_id, MessageStatus::Interrupted);
+        self.finish(Some(done));
     }
 }
 

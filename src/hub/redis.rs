@@ -12,25 +12,38 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:{C}:lease` | string, expires after the lease | the id of the chat's live reply, while its owner is alive |
-//! | `P:{C}:reply` | hash | the current reply: `reply` (its id), `owner` (instance id), `message` (the assistant message id, from the `start` event), `cancel` (set by a terminate) |
+//! | `P:{C}:reply` | hash | the current reply: `reply` (its id), `owner` (instance id), `message` (the assistant message id, given at start), `cancel` (set by a terminate) |
 //! | `P:{C}:events:R` | stream | the reply's events: entry id `SEQ-0`, fields `e` (event name) and `d` (JSON data) |
 //!
-//! - **Start** is one script: `SET lease NX PX` and, only if that won, the new `reply` hash. Two
-//!   instances can never both start a reply in one chat: the loser gets [`Error::Busy`].
+//! - **Start** is one script: `SET lease NX PX` and, only if that won, the new `reply` hash
+//!   (naming the owner and the message). Two instances can never both start a reply in one chat:
+//!   the loser gets [`Error::Busy`]. The live reply of a chat is the `reply` hash while the
+//!   lease holds its id ([`StreamHub::live_reply`]).
+//! - The scripts move events as opaque strings: every JSON shape is made and read in Rust.
 //! - **Publish** is an `XADD` with the sequence number as the entry id. **Follow** reads with
 //!   `XRANGE` after the subscriber's position, then waits with `XREAD BLOCK` on a connection of
 //!   the subscription's own (a blocking read would stall every other command on a shared one).
-//! - **Lease**: the owner renews the lease every third of its length while the reply is live
-//!   and deletes it when the reply ends. If the owner dies, the lease expires; then subscribers
-//!   seal the reply (an `error` and an `interrupted` `done`, appended atomically once), a new
-//!   reply may start in the chat, and [`recover_orphans`](super::recover_orphans) may mark the
-//!   stored message `interrupted`.
+//! - **Lease**: each instance runs one renewal loop that renews the leases of all the replies
+//!   it owns every tenth of the lease, in one pipelined round trip (one small script per reply),
+//!   and the owner deletes a reply's lease when the reply ends. If the owner dies, its leases
+//!   expire between 0.9 and 1 lease later (a renewal just before it died, or one period
+//!   earlier). Then followers seal the reply (an `error` and an `interrupted` `done`, appended
+//!   atomically once), a new reply may start in the chat, and
+//!   [`recover_orphans`](super::recover_orphans) marks the stored message `interrupted`.
+//!   Followers waiting for events check the lease after each quiet quarter lease (at most a
+//!   second), and recovery runs as often ([`StreamHub::recovery_interval`], which
+//!   [`ChatService`](crate::ChatService) follows): a dead instance's reply ends for its
+//!   followers and in the store within about that time after its lease expired, and never
+//!   before. With a 2 s lease: about 1.8 to 2.5 s after the instance died (plus a pass's time).
+//! - **Recovery questions** ([`StreamHub::live_replies`]) are pipelined too: one round trip
+//!   answers up to 512 of the chats a recovery pass asks about, and the replies this instance
+//!   owns are answered from memory.
 //! - **Terminate** sets `cancel` in the `reply` hash (once: a second terminate answers `false`)
 //!   and publishes the reply id on the owner's channel `P:cancel:INSTANCE`, which every instance
 //!   listens to; the owner fires the reply's cancel token as the message arrives (well under
 //!   100 ms on a local network). Pub/sub may lose a message while a connection is re-established,
 //!   so the lease renewal also reads the `cancel` flag: a terminate reaches the owner at the
-//!   latest one renewal period later.
+//!   latest one renewal period (a tenth of the lease) later.
 //! - **Expiry**: while a reply is live its keys expire a lease plus a grace period after the
 //!   last renewal (so nothing of a dead instance stays for ever); once it finished, they expire
 //!   after the grace period. A new reply in the chat replaces the `reply` hash at once; the old
@@ -60,13 +73,15 @@ use redis::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{EventPayload, HubEvent, HubEventStream, LiveReply, ReplyPublisher, StreamHub};
-use crate::{ChatId, Error, MessageStatus, Result};
+use super::{
+    EventPayload, HubEvent, HubEventStream, LiveReply, LiveReplyInfo, ReplyPublisher, StreamHub,
+};
+use crate::{ChatId, Error, MessageId, MessageStatus, Result};
 
 /// The key prefix by default.
 pub const DEFAULT_PREFIX: &str = "chatstream";
 
-/// How long a live reply's lease lasts by default; the owner renews it every third of that.
+/// How long a live reply's lease lasts by default; the owner renews it every tenth of that.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// How long a finished reply stays replayable by default.
@@ -83,8 +98,9 @@ const READ_BATCH: usize = 512;
 /// The [`StreamHub`] on Redis, for several server instances sharing live replies (feature
 /// `redis`). See the [module documentation](self) for how replies are kept in Redis.
 ///
-/// Cheap to clone: clones share one connection, one terminate listener and the replies this
-/// instance owns. When the last clone is dropped the listener stops.
+/// Cheap to clone: clones share one connection, one terminate listener, one renewal loop and
+/// the replies this instance owns. When the last clone is dropped the listener and the renewal
+/// loop stop.
 ///
 /// ```no_run
 /// use std::{sync::Arc, time::Duration};
@@ -113,10 +129,22 @@ struct Inner {
     lease: Duration,
     grace: Duration,
     timeout: Duration,
-    /// The cancel tokens of the replies this instance owns, by reply id.
-    owned: Mutex<HashMap<String, CancellationToken>>,
-    /// Stops the terminate listener when the hub goes away.
+    /// The replies this instance owns, by reply id: what the renewal loop keeps alive.
+    owned: Mutex<HashMap<String, Owned>>,
+    /// Stops the terminate listener and the renewal loop when the hub goes away.
     shutdown: CancellationToken,
+}
+
+/// A live reply this instance generates.
+struct Owned {
+    chat_id: ChatId,
+    message_id: MessageId,
+    keys: Keys,
+    /// Fires when the reply is terminated.
+    cancel: CancellationToken,
+    /// The lease went to nobody or to another reply (Redis lost it, or this instance could not
+    /// renew it in time): renewals stop, and the reply no longer counts as live here.
+    lost: bool,
 }
 
 impl Drop for Inner {
@@ -178,9 +206,11 @@ impl RedisHubBuilder {
         self
     }
 
-    /// How long a live reply's lease lasts (default 10 s, at least 100 ms). The owner renews it
-    /// every third of that; when the owner dies, its replies count as orphaned once their lease
-    /// expired. Shorter leases recover sooner and cost more renewals.
+    /// How long a live reply's lease lasts (default 10 s, at least 100 ms). The owner renews
+    /// the leases of all its replies every tenth of that, in one round trip; when the owner dies,
+    /// its replies count as orphaned once their lease expired (0.9 to 1 lease later), and are
+    /// marked `interrupted` within a quarter lease (at most a second) after that. Shorter leases
+    /// recover sooner and cost more renewals and recovery passes.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -282,6 +312,11 @@ impl RedisHubBuilder {
             channel,
             inner.shutdown.clone(),
         ));
+        tokio::spawn(keep_leases(
+            Arc::downgrade(&inner),
+            inner.renew_every(),
+            inner.shutdown.clone(),
+        ));
         Ok(RedisHub { inner })
     }
 }
@@ -367,20 +402,82 @@ impl Inner {
         millis(self.lease + self.grace)
     }
 
-    /// How long a subscriber blocks in one read before it checks that the owner is alive.
-    fn block(&self) -> Duration {
-        (self.lease / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    /// How often the owner renews its leases: every tenth of the lease, so that a dead owner's
+    /// lease expires between 0.9 and 1 lease after it died.
+    fn renew_every(&self) -> Duration {
+        self.lease / 10
+    }
+
+    /// How soon after a lease expired its reply should be found out: followers check this often
+    /// (it is how long one blocking read waits), and recovery runs this often
+    /// ([`StreamHub::recovery_interval`]). A quarter lease, at most a second: a dead owner's
+    /// reply ends for its followers and in the store at about the same time.
+    fn check_every(&self) -> Duration {
+        (self.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     fn cancel_owned(&self, reply_id: &str) {
-        if let Some(token) = lock(&self.owned).get(reply_id) {
-            token.cancel();
+        if let Some(owned) = lock(&self.owned).get(reply_id) {
+            owned.cancel.cancel();
         }
     }
 
     fn disown(&self, reply_id: &str) {
         lock(&self.owned).remove(reply_id);
     }
+
+    /// Applies the answers of one renewal round ([`RENEW`]'s, one per reply of `due`).
+    fn renewed(&self, due: &[(String, Keys)], answers: &[i64]) {
+        let mut owned = lock(&self.owned);
+        for ((reply_id, _), answer) in due.iter().zip(answers) {
+            // A reply that finished during the round trip is no longer here, and its lease is
+            // gone on purpose.
+            let Some(reply) = owned.get_mut(reply_id) else {
+                continue;
+            };
+            match answer {
+                1 => reply.cancel.cancel(),
+                -1 => {
+                    reply.lost = true;
+                    tracing::warn!(chat_id = %reply.chat_id, reply = %reply_id, "lost the lease of a live reply; other instances may recover it");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops the chat's live reply (only if it fills `only`, when given); `true` if this call
+    /// stopped it.
+    async fn terminate(&self, chat_id: &ChatId, only: Option<&MessageId>) -> Result<bool> {
+        let keys = self.chat_keys(chat_id, "");
+        let stopped: Option<String> = Script::new(TERMINATE)
+            .key(&keys.lease)
+            .key(&keys.reply)
+            .arg(format!("{}:cancel:", self.prefix))
+            .arg(only.map(MessageId::to_string).unwrap_or_default())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| hub_error("terminate a reply", e))?;
+        match stopped {
+            Some(reply_id) => {
+                // Ours: no need to wait for the message to come back.
+                self.cancel_owned(&reply_id);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// The message id of a reply record, as stored by [`START`].
+fn parse_message_id(stored: Option<&str>) -> Result<MessageId> {
+    stored
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| Error::Hub {
+            backend: BACKEND,
+            message: format!("a reply record names no valid message id: {stored:?}"),
+            source: None,
+        })
 }
 
 async fn listen_to(client: &Client, channel: &str) -> redis::RedisResult<PubSub> {
@@ -428,25 +525,33 @@ async fn listen(
 
 // The scripts. Each touches the keys of one chat only.
 
-/// KEYS lease, reply; ARGV reply id, owner, lease ms, live ttl ms. 1 when started, 0 when busy.
+/// KEYS lease, reply; ARGV reply id, owner, lease ms, live ttl ms, message id. 1 when started,
+/// 0 when busy.
 const START: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'reply', ARGV[1], 'owner', ARGV[2])
+  redis.call('HSET', KEYS[2], 'reply', ARGV[1], 'owner', ARGV[2], 'message', ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   return 1
 end
 return 0
 ";
 
-/// KEYS events, reply; ARGV reply id, seq, event, data, live ttl ms, message id or ''.
+/// KEYS events; ARGV seq, event, data, live ttl ms. The first event also gives the stream
+/// its expiry, in the same step, so a dead owner's stream cannot stay for ever.
 const FIRST: &str = r"
-redis.call('XADD', KEYS[1], ARGV[2] .. '-0', 'e', ARGV[3], 'd', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[2], 'reply') == ARGV[1] then
-  redis.call('HSET', KEYS[2], 'message', ARGV[6])
-end
+redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 'e', ARGV[2], 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
+";
+
+/// KEYS lease, reply. The live reply's message id and owner, or nil when nothing is live.
+const LIVE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if not holder then return false end
+local r = redis.call('HMGET', KEYS[2], 'reply', 'message', 'owner')
+if r[1] ~= holder or not r[2] then return false end
+return {r[2], r[3] or ''}
 ";
 
 /// KEYS events, lease, reply; ARGV reply id, seq, data, grace ms.
@@ -468,12 +573,12 @@ return 1
 /// Ends a reply that cannot end normally: an `error` and a `done` after whatever the stream
 /// holds, unless it already ended.
 ///
-/// KEYS events, lease, reply; ARGV reply id, error data, status, done data or '' (built from the
-/// `start` event), grace ms, '1' when the owner calls (else the reply must have lost its lease).
-/// Returns -1 when the owner is alive, -2 when nothing was ever published (the reply is
-/// forgotten), 0 when it had already ended, else the `done` event's number.
-const SEAL: &str = r#"
-if ARGV[6] ~= '1' and redis.call('GET', KEYS[2]) == ARGV[1] then return -1 end
+/// KEYS events, lease, reply; ARGV reply id, error data, done data, grace ms, '1' when the owner
+/// calls (else the reply must have lost its lease). Returns -1 when the owner is alive, -2 when
+/// nothing was ever published (the reply is forgotten), 0 when it had already ended, else the
+/// `done` event's number.
+const SEAL: &str = r"
+if ARGV[5] ~= '1' and redis.call('GET', KEYS[2]) == ARGV[1] then return -1 end
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #top == 0 then
   if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
@@ -482,21 +587,13 @@ if #top == 0 then
 end
 if top[1][2][2] == 'done' then return 0 end
 local seq = tonumber(string.match(top[1][1], '^(%d+)'))
-local done = ARGV[4]
-if done == '' then
-  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  local ok, start = pcall(cjson.decode, first[1][2][4])
-  local id = ok and type(start) == 'table' and start['messageId']
-  if type(id) ~= 'string' then id = '00000000-0000-0000-0000-000000000000' end
-  done = '{"messageId":"' .. id .. '","status":"' .. ARGV[3] .. '","finishReason":null,"usage":null}'
-end
 redis.call('XADD', KEYS[1], (seq + 1) .. '-0', 'e', 'error', 'd', ARGV[2])
-redis.call('XADD', KEYS[1], (seq + 2) .. '-0', 'e', 'done', 'd', done)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('XADD', KEYS[1], (seq + 2) .. '-0', 'e', 'done', 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-if redis.call('HGET', KEYS[3], 'reply') == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+if redis.call('HGET', KEYS[3], 'reply') == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
 return seq + 2
-"#;
+";
 
 /// KEYS lease, reply, events; ARGV reply id, lease ms, live ttl ms. -1 when the lease was lost,
 /// 1 when a terminate was requested, else 0.
@@ -509,33 +606,33 @@ if redis.call('HGET', KEYS[2], 'cancel') then return 1 end
 return 0
 ";
 
-/// KEYS lease, reply; ARGV channel prefix. The live reply's id when this call terminated it.
+/// KEYS lease, reply; ARGV channel prefix, message id or '' (any reply). The live reply's id
+/// when this call terminated it.
 const TERMINATE: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if not holder then return false end
 if redis.call('HGET', KEYS[2], 'reply') ~= holder then return false end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], 'message') ~= ARGV[2] then return false end
 if redis.call('HSETNX', KEYS[2], 'cancel', '1') == 0 then return false end
 local owner = redis.call('HGET', KEYS[2], 'owner')
 if owner then redis.call('PUBLISH', ARGV[1] .. owner, holder) end
 return holder
 ";
 
-fn interrupted_error() -> String {
+fn interrupted_error() -> EventPayload {
     EventPayload::Error {
         code: "interrupted".into(),
         message: "the process generating this reply stopped before it finished".into(),
     }
-    .to_json()
 }
 
-/// Seals a reply (see [`SEAL`]).
+/// Seals a reply (see [`SEAL`]) with `error` and `done`.
 async fn seal(
     hub: &Inner,
     keys: &Keys,
     reply_id: &str,
-    error: String,
-    status: MessageStatus,
-    done: Option<String>,
+    error: &EventPayload,
+    done: &EventPayload,
     as_owner: bool,
 ) -> Result<i64> {
     Script::new(SEAL)
@@ -543,9 +640,8 @@ async fn seal(
         .key(&keys.lease)
         .key(&keys.reply)
         .arg(reply_id)
-        .arg(error)
-        .arg(status.as_str())
-        .arg(done.unwrap_or_default())
+        .arg(error.to_json())
+        .arg(done.to_json())
         .arg(millis(hub.grace))
         .arg(if as_owner { "1" } else { "0" })
         .invoke_async(&mut hub.conn.clone())
@@ -559,7 +655,7 @@ impl StreamHub for RedisHub {
         BACKEND
     }
 
-    async fn start(&self, chat_id: &ChatId) -> Result<LiveReply> {
+    async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply> {
         let hub = &self.inner;
         let reply_id = uuid::Uuid::now_v7().simple().to_string();
         let keys = hub.chat_keys(chat_id, &reply_id);
@@ -570,6 +666,7 @@ impl StreamHub for RedisHub {
             .arg(&hub.instance_id)
             .arg(millis(hub.lease))
             .arg(hub.live_ttl())
+            .arg(message_id.to_string())
             .invoke_async(&mut hub.conn.clone())
             .await
             .map_err(|e| hub_error("start a reply", e))?;
@@ -579,27 +676,26 @@ impl StreamHub for RedisHub {
             });
         }
         let cancel = CancellationToken::new();
-        lock(&hub.owned).insert(reply_id.clone(), cancel.clone());
-        let stop = CancellationToken::new();
-        tokio::spawn(renew(
-            hub.conn.clone(),
-            keys.clone(),
+        lock(&hub.owned).insert(
             reply_id.clone(),
-            hub.lease,
-            hub.live_ttl(),
-            cancel.clone(),
-            stop.clone(),
-        ));
+            Owned {
+                chat_id: chat_id.clone(),
+                message_id,
+                keys: keys.clone(),
+                cancel: cancel.clone(),
+                lost: false,
+            },
+        );
         Ok(LiveReply {
             publisher: Box::new(RedisPublisher {
                 hub: hub.clone(),
                 chat_id: chat_id.clone(),
                 keys,
                 reply_id,
+                message_id,
                 seq: 0,
                 finished: false,
                 broken: false,
-                stop,
             }),
             cancel,
         })
@@ -613,15 +709,17 @@ impl StreamHub for RedisHub {
         let hub = &self.inner;
         let keys = hub.chat_keys(chat_id, "");
         let mut conn = hub.conn.clone();
-        let reply_id: Option<String> = redis::cmd("HGET")
+        let (reply_id, message): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(&keys.reply)
             .arg("reply")
+            .arg("message")
             .query_async(&mut conn)
             .await
             .map_err(|e| hub_error("look up a reply", e))?;
         let Some(reply_id) = reply_id else {
             return Ok(None);
         };
+        let message_id = parse_message_id(message.as_deref())?;
         let keys = hub.chat_keys(chat_id, &reply_id);
         let top: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
             .arg(&keys.events)
@@ -643,6 +741,7 @@ impl StreamHub for RedisHub {
             hub: hub.clone(),
             keys,
             reply_id,
+            message_id,
             pos: after,
             pending: VecDeque::new(),
             ended: false,
@@ -657,24 +756,24 @@ impl StreamHub for RedisHub {
         ))
     }
 
-    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+    async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>> {
         let hub = &self.inner;
         let keys = hub.chat_keys(chat_id, "");
-        let stopped: Option<String> = Script::new(TERMINATE)
+        let live: Option<(String, String)> = Script::new(LIVE)
             .key(&keys.lease)
             .key(&keys.reply)
-            .arg(format!("{}:cancel:", hub.prefix))
             .invoke_async(&mut hub.conn.clone())
             .await
-            .map_err(|e| hub_error("terminate a reply", e))?;
-        match stopped {
-            Some(reply_id) => {
-                // Ours: no need to wait for the message to come back.
-                hub.cancel_owned(&reply_id);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+            .map_err(|e| hub_error("look up a reply", e))?;
+        live.map(live_info).transpose()
+    }
+
+    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
+        self.inner.terminate(chat_id, None).await
+    }
+
+    async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool> {
+        self.inner.terminate(chat_id, Some(message_id)).await
     }
 
     async fn is_live(&self, chat_id: &ChatId) -> Result<bool> {
@@ -686,42 +785,122 @@ impl StreamHub for RedisHub {
             .await
             .map_err(|e| hub_error("look up a reply", e))
     }
+
+    /// The replies this instance generates are answered from memory (they are live until their
+    /// publisher finishes); the others with one pipelined round trip per 512 chats.
+    async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
+        let hub = &self.inner;
+        let mine: HashMap<ChatId, MessageId> = lock(&hub.owned)
+            .values()
+            .filter(|owned| !owned.lost)
+            .map(|owned| (owned.chat_id.clone(), owned.message_id))
+            .collect();
+        let mut answers: Vec<Option<LiveReplyInfo>> = chat_ids
+            .iter()
+            .map(|chat| {
+                mine.get(chat)
+                    .map(|id| LiveReplyInfo::new(*id, Some(hub.instance_id.clone())))
+            })
+            .collect();
+        let ask: Vec<usize> = (0..chat_ids.len())
+            .filter(|i| answers[*i].is_none())
+            .collect();
+        let script = Script::new(LIVE);
+        for batch in ask.chunks(READ_BATCH) {
+            let mut pipe = redis::pipe();
+            // A pipeline does not load a script that Redis lost (a restart, `SCRIPT FLUSH`).
+            pipe.load_script(&script).ignore();
+            for i in batch {
+                let keys = hub.chat_keys(&chat_ids[*i], "");
+                pipe.invoke_script(script.key(&keys.lease).key(&keys.reply));
+            }
+            let live: Vec<Option<(String, String)>> = pipe
+                .query_async(&mut hub.conn.clone())
+                .await
+                .map_err(|e| hub_error("look up replies", e))?;
+            for (i, live) in batch.iter().zip(live) {
+                answers[*i] = live.map(live_info).transpose()?;
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Every quarter of the lease, and at least every second: a dead instance's replies are
+    /// marked within that time after their lease expired.
+    fn recovery_interval(&self) -> Option<Duration> {
+        Some(self.inner.check_every())
+    }
+
+    /// One `PING`.
+    async fn ping(&self) -> Result<()> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.inner.conn.clone())
+            .await
+            .map(drop)
+            .map_err(|e| hub_error("ping Redis", e))
+    }
 }
 
-/// Keeps a live reply's lease, and fires its cancel token when a terminate request was missed.
-async fn renew(
-    mut conn: ConnectionManager,
-    keys: Keys,
-    reply_id: String,
-    lease: Duration,
-    live_ttl: u64,
-    cancel: CancellationToken,
-    stop: CancellationToken,
-) {
+/// A live reply as [`LIVE`] answers it: its message id and owner.
+fn live_info((message, owner): (String, String)) -> Result<LiveReplyInfo> {
+    Ok(LiveReplyInfo::new(
+        parse_message_id(Some(&message))?,
+        Some(owner).filter(|o| !o.is_empty()),
+    ))
+}
+
+/// Keeps the leases of every reply this instance owns, all in one pipelined round trip per
+/// period, and fires the cancel token of a reply whose terminate request was missed.
+async fn keep_leases(hub: Weak<Inner>, every: Duration, shutdown: CancellationToken) {
     let script = Script::new(RENEW);
+    let mut tick = tokio::time::interval(every);
+    // A slow round trip delays the next one rather than bunching renewals up behind it.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(lease / 3) => {}
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        let renewed: redis::RedisResult<i64> = script
-            .key(&keys.lease)
-            .key(&keys.reply)
-            .key(&keys.events)
-            .arg(&reply_id)
-            .arg(millis(lease))
-            .arg(live_ttl)
-            .invoke_async(&mut conn)
-            .await;
+        let Some(inner) = hub.upgrade() else { return };
+        let due: Vec<(String, Keys)> = lock(&inner.owned)
+            .iter()
+            .filter(|(_, owned)| !owned.lost)
+            .map(|(reply_id, owned)| (reply_id.clone(), owned.keys.clone()))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        // A pipeline does not load a script that Redis lost (a restart, `SCRIPT FLUSH`).
+        pipe.load_script(&script).ignore();
+        for (reply_id, keys) in &due {
+            pipe.invoke_script(
+                script
+                    .key(&keys.lease)
+                    .key(&keys.reply)
+                    .key(&keys.events)
+                    .arg(reply_id)
+                    .arg(millis(inner.lease))
+                    .arg(inner.live_ttl()),
+            );
+        }
+        let mut conn = inner.conn.clone();
+        // Not held over the round trip: the hub may go away meanwhile.
+        drop(inner);
+        let renewed: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+        let Some(inner) = hub.upgrade() else { return };
         match renewed {
-            Ok(1) => cancel.cancel(),
-            Ok(-1) => {
-                tracing::warn!(reply = %reply_id, "lost the lease of a live reply; other instances may recover it");
-                return;
+            Ok(answers) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("renewing the leases of live replies again");
+                }
+                inner.renewed(&due, &answers);
             }
-            Ok(_) => {}
             Err(e) => {
-                tracing::warn!(reply = %reply_id, error = %e, "cannot renew the lease of a live reply")
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(replies = due.len(), error = %e, "cannot renew the leases of live replies; other instances may recover them once the leases expire");
+                }
             }
         }
     }
@@ -759,6 +938,8 @@ struct Follow {
     hub: Arc<Inner>,
     keys: Keys,
     reply_id: String,
+    /// The message the reply fills: what the `done` of a reply sealed here names.
+    message_id: MessageId,
     pos: u64,
     pending: VecDeque<HubEvent>,
     ended: bool,
@@ -817,7 +998,7 @@ impl Follow {
             self.push(&entries)?;
             return Ok(true);
         }
-        let block = self.hub.block();
+        let block = self.hub.check_every();
         let conn = match &mut self.blocking {
             Some(conn) => conn,
             None => {
@@ -857,9 +1038,8 @@ impl Follow {
             &self.hub,
             &self.keys,
             &self.reply_id,
-            interrupted_error(),
-            MessageStatus::Interrupted,
-            None,
+            &interrupted_error(),
+            &EventPayload::done(self.message_id, MessageStatus::Interrupted),
             false,
         )
         .await?;
@@ -883,13 +1063,12 @@ struct RedisPublisher {
     chat_id: ChatId,
     keys: Keys,
     reply_id: String,
+    message_id: MessageId,
     /// The number of the last event published.
     seq: u64,
     finished: bool,
     /// A publish failed: events may be missing, later ones are not sent.
     broken: bool,
-    /// Stops the lease renewal.
-    stop: CancellationToken,
 }
 
 impl fmt::Debug for RedisPublisher {
@@ -909,6 +1088,7 @@ struct Abandoned {
     hub: Arc<Inner>,
     keys: Keys,
     reply_id: String,
+    message_id: MessageId,
     published: bool,
 }
 
@@ -928,9 +1108,8 @@ impl Abandoned {
             &self.hub,
             &self.keys,
             &self.reply_id,
-            interrupted_error(),
-            MessageStatus::Interrupted,
-            None,
+            &interrupted_error(),
+            &EventPayload::done(self.message_id, MessageStatus::Interrupted),
             true,
         )
         .await
@@ -942,7 +1121,6 @@ impl RedisPublisher {
     /// Marks the reply finished here: no more renewals, no more terminate requests.
     fn close(&mut self) {
         self.finished = true;
-        self.stop.cancel();
         self.hub.disown(&self.reply_id);
     }
 
@@ -952,6 +1130,7 @@ impl RedisPublisher {
             hub: self.hub.clone(),
             keys: self.keys.clone(),
             reply_id: self.reply_id.clone(),
+            message_id: self.message_id,
             published: self.seq > 0 || self.broken,
         }
     }
@@ -982,24 +1161,11 @@ impl RedisPublisher {
             }
         }
         // Some events may be missing: say so, then end with the real `done`.
-        let status = match &done {
-            EventPayload::Done { status, .. } => *status,
-            _ => MessageStatus::Interrupted,
-        };
         let error = EventPayload::Error {
             code: "hub".into(),
             message: "some events of this reply were lost: reload the history".into(),
         };
-        let seq = seal(
-            &self.hub,
-            &self.keys,
-            &self.reply_id,
-            error.to_json(),
-            status,
-            Some(data),
-            true,
-        )
-        .await?;
+        let seq = seal(&self.hub, &self.keys, &self.reply_id, &error, &done, true).await?;
         Ok(u64::try_from(seq).unwrap_or(self.seq))
     }
 }
@@ -1028,19 +1194,12 @@ impl ReplyPublisher for RedisPublisher {
         let mut conn = self.hub.conn.clone();
         let data = payload.to_json();
         let sent: redis::RedisResult<()> = if seq == 1 {
-            let message = match &payload {
-                EventPayload::Start { message_id, .. } => message_id.to_string(),
-                _ => String::new(),
-            };
             Script::new(FIRST)
                 .key(&self.keys.events)
-                .key(&self.keys.reply)
-                .arg(&self.reply_id)
                 .arg(seq)
                 .arg(payload.event_name())
                 .arg(&data)
                 .arg(self.hub.live_ttl())
-                .arg(message)
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(drop)

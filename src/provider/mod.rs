@@ -23,11 +23,13 @@ pub mod demo;
 mod http;
 pub mod openai;
 pub mod scripted;
+mod standard;
 
 pub use anthropic::AnthropicProvider;
 pub use demo::DemoProvider;
 pub use openai::OpenAiProvider;
 pub use scripted::{Script, ScriptedProvider};
+pub use standard::{ProviderKind, from_env, resilient};
 
 /// The stream every provider returns: `Send + 'static`, so it can be moved into a task or handed
 /// to axum's `Sse` directly.

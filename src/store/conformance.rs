@@ -52,6 +52,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     unicode_and_large(store).await;
     recovery(store).await;
     reply_recovery(store).await;
+    ping(store).await;
 }
 
 #[track_caller]
@@ -1113,4 +1114,11 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
         "[{name}] a must see b's delete"
     );
     assert!(all_history(a, &chat.id).await.is_empty());
+}
+
+/// A working store answers `ping`, again and again.
+pub async fn ping(store: &dyn MessageStore) {
+    for _ in 0..3 {
+        ok(store, store.ping().await, "ping");
+    }
 }

@@ -289,4 +289,9 @@ impl MessageStore for MemoryStore {
             _ => Ok(false),
         }
     }
+
+    /// Always `Ok`: the data is in this process's memory.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -29,6 +29,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
 use crate::{Chat, ChatId, Message, MessageId, Result};
 
@@ -246,16 +247,11 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
         loop {
             let chats = self.list_chats(ChatPage { limit: 100, offset }).await?;
             for chat in &chats {
-                let mut before = None;
-                loop {
-                    let page = self
-                        .history(&chat.id, HistoryPage { limit: 100, before })
-                        .await?;
-                    found.extend(page.iter().filter(|m| is_streaming_reply(m)).cloned());
-                    if page.len() < 100 {
-                        break;
+                let mut messages = self.newest_first(&chat.id);
+                while let Some(message) = messages.try_next().await? {
+                    if is_streaming_reply(&message) {
+                        found.push(message);
                     }
-                    before = page.first().map(|m| m.id);
                 }
             }
             if chats.len() < 100 {
@@ -285,6 +281,20 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
         self.update(&message).await?;
         Ok(true)
     }
+
+    /// Checks that the store answers: `Ok` when it does, the error that says why when it does
+    /// not. Cheap enough to call every second (a readiness probe).
+    ///
+    /// The default lists one chat: a real round trip to any backend. The crate's SQL stores send
+    /// `SELECT 1`; the [`MemoryStore`] lives in memory and always answers.
+    async fn ping(&self) -> Result<()> {
+        self.list_chats(ChatPage {
+            limit: 1,
+            offset: 0,
+        })
+        .await
+        .map(drop)
+    }
 }
 
 /// The check every [`MessageStore::append_turn`] makes first.
@@ -302,9 +312,65 @@ fn is_streaming_reply(m: &Message) -> bool {
     m.role == crate::Role::Assistant && m.status == crate::MessageStatus::Streaming
 }
 
+/// How many messages [`MessageStoreExt::newest_first`] reads per page.
+const WALK_PAGE: usize = 64;
+
 /// Conveniences for every [`MessageStore`].
 #[async_trait]
 pub trait MessageStoreExt: MessageStore {
+    /// The chat's messages, newest first, read a page at a time as the stream is polled: a
+    /// caller that stops early (it found what it was looking for, or its budget is spent) reads
+    /// no further pages. A chat with no messages, or that does not exist, gives an empty stream.
+    ///
+    /// ```
+    /// use chatstream::{ChatId, Message, MessageStore, MessageStoreExt, store::MemoryStore};
+    /// use futures::TryStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+    /// let store = MemoryStore::new();
+    /// let chat = store.create_chat(Some(ChatId::new("walk")?), None).await?;
+    /// for text in ["one", "two", "three"] {
+    ///     store.append(&Message::user(chat.id.clone(), text)).await?;
+    /// }
+    /// let newest: Vec<String> = store
+    ///     .newest_first(&chat.id)
+    ///     .map_ok(|m| m.content)
+    ///     .try_collect()
+    ///     .await?;
+    /// assert_eq!(newest, ["three", "two", "one"]);
+    /// # Ok(()) }
+    /// ```
+    fn newest_first<'a>(&'a self, chat: &'a ChatId) -> BoxStream<'a, Result<Message>> {
+        // The state is the cursor of the next page to read; `None` once the oldest was read.
+        futures::stream::try_unfold(
+            Some(None),
+            move |cursor: Option<Option<MessageId>>| async move {
+                let Some(before) = cursor else {
+                    return Ok(None);
+                };
+                let page = self
+                    .history(
+                        chat,
+                        HistoryPage {
+                            limit: WALK_PAGE,
+                            before,
+                        },
+                    )
+                    .await?;
+                let next = match page.first() {
+                    Some(oldest) if page.len() == WALK_PAGE => Some(Some(oldest.id)),
+                    _ => None,
+                };
+                Ok(Some((
+                    futures::stream::iter(page.into_iter().rev().map(Ok)),
+                    next,
+                )))
+            },
+        )
+        .try_flatten()
+        .boxed()
+    }
+
     /// The chat with this id, created (untitled) if it does not exist yet.
     async fn get_or_create_chat(&self, id: &ChatId) -> Result<Chat> {
         if let Some(chat) = self.get_chat(id).await? {

@@ -216,6 +216,10 @@ macro_rules! impl_message_store {
             async fn interrupt_reply(&self, id: &$crate::MessageId) -> $crate::Result<bool> {
                 $crate::store::sql::Sql(self).interrupt_reply(id).await
             }
+
+            async fn ping(&self) -> $crate::Result<()> {
+                $crate::store::sql::Sql(self).ping().await
+            }
         }
     };
 }
@@ -523,6 +527,14 @@ where
             .await
             .map_err(err::<B>("interrupt reply"))?;
         Ok(B::rows_affected(&done) == 1)
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(self.0.pool())
+            .await
+            .map(drop)
+            .map_err(err::<B>("ping the database"))
     }
 
     /// Binds a message's columns, in `message_columns!()` order.

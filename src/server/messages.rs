@@ -1,104 +1,51 @@
-//! The stateful endpoints: chats, messages, the live reply stream and terminate.
+//! The message routes: send, history, the live reply's event stream, terminate.
 
 use std::convert::Infallible;
 
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::QueryRejection},
-    http::{HeaderMap, StatusCode},
+    extract::State,
+    http::StatusCode,
     response::{IntoResponse, Response, sse::Event},
-};
-use chatstream::{
-    Chat, ChatId, ChatSession, Message, MessageId, UserInput,
-    store::{ChatPage, HistoryPage},
 };
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{
-    app::{ApiJson, AppState, sse_response},
-    error::ApiError,
+use super::{
+    ApiError, AppState,
+    chats::{MAX_PAGE, accepted},
+    extract::{ApiJson, ApiQuery, ChatParam, LastEventId, chat_id},
+    sse::sse_response,
 };
+use crate::{ChatSession, Message, MessageId, UserInput, store::HistoryPage};
 
-/// The most messages one history page returns.
-const MAX_PAGE: usize = 500;
-
-fn chat_id(raw: &str) -> Result<ChatId, ApiError> {
-    ChatId::new(raw).map_err(|e| ApiError::bad_request("invalid_chat_id", e.to_string()))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    limit: Option<usize>,
-    offset: Option<usize>,
-}
-
-pub async fn list_chats(
-    State(state): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<Chat>>, ApiError> {
-    let Query(q) = query?;
-    let page = ChatPage {
-        limit: q.limit.unwrap_or(100).clamp(1, MAX_PAGE),
-        offset: q.offset.unwrap_or(0),
-    };
-    Ok(Json(state.service.store().list_chats(page).await?))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewChat {
-    id: Option<String>,
-    title: Option<String>,
-}
-
-pub async fn create_chat(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<NewChat>,
-) -> Result<(StatusCode, Json<Chat>), ApiError> {
-    let id = body.id.as_deref().map(chat_id).transpose()?;
-    let title = body.title.filter(|t| !t.trim().is_empty());
-    let chat = state.service.store().create_chat(id, title).await?;
-    Ok((StatusCode::CREATED, Json(chat)))
-}
-
-pub async fn delete_chat(
-    State(state): State<AppState>,
-    Path(raw): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = chat_id(&raw)?;
-    // A live reply would keep writing into a chat that no longer exists.
-    state.service.terminate(&id).await?;
-    if state.service.store().delete_chat(&id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("no chat {id}")))
-    }
-}
+/// The longest client message id, in bytes.
+const MAX_CLIENT_MESSAGE_ID: usize = 128;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SendMessage {
+pub(crate) struct SendMessage {
     chat_id: String,
     content: String,
     #[serde(default = "user_sender")]
     sender: String,
     client_message_id: Option<String>,
+    model: Option<String>,
 }
 
 fn user_sender() -> String {
     "user".into()
 }
 
-pub async fn send_message(
+/// `POST /api/messages`: stores the user message, starts the reply, answers 202.
+pub(crate) async fn send(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<Response, ApiError> {
     let id = chat_id(&body.chat_id)?;
     if body.sender != "user" {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(ApiError::unprocessable(
             "invalid_sender",
             "sender must be \"user\"",
         ));
@@ -111,35 +58,39 @@ pub async fn send_message(
     }
     let mut input = UserInput::new(body.content);
     if let Some(key) = body.client_message_id {
-        if key.is_empty() || key.len() > 128 {
+        if key.is_empty() || key.len() > MAX_CLIENT_MESSAGE_ID {
             return Err(ApiError::bad_request(
                 "invalid_client_message_id",
-                "clientMessageId must be 1 to 128 characters",
+                format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} characters"),
             ));
         }
         input = input.with_client_message_id(key);
     }
+    if let Some(model) = body.model {
+        if model.trim().is_empty() || model.len() > 200 {
+            return Err(ApiError::unprocessable(
+                "invalid_model",
+                "model must be 1 to 200 characters",
+            ));
+        }
+        input = input.with_model(model);
+    }
     let handle = state.service.session(id).send(input).await?;
-    let body = json!({
-        "userMessage": handle.user_message,
-        "assistantMessageId": handle.assistant_message_id,
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(accepted(&handle))
 }
 
 #[derive(Debug, Deserialize)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     limit: Option<usize>,
     before: Option<String>,
 }
 
-pub async fn history(
+/// `GET /api/messages/{chatId}?limit&before`: a page of history, oldest first.
+pub(crate) async fn history(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    query: Result<Query<HistoryQuery>, QueryRejection>,
+    ChatParam(id): ChatParam,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Vec<Message>>, ApiError> {
-    let id = chat_id(&raw)?;
-    let Query(q) = query?;
     let before = q
         .before
         .as_deref()
@@ -154,31 +105,18 @@ pub async fn history(
 }
 
 #[derive(Debug, Deserialize)]
-pub struct StreamQuery {
+pub(crate) struct StreamQuery {
     after: Option<u64>,
 }
 
 /// `GET /api/stream/{chatId}`: the live (or just finished) reply as SSE, resumable with
 /// `Last-Event-ID` or `?after=N`; `204` when there is nothing more to send.
-pub async fn stream(
+pub(crate) async fn stream(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<StreamQuery>, QueryRejection>,
+    ChatParam(id): ChatParam,
+    LastEventId(last_event_id): LastEventId,
+    ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
-    let id = chat_id(&raw)?;
-    let Query(q) = query?;
-    let last_event_id = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be a number")
-                })?,
-        ),
-    };
     let after = last_event_id.or(q.after);
     let Some(events) = state.service.session(id).subscribe(after).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -203,14 +141,14 @@ pub async fn stream(
             ),
         })
     });
-    Ok(sse_response(events, &state))
+    Ok(sse_response(events, state.options.keep_alive))
 }
 
-pub async fn terminate(
+/// `POST /api/stream/{chatId}/terminate`: `{"terminated": true|false}`.
+pub(crate) async fn terminate(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    ChatParam(id): ChatParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = chat_id(&raw)?;
     let terminated = state.service.terminate(&id).await?;
     Ok(Json(json!({ "terminated": terminated })))
 }

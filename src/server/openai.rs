@@ -3,26 +3,23 @@
 
 use std::convert::Infallible;
 
+use crate::{
+    Accumulator, ChatRequest, Delta, DeltaStream, FinishReason, RequestMessage, Role, ToolCall,
+    ToolSpec, Usage,
+};
 use axum::{
     Json,
     extract::State,
     response::{IntoResponse, Response, sse::Event},
 };
-use chatstream::{
-    Accumulator, ChatRequest, Delta, FinishReason, LlmProvider, RequestMessage, Role, ToolCall,
-    ToolSpec, Usage,
-};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{
-    app::{ApiJson, AppState, sse_response},
-    error::ApiError,
-};
+use super::{ApiError, AppState, extract::ApiJson, sse::sse_response};
 
 #[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
+pub(crate) struct CompletionRequest {
     #[serde(default)]
     model: Option<String>,
     messages: Vec<InMessage>,
@@ -174,25 +171,28 @@ impl CompletionRequest {
     }
 }
 
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "object": "list",
-        "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "chatstream"}],
+        "data": [{"id": state.service.model(), "object": "model", "created": 0, "owned_by": "chatstream"}],
     }))
 }
 
-pub async fn completions(
+pub(crate) async fn completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let (request, stream, include_usage) = body.into_chat_request()?;
-    let model = request.model.clone().unwrap_or_else(|| state.model.clone());
+    let model = request
+        .model
+        .clone()
+        .unwrap_or_else(|| state.service.model().to_owned());
     let id = format!("chatcmpl-{}", uuid_simple());
     let created = chrono::Utc::now().timestamp();
-    let deltas = state.provider.stream(request);
+    let deltas = state.service.provider().stream(request);
     if stream {
         let chunks = stream_chunks(deltas, id, model, created, include_usage);
-        return Ok(sse_response(chunks, &state).into_response());
+        return Ok(sse_response(chunks, state.options.keep_alive));
     }
     let mut acc = Accumulator::new();
     let mut deltas = deltas;
@@ -223,10 +223,7 @@ pub async fn completions(
 }
 
 fn uuid_simple() -> String {
-    chatstream::MessageId::generate()
-        .as_uuid()
-        .simple()
-        .to_string()
+    crate::MessageId::generate().as_uuid().simple().to_string()
 }
 
 fn finish_name(reason: Option<FinishReason>) -> Option<&'static str> {
@@ -245,7 +242,7 @@ fn usage_json(u: Usage) -> Value {
 }
 
 struct ChunkState {
-    deltas: chatstream::DeltaStream,
+    deltas: DeltaStream,
     id: String,
     model: String,
     created: i64,
@@ -270,7 +267,7 @@ impl ChunkState {
 
 /// Deltas as `chat.completion.chunk` events, then the usage chunk (when asked for) and `[DONE]`.
 fn stream_chunks(
-    deltas: chatstream::DeltaStream,
+    deltas: DeltaStream,
     id: String,
     model: String,
     created: i64,

@@ -7,33 +7,30 @@ use std::{
     task::{Context, Poll, ready},
 };
 
+use crate::{ChatRequest, Delta, DeltaStream, RequestMessage, Role};
 use axum::{
     extract::State,
     response::{IntoResponse, sse::Event},
 };
-use chatstream::{ChatRequest, Delta, LlmProvider, RequestMessage, Role};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{
-    app::{ApiJson, AppState, sse_response},
-    error::ApiError,
-};
+use super::{ApiError, AppState, extract::ApiJson, sse::sse_response};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StatelessRequest {
+pub(crate) struct StatelessRequest {
     messages: Vec<StatelessMessage>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct StatelessMessage {
+pub(crate) struct StatelessMessage {
     role: Role,
     content: String,
 }
 
-pub async fn chat(
+pub(crate) async fn chat(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<StatelessRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -55,8 +52,8 @@ pub async fn chat(
             .map(|m| RequestMessage::new(m.role, m.content))
             .collect(),
     );
-    let events = relay(state.provider.stream(request));
-    Ok(sse_response(events, &state))
+    let events = relay(state.service.provider().stream(request));
+    Ok(sse_response(events, state.options.keep_alive))
 }
 
 /// One stateless event's data: `{"content":…}` or `{"reasoning":…}`, serialized straight from
@@ -75,9 +72,7 @@ fn piece(p: Piece<'_>) -> Event {
 
 /// Maps deltas onto the stateless event shapes; dropping this stream (the client went away)
 /// drops the provider stream and so closes the upstream request.
-fn relay(
-    deltas: chatstream::DeltaStream,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+fn relay(deltas: DeltaStream) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     Relay {
         deltas: Some(deltas),
     }
@@ -86,7 +81,7 @@ fn relay(
 /// The stream behind [`relay`]: a delta becomes an event as it is polled, with no future built
 /// per item (as `unfold` would); the last event is `done` or `error`.
 struct Relay {
-    deltas: Option<chatstream::DeltaStream>,
+    deltas: Option<DeltaStream>,
 }
 
 impl Stream for Relay {

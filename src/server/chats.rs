@@ -1,0 +1,123 @@
+//! The chat routes: list, create, rename, delete, regenerate.
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    ApiError, AppState,
+    extract::{ApiJson, ApiQuery, ChatParam, chat_id},
+};
+use crate::{Chat, ChatSession, ReplyHandle, store::ChatPage};
+
+/// The most chats or messages one page returns.
+pub(crate) const MAX_PAGE: usize = 500;
+
+/// The longest chat title, in characters.
+const MAX_TITLE: usize = 200;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// `GET /api/chats?limit&offset`: chats, most recently active first.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Chat>>, ApiError> {
+    let page = ChatPage {
+        limit: q.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+        offset: q.offset.unwrap_or(0),
+    };
+    Ok(Json(state.service.store().list_chats(page).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewChat {
+    id: Option<String>,
+    title: Option<String>,
+}
+
+/// `POST /api/chats` with `{"id"?, "title"?}`: 201 with the chat, 409 when the id is taken.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewChat>,
+) -> Result<(StatusCode, Json<Chat>), ApiError> {
+    let id = body.id.as_deref().map(chat_id).transpose()?;
+    let title = body.title.filter(|t| !t.trim().is_empty());
+    let chat = state.service.store().create_chat(id, title).await?;
+    Ok((StatusCode::CREATED, Json(chat)))
+}
+
+/// `DELETE /api/chats/{chatId}`: 204, after its live reply (if any) was stopped; 404 when there
+/// is no such chat.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    ChatParam(id): ChatParam,
+) -> Result<StatusCode, ApiError> {
+    if state.service.delete_chat(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no chat {id}")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChatUpdate {
+    title: String,
+}
+
+/// `PATCH /api/chats/{chatId}` with `{"title"}`: renames the chat and answers it.
+pub(crate) async fn rename(
+    State(state): State<AppState>,
+    ChatParam(id): ChatParam,
+    ApiJson(body): ApiJson<ChatUpdate>,
+) -> Result<Json<Chat>, ApiError> {
+    let title = body.title.trim();
+    if title.is_empty() || title.chars().count() > MAX_TITLE || title.chars().any(char::is_control)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_title",
+            format!("title must be 1 to {MAX_TITLE} characters on one line"),
+        ));
+    }
+    let chat = state
+        .service
+        .store()
+        .rename_chat(&id, Some(title.to_owned()))
+        .await?;
+    Ok(Json(chat))
+}
+
+/// `POST /api/chats/{chatId}/regenerate`: answers the chat's last user message again. The
+/// earlier reply stays in history with the same `replyTo`; the new one follows it.
+pub(crate) async fn regenerate(
+    State(state): State<AppState>,
+    ChatParam(id): ChatParam,
+) -> Result<Response, ApiError> {
+    // A chat that does not exist has no user message either; say which of the two it is.
+    if state.service.store().get_chat(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no chat {id}")));
+    }
+    let handle = state.service.session(id).regenerate().await?;
+    Ok(accepted(&handle))
+}
+
+/// `202` with the user message a reply answers and the reply's id: the answer to a send and to
+/// a regenerate.
+pub(crate) fn accepted(handle: &ReplyHandle) -> Response {
+    let body = json!({
+        "userMessage": handle.user_message,
+        "assistantMessageId": handle.assistant_message_id,
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}

@@ -1,0 +1,316 @@
+//! The HTTP surface (feature `server`): an axum [`Router`] serving chatstream's whole contract
+//! from a [`ChatService`], for an application to serve as it is or mount beside its own routes.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `GET /api/chats`, `POST /api/chats` | list chats (most recent first), create one (`{"id"?, "title"?}`) |
+//! | `PATCH /api/chats/{chatId}`, `DELETE /api/chats/{chatId}` | rename (`{"title"}`); delete, stopping its live reply first |
+//! | `POST /api/chats/{chatId}/regenerate` | answer the last user message again (202, 409 while a reply is live) |
+//! | `POST /api/messages` | send `{"chatId","content","clientMessageId"?,"model"?}`: 202 with the stored user message and the reply's id; idempotent by `clientMessageId`; 409 while a reply is live |
+//! | `GET /api/messages/{chatId}?limit&before` | a page of history, oldest first |
+//! | `GET /api/stream/{chatId}` | the live reply as SSE (`start`, `delta`…, `error`?, `done`), numbered; `Last-Event-ID` or `?after=N` resumes; 204 when nothing is left |
+//! | `POST /api/stream/{chatId}/terminate` | stop the live reply (upstream closed, partial reply saved `cancelled`) |
+//! | `POST /api/chat` | stateless: `{"messages":[{"role","content"}]}` answered as SSE `data: {"content"}`… `{"done":true}` |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible, streaming and not |
+//! | `GET /healthz`, `GET /readyz` | the process answers; the store and the hub answer (503 naming what is down) |
+//!
+//! Every error, including every rejected request (malformed JSON or path, a body over the limit,
+//! a wrong method), is `{"error":{"code","message","type"}}` with a fitting status
+//! ([`ApiError`]).
+//!
+//! ## Serving it
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use chatstream::{ChatService, provider, server::{self, ServerOptions}};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let service = ChatService::builder()
+//!         .provider(provider::from_env(provider::ProviderKind::from_env()?)?)
+//!         .store(chatstream::store::open("sqlite://chat.db").await?)
+//!         .build()?;
+//!     let options = ServerOptions::default();
+//!     let app = server::router(service.clone(), options.clone());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     server::serve(listener, app, service, &options, server::shutdown_signal()).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Mounting it in an existing axum app
+//!
+//! The router carries its own state, so it nests under any prefix beside the app's routes:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use chatstream::{ChatService, provider::DemoProvider, server::{self, ServerOptions}};
+//!
+//! # fn main() -> chatstream::Result<()> {
+//! let service = ChatService::builder().provider(Arc::new(DemoProvider::new())).build()?;
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "my app" }))
+//!     .nest("/chat", server::router(service, ServerOptions::default()));
+//! // POST /chat/api/messages, GET /chat/api/stream/{chatId}, …
+//! # let _ = app; Ok(()) }
+//! ```
+
+mod chats;
+mod error;
+mod extract;
+mod health;
+mod messages;
+mod openai;
+mod sse;
+mod stateless;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderValue, Method, StatusCode, header},
+    routing::{get, post},
+};
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use extract::{ApiJson, ApiPath, ApiQuery};
+
+use crate::ChatService;
+
+/// How the router serves: limits, keep-alive, CORS and shutdown. `Default` is what the server
+/// example uses unless told otherwise.
+///
+/// ```
+/// use std::time::Duration;
+/// use chatstream::server::ServerOptions;
+///
+/// let options = ServerOptions::default()
+///     .with_body_limit(256 * 1024)
+///     .with_keep_alive(Duration::from_secs(10))
+///     .with_cors_origins(["https://app.example"]);
+/// assert_eq!(options.body_limit, 256 * 1024);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// The largest request body, in bytes (default 1 MiB); larger ones get a JSON 413.
+    pub body_limit: usize,
+    /// How often an event stream with nothing to send gets a keep-alive comment (default 15 s).
+    pub keep_alive: Duration,
+    /// The origins allowed by CORS (default none: CORS off, same-origin only).
+    pub cors_origins: Vec<String>,
+    /// On shutdown, how long live replies may finish before they are stopped and saved
+    /// `interrupted` (default 5 s; see [`serve`]).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            body_limit: 1024 * 1024,
+            keep_alive: Duration::from_secs(15),
+            cors_origins: Vec::new(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Sets [`body_limit`](Self::body_limit).
+    #[must_use]
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Sets [`keep_alive`](Self::keep_alive) (at least 10 ms).
+    #[must_use]
+    pub fn with_keep_alive(mut self, interval: Duration) -> Self {
+        self.keep_alive = interval.max(MIN_KEEP_ALIVE);
+        self
+    }
+
+    /// Sets [`cors_origins`](Self::cors_origins).
+    #[must_use]
+    pub fn with_cors_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cors_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`shutdown_grace`](Self::shutdown_grace).
+    #[must_use]
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+}
+
+/// The shortest keep-alive interval: a zero one would spin.
+const MIN_KEEP_ALIVE: Duration = Duration::from_millis(10);
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone, Debug)]
+struct AppState {
+    service: ChatService,
+    options: Arc<ServerOptions>,
+}
+
+/// The whole HTTP contract (see the [module docs](self)) as a router with its state: serve it
+/// with [`serve`] or `axum::serve`, or nest it into an application's router.
+pub fn router(service: ChatService, options: ServerOptions) -> Router {
+    let body_limit = options.body_limit;
+    let cors = cors(&options.cors_origins);
+    let state = AppState {
+        service,
+        options: Arc::new(options),
+    };
+    let router = Router::new()
+        .route("/api/chats", get(chats::list).post(chats::create))
+        .route(
+            "/api/chats/{chat_id}",
+            axum::routing::delete(chats::delete).patch(chats::rename),
+        )
+        .route("/api/chats/{chat_id}/regenerate", post(chats::regenerate))
+        .route("/api/messages", post(messages::send))
+        .route("/api/messages/{chat_id}", get(messages::history))
+        .route("/api/stream/{chat_id}", get(messages::stream))
+        .route("/api/stream/{chat_id}/terminate", post(messages::terminate))
+        .route("/api/chat", post(stateless::chat))
+        .route("/v1/chat/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(request_log())
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Serves `app` on `listener` until `signal` completes, then shuts down gracefully: the listener
+/// stops accepting at once, live replies get [`ServerOptions::shutdown_grace`] to finish, and
+/// those still running then are stopped and saved `interrupted` ([`ChatService::shutdown`]),
+/// which ends their event streams so that open connections can close.
+///
+/// Each connection is handed a clone of one router (`into_make_service`): serving the `Router`
+/// itself would rebuild every route per connection.
+pub async fn serve<F>(
+    listener: TcpListener,
+    app: Router,
+    service: ChatService,
+    options: &ServerOptions,
+    signal: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let stop = tokio_util::sync::CancellationToken::new();
+    let grace = options.shutdown_grace;
+    let replies_done = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            service.shutdown(grace).await;
+        }
+    });
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        signal.await;
+        trigger.cancel();
+    });
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .await?;
+    // The server also ends without a signal if the listener fails: stop the replies then too.
+    stop.cancel();
+    replies_done.await.map_err(std::io::Error::other)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM: the usual signal to hand to [`serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// One log line per request, at `info`: method, path, status and latency.
+fn request_log() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    tower_http::trace::DefaultMakeSpan,
+    (),
+    tower_http::trace::DefaultOnResponse,
+> {
+    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+    TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+}
+
+/// CORS is off unless origins are configured.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring an invalid CORS origin");
+                None
+            }
+        })
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ]),
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}

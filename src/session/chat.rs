@@ -1,0 +1,312 @@
+//! [`Session`]: the default [`ChatSession`], one chat of a [`ChatService`].
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt, stream};
+
+use crate::{
+    ChatId, Error, Message, MessageStatus, MessageStoreExt, Result, Role,
+    hub::{EventPayload, HubEventStream, LiveReply},
+    store::HistoryPage,
+};
+
+use super::{
+    ChatService, ChatSession, ReplyHandle, SendOptions, UserInput,
+    context::build_request,
+    handle::{Control, summary_events},
+    reply::{ReplyRun, persist_final},
+};
+
+/// The default [`ChatSession`]: one chat of a [`ChatService`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub(super) service: ChatService,
+    pub(super) chat_id: ChatId,
+}
+
+#[async_trait]
+impl ChatSession for Session {
+    fn chat_id(&self) -> &ChatId {
+        &self.chat_id
+    }
+
+    async fn send(&self, input: UserInput) -> Result<ReplyHandle> {
+        if input.content.trim().is_empty() {
+            return Err(Error::invalid("message", "the message is empty"));
+        }
+        let inner = &self.service.inner;
+        if inner.tasks.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let key = input.client_message_id.as_deref();
+        // A repeat of a recent send needs neither the hub nor a write.
+        if let Some(key) = key
+            && let Some(user) = self.find_user_message(key).await?
+        {
+            return self.existing_reply(user, &input.options).await;
+        }
+        let options = input.options;
+        let mut user = Message::user(self.chat_id.clone(), input.content);
+        if let Some(key) = key {
+            user = user.with_client_message_id(key);
+        }
+        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
+        let live = match inner.hub.start(&self.chat_id, assistant.id).await {
+            Ok(live) => live,
+            Err(Error::Busy { chat_id }) => {
+                // Busy, perhaps with the very reply this send repeats.
+                if let Some(key) = key
+                    && let Some(user) = self.find_user_message(key).await?
+                {
+                    return self.existing_reply(user, &options).await;
+                }
+                return Err(Error::Busy { chat_id });
+            }
+            Err(e) => return Err(e),
+        };
+        // One write before the reply can start: the chat (if new), the message and the reply.
+        let appended = match inner.store.append_turn(&user, &assistant).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                // The store's error is the one to report; the hub forgets the reply either way.
+                let _ = live.publisher.abort().await;
+                return Err(e);
+            }
+        };
+        if !appended.created {
+            live.publisher.abort().await?;
+            return self.existing_reply(appended.message, &options).await;
+        }
+        self.start(live, user, assistant, false, &options).await
+    }
+
+    async fn regenerate_with(&self, options: SendOptions) -> Result<ReplyHandle> {
+        let inner = &self.service.inner;
+        if inner.tasks.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let user = self
+            .last_user_message()
+            .await?
+            .ok_or_else(|| Error::invalid("chat", "there is no user message to answer again"))?;
+        self.launch(user, true, &options).await
+    }
+
+    async fn cancel(&self) -> Result<bool> {
+        self.service.inner.hub.terminate(&self.chat_id).await
+    }
+
+    async fn history(&self, page: HistoryPage) -> Result<Vec<Message>> {
+        self.service.inner.store.history(&self.chat_id, page).await
+    }
+
+    async fn subscribe(&self, after: Option<u64>) -> Result<Option<HubEventStream>> {
+        self.service.inner.hub.subscribe(&self.chat_id, after).await
+    }
+
+    async fn is_live(&self) -> Result<bool> {
+        self.service.inner.hub.is_live(&self.chat_id).await
+    }
+}
+
+const PAGE: usize = 64;
+
+impl Session {
+    /// The chat's service.
+    pub fn service(&self) -> &ChatService {
+        &self.service
+    }
+
+    /// A recent user message with this client key (older ones are caught by `append_idempotent`).
+    async fn find_user_message(&self, key: &str) -> Result<Option<Message>> {
+        let recent = self
+            .service
+            .inner
+            .store
+            .history(&self.chat_id, HistoryPage::newest(PAGE))
+            .await?;
+        Ok(recent
+            .into_iter()
+            .rev()
+            .find(|m| m.role == Role::User && m.client_message_id.as_deref() == Some(key)))
+    }
+
+    /// The assistant message answering `user`, searching back from the newest message.
+    async fn find_reply(&self, user: &Message) -> Result<Option<Message>> {
+        let mut messages = self.service.inner.store.newest_first(&self.chat_id);
+        while let Some(m) = messages.try_next().await? {
+            // The newest reply wins: a regenerated one replaces the earlier ones.
+            if m.reply_to == Some(user.id) {
+                return Ok(Some(m));
+            }
+            // The reply comes after its user message: once that is passed, there is none.
+            if m.id == user.id {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The handle for a send that repeats `user`: its live reply, a summary of its finished one,
+    /// or (when the earlier send stored the message but never got to start a reply) a new reply.
+    async fn existing_reply(&self, user: Message, options: &SendOptions) -> Result<ReplyHandle> {
+        let inner = &self.service.inner;
+        let Some(assistant) = self.find_reply(&user).await? else {
+            return self.launch(user, false, options).await;
+        };
+        let control = Control::Existing {
+            service: self.service.clone(),
+        };
+        if assistant.status == MessageStatus::Streaming
+            && let Some(events) = inner.hub.subscribe(&self.chat_id, None).await?
+            // Subscribed first, asked second: a reply the hub still names as live after the
+            // subscription began is the one subscribed to (a newer reply could only have
+            // replaced it after it finished).
+            && inner
+                .hub
+                .live_reply(&self.chat_id)
+                .await?
+                .is_some_and(|live| live.message_id == assistant.id)
+        {
+            return Ok(ReplyHandle {
+                chat_id: self.chat_id.clone(),
+                user_message: user,
+                assistant_message_id: assistant.id,
+                events,
+                created: false,
+                control,
+            });
+        }
+        // Finished (or not live here): re-read, it may have finished meanwhile.
+        let assistant = inner
+            .store
+            .get_message(&assistant.id)
+            .await?
+            .unwrap_or(assistant);
+        let events = summary_events(&user, &assistant);
+        Ok(ReplyHandle {
+            chat_id: self.chat_id.clone(),
+            assistant_message_id: assistant.id,
+            user_message: user,
+            events: stream::iter(events.into_iter().map(Ok)).boxed(),
+            created: false,
+            control,
+        })
+    }
+
+    /// The newest user message of the chat.
+    async fn last_user_message(&self) -> Result<Option<Message>> {
+        let mut messages = self.service.inner.store.newest_first(&self.chat_id);
+        while let Some(m) = messages.try_next().await? {
+            if m.role == Role::User {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Starts generating the reply to `user`; with `replacing`, the earlier replies to `user`
+    /// are left out of the request.
+    async fn launch(
+        &self,
+        user: Message,
+        replacing: bool,
+        options: &SendOptions,
+    ) -> Result<ReplyHandle> {
+        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
+        let live = self
+            .service
+            .inner
+            .hub
+            .start(&self.chat_id, assistant.id)
+            .await?;
+        if let Err(e) = self.service.inner.store.append(&assistant).await {
+            let _ = live.publisher.abort().await;
+            return Err(e);
+        }
+        self.start(live, user, assistant, replacing, options).await
+    }
+
+    /// Starts the reply task for `assistant`, already stored as `streaming`. Should that fail,
+    /// the stored reply is marked `failed` with the error, so it does not wait for crash
+    /// recovery.
+    async fn start(
+        &self,
+        live: LiveReply,
+        user: Message,
+        mut assistant: Message,
+        replacing: bool,
+        options: &SendOptions,
+    ) -> Result<ReplyHandle> {
+        let inner = &self.service.inner;
+        let LiveReply {
+            mut publisher,
+            cancel,
+        } = live;
+        let started = async {
+            let mut request = build_request(
+                inner.store.as_ref(),
+                &self.chat_id,
+                &inner.settings,
+                replacing.then_some(user.id),
+            )
+            .await?;
+            if let Some(model) = &options.model {
+                request.model = Some(model.clone());
+            }
+            publisher
+                .publish(EventPayload::Start {
+                    chat_id: self.chat_id.clone(),
+                    message_id: assistant.id,
+                    user_message_id: user.id,
+                })
+                .await?;
+            let events = inner
+                .hub
+                .subscribe(&self.chat_id, None)
+                .await?
+                .ok_or_else(|| Error::Hub {
+                    backend: inner.hub.backend(),
+                    message: "a reply just started is not in the hub".into(),
+                    source: None,
+                })?;
+            Ok::<_, Error>((request, events))
+        }
+        .await;
+        let (request, events) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                assistant.status = MessageStatus::Failed;
+                assistant.error = Some(e.to_string());
+                assistant.updated_at = chrono::Utc::now();
+                persist_final(inner, &assistant).await;
+                // The error that stopped the start is the one to report; an abort that fails
+                // too leaves the hub to end the reply when the publisher drops.
+                let _ = publisher.abort().await;
+                return Err(e);
+            }
+        };
+        let finished = Arc::new(AtomicBool::new(false));
+        let run = ReplyRun {
+            service: self.service.inner.clone(),
+            publisher,
+            cancel: cancel.clone(),
+            finished: finished.clone(),
+            message: assistant.clone(),
+            checkpoint_write: None,
+        };
+        inner.tasks.spawn(run.run(request));
+        Ok(ReplyHandle {
+            chat_id: self.chat_id.clone(),
+            user_message: user,
+            assistant_message_id: assistant.id,
+            events,
+            created: true,
+            control: Control::Own {
+                token: cancel,
+                finished,
+            },
+        })
+    }
+}

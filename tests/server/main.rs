@@ -1,0 +1,16 @@
+//! The server example: its HTTP contract served in-process on port 0, a server stopped or
+//! killed and started again, several instances on one PostgreSQL and one Redis, and its
+//! configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// The example is a binary: its modules are compiled into this target.
+include!("../../examples/server/embed.rs");
+
+#[path = "../common/mod.rs"]
+mod common;
+mod configuration;
+mod contract;
+mod instances;
+mod rejections;
+mod restart;
+mod support;
