@@ -3,43 +3,21 @@
 
 use std::{str::FromStr, time::Duration};
 
-use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{
-    Connection, Row,
-    migrate::Migrator,
-    postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow},
+    Connection,
+    postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult},
 };
 
-use super::{
-    Appended, ChatPage, HistoryPage, MessageStore,
-    sql::{self, RawMessage},
-};
-use crate::{Chat, ChatId, Error, Message, MessageId, Result};
-
-const BACKEND: &str = "postgres";
-
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+use super::Appended;
+use super::sql::{self, Insert, Sql, SqlBackend, Statements, message_columns};
+use crate::{Error, Message, Result};
 
 /// How long opening the store waits for the server before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections per store: a checkpoint or append holds one for a few round trips only.
 const POOL_SIZE: u32 = 10;
-
-macro_rules! message_columns {
-    () => {
-        "id, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
-         usage_input_tokens, usage_output_tokens, error, client_message_id, reply_to, created_at, \
-         updated_at"
-    };
-}
-
-const SELECT_BY_CLIENT_KEY: &str = concat!(
-    "SELECT ",
-    message_columns!(),
-    " FROM messages WHERE chat_id = $1 AND client_message_id = $2"
-);
 
 /// A store in a PostgreSQL database: for production, and for several server processes that
 /// share chats.
@@ -96,7 +74,7 @@ impl PostgresStore {
             Ok(_) => {}
             // Two processes creating the schema at once: the loser sees a duplicate.
             Err(e) if is_duplicate_object(&e) => {}
-            Err(e) => return Err(sql::store_error(BACKEND, "create schema", e)),
+            Err(e) => return Err(sql::store_error(Self::BACKEND, "create schema", e)),
         }
         Self::finish_open(conn, options).await
     }
@@ -121,7 +99,7 @@ impl PostgresStore {
 
     /// A store on an existing pool, after running the schema migrations on it.
     pub async fn from_pool(pool: PgPool) -> Result<Self> {
-        let mut conn = pool.acquire().await.map_err(err("connect"))?;
+        let mut conn = pool.acquire().await.map_err(sql::err::<Self>("connect"))?;
         migrate(&mut conn).await?;
         drop(conn);
         Ok(PostgresStore { pool })
@@ -180,12 +158,12 @@ async fn connect_once(options: &PgConnectOptions) -> Result<PgConnection> {
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(Error::Store {
-            backend: BACKEND,
+            backend: PostgresStore::BACKEND,
             message: format!("cannot connect to database {database:?} at {server}: {e}"),
             source: Some(Box::new(e)),
         }),
         Err(_) => Err(Error::Store {
-            backend: BACKEND,
+            backend: PostgresStore::BACKEND,
             message: format!(
                 "cannot connect to database {database:?} at {server}: no answer within {}s",
                 CONNECT_TIMEOUT.as_secs()
@@ -196,305 +174,97 @@ async fn connect_once(options: &PgConnectOptions) -> Result<PgConnection> {
 }
 
 async fn migrate(conn: &mut PgConnection) -> Result<()> {
-    MIGRATOR.run(conn).await.map_err(|e| Error::Store {
-        backend: BACKEND,
-        message: format!("schema migration failed: {e}"),
-        source: Some(Box::new(e)),
-    })
+    sqlx::migrate!("migrations/postgres")
+        .run(conn)
+        .await
+        .map_err(|e| sql::migration_error(PostgresStore::BACKEND, e))
 }
 
-fn err(doing: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| sql::store_error(BACKEND, doing, e)
-}
+impl SqlBackend for PostgresStore {
+    type Db = sqlx::Postgres;
+    type Time = DateTime<Utc>;
+    type WriteLock<'a> = ();
 
-/// What PostgreSQL will keep of a timestamp, so values handed back match values read back.
-fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.trunc_subsecs(6)
-}
-
-fn not_found(what: &'static str, id: impl ToString) -> Error {
-    Error::NotFound {
-        what,
-        id: id.to_string(),
-    }
-}
-
-fn decode_message(row: &PgRow) -> Result<Message> {
-    let raw = (|| -> std::result::Result<RawMessage, sqlx::Error> {
-        Ok(RawMessage {
-            id: row.try_get("id")?,
-            chat_id: row.try_get("chat_id")?,
-            role: row.try_get("role")?,
-            content: row.try_get("content")?,
-            reasoning: row.try_get("reasoning")?,
-            tool_calls: row.try_get("tool_calls")?,
-            tool_call_id: row.try_get("tool_call_id")?,
-            status: row.try_get("status")?,
-            finish_reason: row.try_get("finish_reason")?,
-            usage_input_tokens: row.try_get("usage_input_tokens")?,
-            usage_output_tokens: row.try_get("usage_output_tokens")?,
-            error: row.try_get("error")?,
-            client_message_id: row.try_get("client_message_id")?,
-            reply_to: row.try_get("reply_to")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
-    })()
-    .map_err(err("read message"))?;
-    raw.into_message(BACKEND)
-}
-
-fn decode_chat(row: &PgRow) -> Result<Chat> {
-    let id: String = row.try_get("id").map_err(err("read chat"))?;
-    Ok(Chat {
-        id: id
-            .parse()
-            .map_err(|e| sql::corrupt(BACKEND, "chat id", e))?,
-        title: row.try_get("title").map_err(err("read chat"))?,
-        created_at: row.try_get("created_at").map_err(err("read chat"))?,
-        updated_at: row.try_get("updated_at").map_err(err("read chat"))?,
-    })
-}
-
-impl PostgresStore {
-    async fn by_client_key(&self, chat: &ChatId, key: &str) -> Result<Option<Message>> {
-        sqlx::query(SELECT_BY_CLIENT_KEY)
-            .bind(chat.as_str())
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err("append message"))?
-            .as_ref()
-            .map(decode_message)
-            .transpose()
-    }
-
-    /// Appends `message`; with `key`, returns the chat's existing message with that client
-    /// message id instead, if there is one.
-    async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
-        let mut tx = self.pool.begin().await.map_err(err("append message"))?;
-        match insert_in(&mut tx, message, key).await? {
-            Insert::Created => {
-                tx.commit().await.map_err(err("append message"))?;
-                Ok(None)
-            }
-            Insert::Existing(original) => {
-                tx.rollback().await.map_err(err("append message"))?;
-                Ok(Some(*original))
-            }
-            Insert::Duplicate => {
-                drop(tx);
-                self.after_duplicate(message, key).await.map(Some)
-            }
-        }
-    }
-
-    /// The answer to an insert that broke a unique constraint: the chat's row lock taken by
-    /// [`insert_in`] makes this unreachable for a repeated key, but should a duplicate slip past
-    /// it, the constraint still decides: the message that won, or `AlreadyExists`.
-    async fn after_duplicate(&self, message: &Message, key: Option<&str>) -> Result<Message> {
-        if let Some(key) = key
-            && let Some(original) = self.by_client_key(&message.chat_id, key).await?
-        {
-            return Ok(original);
-        }
-        Err(Error::AlreadyExists {
-            what: "message",
-            id: message.id.to_string(),
-        })
-    }
-}
-
-/// What [`insert_in`] did.
-enum Insert {
-    Created,
-    /// The chat already has a message with the key: nothing was written.
-    Existing(Box<Message>),
-    /// A unique constraint refused the row; the transaction must be dropped.
-    Duplicate,
-}
-
-/// Appends `message` inside a transaction (see [`PostgresStore::insert`]).
-async fn insert_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    message: &Message,
-    key: Option<&str>,
-) -> Result<Insert> {
-    let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
-    let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-    // The row lock taken here serialises appends to one chat across every process: the
-    // duplicate check below then sees any message a concurrent send committed first.
-    let seq: Option<i64> = sqlx::query_scalar(
-        "UPDATE chats SET next_seq = next_seq + 1, updated_at = GREATEST(updated_at, $1) \
-         WHERE id = $2 RETURNING next_seq - 1",
-    )
-    .bind(message.updated_at)
-    .bind(message.chat_id.as_str())
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(err("append message"))?;
-    let Some(seq) = seq else {
-        return Err(not_found("chat", &message.chat_id));
+    const BACKEND: &'static str = "postgres";
+    const SQL: Statements = Statements {
+        insert_chat: "INSERT INTO chats (id, title, created_at, updated_at) \
+                      VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        get_chat: "SELECT id, title, created_at, updated_at FROM chats WHERE id = $1",
+        list_chats: "SELECT id, title, created_at, updated_at FROM chats \
+                     ORDER BY updated_at DESC, id DESC LIMIT $1 OFFSET $2",
+        rename_chat: "UPDATE chats SET title = $1 WHERE id = $2 \
+                      RETURNING id, title, created_at, updated_at",
+        delete_chat: "DELETE FROM chats WHERE id = $1",
+        // The row lock taken here serialises appends to one chat across every process.
+        next_seq: "UPDATE chats SET next_seq = next_seq + 1, \
+                   updated_at = GREATEST(updated_at, $1) WHERE id = $2 RETURNING next_seq - 1",
+        by_client_key: concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = $1 AND client_message_id = $2"
+        ),
+        insert_message: concat!(
+            "INSERT INTO messages (",
+            message_columns!(),
+            ", seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+             $16, $17)"
+        ),
+        get_message: concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = $1"
+        ),
+        seq_of: "SELECT seq FROM messages WHERE id = $1 AND chat_id = $2",
+        history: concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        ),
+        recover_streaming: "UPDATE messages SET status = 'interrupted', updated_at = $1 \
+                            WHERE status = 'streaming' AND role = 'assistant' \
+                            AND ($2::timestamptz IS NULL OR updated_at < $2)",
+        interrupt_reply: "UPDATE messages SET status = 'interrupted', updated_at = $1 \
+                          WHERE id = $2 AND status = 'streaming' AND role = 'assistant'",
     };
-    if let Some(key) = key {
-        let existing = sqlx::query(SELECT_BY_CLIENT_KEY)
-            .bind(message.chat_id.as_str())
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(err("append message"))?;
-        if let Some(row) = existing {
-            return decode_message(&row).map(|m| Insert::Existing(Box::new(m)));
-        }
-    }
-    let inserted = sqlx::query(concat!(
-        "INSERT INTO messages (",
-        message_columns!(),
-        ", seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $17)"
-    ))
-    .bind(message.id.as_uuid())
-    .bind(message.chat_id.as_str())
-    .bind(message.role.as_str())
-    .bind(&message.content)
-    .bind(&message.reasoning)
-    .bind(tool_calls)
-    .bind(&message.tool_call_id)
-    .bind(message.status.as_str())
-    .bind(message.finish_reason.map(|f| f.as_str()))
-    .bind(input_tokens)
-    .bind(output_tokens)
-    .bind(&message.error)
-    .bind(&message.client_message_id)
-    .bind(message.reply_to.map(|id| *id.as_uuid()))
-    .bind(message.created_at)
-    .bind(message.updated_at)
-    .bind(seq)
-    .execute(&mut **tx)
-    .await;
-    match inserted {
-        Ok(_) => Ok(Insert::Created),
-        Err(e) if sql::is_unique_violation(&e) => Ok(Insert::Duplicate),
-        Err(e) => Err(sql::store_error(BACKEND, "append message", e)),
-    }
-}
 
-#[async_trait]
-impl MessageStore for PostgresStore {
-    fn backend(&self) -> &'static str {
-        BACKEND
+    fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
-        let now = micros(Utc::now());
-        let chat = Chat {
-            id: id.unwrap_or_else(ChatId::generate),
-            title,
-            created_at: now,
-            updated_at: now,
-        };
-        let done = sqlx::query(
-            "INSERT INTO chats (id, title, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(chat.id.as_str())
-        .bind(&chat.title)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(err("create chat"))?;
-        if done.rows_affected() == 0 {
-            return Err(Error::AlreadyExists {
-                what: "chat",
-                id: chat.id.to_string(),
-            });
-        }
-        Ok(chat)
+    fn encode_time(time: DateTime<Utc>) -> Result<DateTime<Utc>> {
+        Ok(time)
     }
 
-    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
-        sqlx::query("SELECT id, title, created_at, updated_at FROM chats WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err("get chat"))?
-            .as_ref()
-            .map(decode_chat)
-            .transpose()
+    fn decode_time(stored: DateTime<Utc>) -> DateTime<Utc> {
+        stored
     }
 
-    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
-        sqlx::query(
-            "SELECT id, title, created_at, updated_at FROM chats \
-             ORDER BY updated_at DESC, id DESC LIMIT $1 OFFSET $2",
-        )
-        .bind(sql::sql_limit(page.limit))
-        .bind(sql::sql_limit(page.offset))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("list chats"))?
-        .iter()
-        .map(decode_chat)
-        .collect()
+    /// PostgreSQL keeps timestamps to the microsecond.
+    fn kept(time: DateTime<Utc>) -> DateTime<Utc> {
+        time.trunc_subsecs(6)
     }
 
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
-        sqlx::query(
-            "UPDATE chats SET title = $1 WHERE id = $2 \
-             RETURNING id, title, created_at, updated_at",
-        )
-        .bind(&title)
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err("rename chat"))?
-        .as_ref()
-        .map(decode_chat)
-        .transpose()?
-        .ok_or_else(|| not_found("chat", id))
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
     }
 
-    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
-        // Messages go with it: ON DELETE CASCADE.
-        let done = sqlx::query("DELETE FROM chats WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(err("delete chat"))?;
-        Ok(done.rows_affected() > 0)
+    /// Writers need no turns: the database's row locks order them.
+    async fn lock_writes(&self) {}
+
+    async fn begin_write(
+        &self,
+        doing: &'static str,
+    ) -> Result<((), sqlx::Transaction<'static, sqlx::Postgres>)> {
+        let tx = self.pool.begin().await.map_err(sql::err::<Self>(doing))?;
+        Ok(((), tx))
     }
 
-    async fn append(&self, message: &Message) -> Result<()> {
-        self.insert(message, None).await.map(|_| ())
-    }
-
-    async fn append_idempotent(&self, message: &Message) -> Result<Appended> {
-        let key = message.client_message_id.as_deref().ok_or_else(|| {
-            Error::invalid("message", "append_idempotent needs a client message id")
-        })?;
-        Ok(match self.insert(message, Some(key)).await? {
-            Some(original) => Appended {
-                message: original,
-                created: false,
-            },
-            None => {
-                // Hand back what a later read gives, so a repeat compares equal.
-                let mut stored = message.clone();
-                stored.created_at = micros(stored.created_at);
-                stored.updated_at = micros(stored.updated_at);
-                Appended {
-                    message: stored,
-                    created: true,
-                }
-            }
-        })
-    }
-
-    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        super::same_chat(user, reply)?;
+    async fn turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        let sql = Sql(self);
+        let err = sql::err::<Self>;
         let key = user.client_message_id.as_deref();
-        let now = micros(Utc::now());
-        let mut tx = self.pool.begin().await.map_err(err("append turn"))?;
+        let now = Self::kept(Utc::now());
+        let ((), mut tx) = self.begin_write("append turn").await?;
         sqlx::query(
             "INSERT INTO chats (id, title, created_at, updated_at) VALUES ($1, NULL, $2, $2) \
              ON CONFLICT (id) DO NOTHING",
@@ -504,7 +274,7 @@ impl MessageStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(err("append turn"))?;
-        match insert_in(&mut tx, user, key).await? {
+        match sql.insert_in(&mut tx, user, key).await? {
             Insert::Created => {}
             Insert::Existing(original) => {
                 tx.rollback().await.map_err(err("append turn"))?;
@@ -516,12 +286,12 @@ impl MessageStore for PostgresStore {
             Insert::Duplicate => {
                 drop(tx);
                 return Ok(Appended {
-                    message: self.after_duplicate(user, key).await?,
+                    message: sql.after_duplicate(user, key).await?,
                     created: false,
                 });
             }
         }
-        match insert_in(&mut tx, reply, None).await? {
+        match sql.insert_in(&mut tx, reply, None).await? {
             Insert::Created => {}
             Insert::Existing(_) | Insert::Duplicate => {
                 // Neither message is kept: the whole turn fails.
@@ -533,144 +303,35 @@ impl MessageStore for PostgresStore {
             }
         }
         tx.commit().await.map_err(err("append turn"))?;
-        // Hand back what a later read gives, so a repeat compares equal.
-        let mut stored = user.clone();
-        stored.created_at = micros(stored.created_at);
-        stored.updated_at = micros(stored.updated_at);
         Ok(Appended {
-            message: stored,
+            message: sql::as_stored::<Self>(user),
             created: true,
         })
     }
 
-    async fn update(&self, message: &Message) -> Result<()> {
-        let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
-        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-        // One statement, one round trip: the message row and its chat's activity time.
-        let done = sqlx::query(
-            "WITH m AS ( \
-                 UPDATE messages SET content = $1, reasoning = $2, tool_calls = $3, status = $4, \
-                 finish_reason = $5, usage_input_tokens = $6, usage_output_tokens = $7, \
-                 error = $8, updated_at = $9 WHERE id = $10 RETURNING chat_id \
-             ) \
-             UPDATE chats SET updated_at = GREATEST(chats.updated_at, $9) \
-             FROM m WHERE chats.id = m.chat_id",
-        )
-        .bind(&message.content)
-        .bind(&message.reasoning)
-        .bind(tool_calls)
-        .bind(message.status.as_str())
-        .bind(message.finish_reason.map(|f| f.as_str()))
-        .bind(input_tokens)
-        .bind(output_tokens)
-        .bind(&message.error)
-        .bind(message.updated_at)
-        .bind(message.id.as_uuid())
-        .execute(&self.pool)
-        .await
-        .map_err(err("update message"))?;
+    async fn checkpoint(&self, message: &Message) -> Result<()> {
+        let done = Sql(self)
+            .bind_checkpoint(sqlx::query(UPDATE), message)?
+            .execute(&self.pool)
+            .await
+            .map_err(sql::err::<Self>("update message"))?;
         if done.rows_affected() == 0 {
-            return Err(not_found("message", message.id));
+            return Err(sql::not_found("message", message.id));
         }
         Ok(())
     }
-
-    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE id = $1"
-        ))
-        .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err("get message"))?
-        .as_ref()
-        .map(decode_message)
-        .transpose()
-    }
-
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
-        let upper: i64 = match page.before {
-            Some(before) => {
-                sqlx::query_scalar("SELECT seq FROM messages WHERE id = $1 AND chat_id = $2")
-                    .bind(before.as_uuid())
-                    .bind(chat.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(err("load history"))?
-                    .ok_or_else(|| not_found("message", before))?
-            }
-            None => i64::MAX,
-        };
-        let mut messages = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-        ))
-        .bind(chat.as_str())
-        .bind(upper)
-        .bind(sql::sql_limit(page.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("load history"))?
-        .iter()
-        .map(decode_message)
-        .collect::<Result<Vec<_>>>()?;
-        messages.reverse();
-        Ok(messages)
-    }
-
-    async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE messages SET status = 'interrupted', updated_at = $1 \
-             WHERE status = 'streaming' AND role = 'assistant' \
-             AND ($2::timestamptz IS NULL OR updated_at < $2)",
-        )
-        .bind(micros(Utc::now()))
-        .bind(updated_before)
-        .execute(&self.pool)
-        .await
-        .map_err(err("recover streaming messages"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn streaming_replies(&self) -> Result<Vec<Message>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE status = 'streaming' AND role = 'assistant' \
-             ORDER BY created_at, seq"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("list streaming replies"))?
-        .iter()
-        .map(decode_message)
-        .collect()
-    }
-
-    async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE messages SET status = 'interrupted', updated_at = $1 \
-             WHERE id = $2 AND status = 'streaming' AND role = 'assistant'",
-        )
-        .bind(micros(Utc::now()))
-        .bind(id.as_uuid())
-        .execute(&self.pool)
-        .await
-        .map_err(err("interrupt reply"))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(err("ping the database"))
-    }
 }
+
+/// A checkpoint as one statement, one round trip: the message row and its chat's activity time.
+const UPDATE: &str = "WITH m AS ( \
+        UPDATE messages SET content = $1, reasoning = $2, tool_calls = $3, status = $4, \
+        finish_reason = $5, usage_input_tokens = $6, usage_output_tokens = $7, error = $8, \
+        updated_at = $9 WHERE id = $10 RETURNING chat_id \
+    ) \
+    UPDATE chats SET updated_at = GREATEST(chats.updated_at, $9) \
+    FROM m WHERE chats.id = m.chat_id";
+
+sql::impl_message_store!(PostgresStore);
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,602 @@
-//! What the SQL backends share: error mapping and the encoding of a message's structured fields.
+//! What the SQL backends share: the logic of every store operation whose steps are the same in
+//! SQLite and PostgreSQL, the error mapping, and (in [`row`]) how messages and chats are laid out
+//! in columns.
+//!
+//! A backend implements [`SqlBackend`]: its sqlx database, its SQL text ([`Statements`]), how it
+//! stores a timestamp, and how its writers take turns. [`Sql`] runs the operations over those.
+//! What a backend does its own way (SQLite's one-round-trip write scripts, PostgreSQL's
+//! transactions for a turn) stays in its file and calls on the same pieces.
 
-use crate::{Error, FinishReason, Message, MessageStatus, Result, Role, ToolCall, Usage};
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
+
+use super::HistoryPage;
+use crate::{Chat, ChatId, Error, Message, MessageId, Result};
+
+mod row;
+
+pub(crate) use row::{Columns, as_stored, message_columns};
+use row::{RawChat, RawMessage, tool_calls_to_json, usage_columns};
+
+/// The assistant messages still `streaming`, oldest first. No parameters, so no dialect.
+pub(crate) const STREAMING_REPLIES: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE status = 'streaming' AND role = 'assistant' ORDER BY created_at, seq"
+);
+
+/// A backend's SQL text, in its dialect. Each statement takes its parameters in the order given.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    /// Inserts a chat `(id, title, created_at, updated_at)`; no row when the id is taken.
+    pub(crate) insert_chat: &'static str,
+    /// The chat `(id)`: `id, title, created_at, updated_at`.
+    pub(crate) get_chat: &'static str,
+    /// Chats, most recently active first: `(limit, offset)`.
+    pub(crate) list_chats: &'static str,
+    /// Sets the title `(title, id)`, returning the chat as `get_chat` does.
+    pub(crate) rename_chat: &'static str,
+    /// Deletes the chat `(id)` and, by cascade, its messages.
+    pub(crate) delete_chat: &'static str,
+    /// Takes the next sequence number of the chat and moves its activity time forward
+    /// `(updated_at, chat id)`, returning the number taken; no row when there is no such chat.
+    pub(crate) next_seq: &'static str,
+    /// The message of a chat with a client message id `(chat id, key)`.
+    pub(crate) by_client_key: &'static str,
+    /// Inserts a message: its `message_columns!()`, then its sequence number.
+    pub(crate) insert_message: &'static str,
+    /// The message `(id)`.
+    pub(crate) get_message: &'static str,
+    /// The sequence number of a message in a chat `(id, chat id)`.
+    pub(crate) seq_of: &'static str,
+    /// A chat's messages below a sequence number, newest first `(chat id, seq, limit)`.
+    pub(crate) history: &'static str,
+    /// Marks assistant replies still `streaming` as `interrupted` `(now, updated before or
+    /// NULL for all)`.
+    pub(crate) recover_streaming: &'static str,
+    /// Marks one assistant reply `interrupted` if it is still `streaming` `(now, id)`.
+    pub(crate) interrupt_reply: &'static str,
+}
+
+/// What a SQL backend supplies to [`Sql`]: its database, SQL text and encodings, and how its
+/// writers take turns.
+pub(crate) trait SqlBackend: Send + Sync + Sized + 'static {
+    /// The sqlx database.
+    type Db: Database;
+    /// A timestamp as the backend stores it.
+    type Time: for<'q> Encode<'q, Self::Db> + Type<Self::Db> + Copy + Send + Sync + 'static;
+    /// Held while a write runs: what keeps the backend's writers in turn, if anything.
+    type WriteLock<'a>: Send
+    where
+        Self: 'a;
+
+    /// The backend's name, in errors and [`MessageStore::backend`](super::MessageStore::backend).
+    const BACKEND: &'static str;
+    /// The backend's SQL text.
+    const SQL: Statements;
+
+    /// The connection pool.
+    fn pool(&self) -> &Pool<Self::Db>;
+
+    /// A timestamp as stored; fails for one the backend cannot keep.
+    fn encode_time(time: DateTime<Utc>) -> Result<Self::Time>;
+
+    /// A stored timestamp.
+    fn decode_time(stored: Self::Time) -> DateTime<Utc>;
+
+    /// What a timestamp reads back as once stored: what a write hands back, so that it compares
+    /// equal to what a later read gives.
+    fn kept(time: DateTime<Utc>) -> DateTime<Utc>;
+
+    /// How many rows a statement changed.
+    fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// Waits for this backend's turn to write.
+    fn lock_writes(&self) -> impl Future<Output = Self::WriteLock<'_>> + Send;
+
+    /// Waits for the turn to write, then begins a write transaction.
+    fn begin_write(
+        &self,
+        doing: &'static str,
+    ) -> impl Future<Output = Result<(Self::WriteLock<'_>, Transaction<'static, Self::Db>)>> + Send;
+
+    /// [`MessageStore::append_turn`](super::MessageStore::append_turn), once the two messages
+    /// are known to share a chat: each backend writes a turn its own way.
+    fn turn(
+        &self,
+        user: &Message,
+        reply: &Message,
+    ) -> impl Future<Output = Result<super::Appended>> + Send;
+
+    /// [`MessageStore::update`](super::MessageStore::update): each backend writes a checkpoint
+    /// its own way.
+    fn checkpoint(&self, message: &Message) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Implements [`MessageStore`](super::MessageStore) for a [`SqlBackend`]: [`Sql`]'s operations,
+/// and the backend's own [`turn`](SqlBackend::turn) and [`checkpoint`](SqlBackend::checkpoint).
+///
+/// A macro rather than a blanket impl over `SqlBackend`, which would need [`Sql`]'s bounds spelt
+/// out again and would show in the public docs as implemented for a private trait.
+macro_rules! impl_message_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::MessageStore for $store {
+            fn backend(&self) -> &'static str {
+                <Self as $crate::store::sql::SqlBackend>::BACKEND
+            }
+
+            async fn create_chat(
+                &self,
+                id: Option<$crate::ChatId>,
+                title: Option<String>,
+            ) -> $crate::Result<$crate::Chat> {
+                $crate::store::sql::Sql(self).create_chat(id, title).await
+            }
+
+            async fn get_chat(&self, id: &$crate::ChatId) -> $crate::Result<Option<$crate::Chat>> {
+                $crate::store::sql::Sql(self).get_chat(id).await
+            }
+
+            async fn list_chats(
+                &self,
+                page: $crate::store::ChatPage,
+            ) -> $crate::Result<Vec<$crate::Chat>> {
+                $crate::store::sql::Sql(self).list_chats(page).await
+            }
+
+            async fn rename_chat(
+                &self,
+                id: &$crate::ChatId,
+                title: Option<String>,
+            ) -> $crate::Result<$crate::Chat> {
+                $crate::store::sql::Sql(self).rename_chat(id, title).await
+            }
+
+            async fn delete_chat(&self, id: &$crate::ChatId) -> $crate::Result<bool> {
+                $crate::store::sql::Sql(self).delete_chat(id).await
+            }
+
+            async fn append(&self, message: &$crate::Message) -> $crate::Result<()> {
+                $crate::store::sql::Sql(self).append(message).await
+            }
+
+            async fn append_idempotent(
+                &self,
+                message: &$crate::Message,
+            ) -> $crate::Result<$crate::store::Appended> {
+                $crate::store::sql::Sql(self)
+                    .append_idempotent(message)
+                    .await
+            }
+
+            async fn append_turn(
+                &self,
+                user: &$crate::Message,
+                reply: &$crate::Message,
+            ) -> $crate::Result<$crate::store::Appended> {
+                $crate::store::same_chat(user, reply)?;
+                $crate::store::sql::SqlBackend::turn(self, user, reply).await
+            }
+
+            async fn update(&self, message: &$crate::Message) -> $crate::Result<()> {
+                $crate::store::sql::SqlBackend::checkpoint(self, message).await
+            }
+
+            async fn get_message(
+                &self,
+                id: &$crate::MessageId,
+            ) -> $crate::Result<Option<$crate::Message>> {
+                $crate::store::sql::Sql(self).get_message(id).await
+            }
+
+            async fn history(
+                &self,
+                chat: &$crate::ChatId,
+                page: $crate::store::HistoryPage,
+            ) -> $crate::Result<Vec<$crate::Message>> {
+                $crate::store::sql::Sql(self).history(chat, page).await
+            }
+
+            async fn recover_streaming(
+                &self,
+                updated_before: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> $crate::Result<u64> {
+                $crate::store::sql::Sql(self)
+                    .recover_streaming(updated_before)
+                    .await
+            }
+
+            async fn streaming_replies(&self) -> $crate::Result<Vec<$crate::Message>> {
+                $crate::store::sql::Sql(self).streaming_replies().await
+            }
+
+            async fn interrupt_reply(&self, id: &$crate::MessageId) -> $crate::Result<bool> {
+                $crate::store::sql::Sql(self).interrupt_reply(id).await
+            }
+
+            async fn ping(&self) -> $crate::Result<()> {
+                $crate::store::sql::Sql(self).ping().await
+            }
+        }
+    };
+}
+pub(crate) use impl_message_store;
+
+/// A query of a backend's database.
+pub(crate) type Query<'q, Db> = sqlx::query::Query<'q, Db, <Db as Database>::Arguments<'q>>;
+
+type Row<B> = <<B as SqlBackend>::Db as Database>::Row;
+
+/// What [`Sql::insert_in`] did.
+pub(crate) enum Insert {
+    Created,
+    /// The chat already has a message with the key: nothing was written.
+    Existing(Box<Message>),
+    /// A unique constraint refused the row; the transaction must be dropped.
+    Duplicate,
+}
+
+/// The operations the SQL backends run alike, over one backend: `Sql(store).get_message(id)`.
+pub(crate) struct Sql<'s, B>(pub(crate) &'s B);
+
+// The bounds say what the shared statements need of a database: executing on its connections,
+// and encoding and decoding the column types. Both backends meet them; only a generic needs them
+// spelt out.
+impl<B: SqlBackend> Sql<'_, B>
+where
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> Option<&'q str>: Encode<'q, B::Db>,
+    for<'q> Option<String>: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> uuid::Uuid: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> Option<uuid::Uuid>: Encode<'q, B::Db>,
+    for<'q> i64: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> Option<i64>: Encode<'q, B::Db>,
+    for<'q> Option<B::Time>: Encode<'q, B::Db>,
+    for<'r> RawMessage<B::Time>: FromRow<'r, Row<B>>,
+    for<'r> RawChat<B::Time>: FromRow<'r, Row<B>>,
+    for<'r> (i64,): FromRow<'r, Row<B>>,
+{
+    pub(crate) async fn create_chat(
+        &self,
+        id: Option<ChatId>,
+        title: Option<String>,
+    ) -> Result<Chat> {
+        let _writing = self.0.lock_writes().await;
+        let now = B::kept(Utc::now());
+        let chat = Chat {
+            id: id.unwrap_or_else(ChatId::generate),
+            title,
+            created_at: now,
+            updated_at: now,
+        };
+        let now = B::encode_time(now)?;
+        let done = sqlx::query(B::SQL.insert_chat)
+            .bind(chat.id.as_str())
+            .bind(chat.title.as_deref())
+            .bind(now)
+            .bind(now)
+            .execute(self.0.pool())
+            .await
+            .map_err(err::<B>("create chat"))?;
+        if B::rows_affected(&done) == 0 {
+            return Err(Error::AlreadyExists {
+                what: "chat",
+                id: chat.id.to_string(),
+            });
+        }
+        Ok(chat)
+    }
+
+    pub(crate) async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
+        sqlx::query(B::SQL.get_chat)
+            .bind(id.as_str())
+            .fetch_optional(self.0.pool())
+            .await
+            .map_err(err::<B>("get chat"))?
+            .as_ref()
+            .map(Self::decode_chat)
+            .transpose()
+    }
+
+    pub(crate) async fn list_chats(&self, page: super::ChatPage) -> Result<Vec<Chat>> {
+        sqlx::query(B::SQL.list_chats)
+            .bind(sql_limit(page.limit))
+            .bind(sql_limit(page.offset))
+            .fetch_all(self.0.pool())
+            .await
+            .map_err(err::<B>("list chats"))?
+            .iter()
+            .map(Self::decode_chat)
+            .collect()
+    }
+
+    pub(crate) async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
+        let _writing = self.0.lock_writes().await;
+        sqlx::query(B::SQL.rename_chat)
+            .bind(title.as_deref())
+            .bind(id.as_str())
+            .fetch_optional(self.0.pool())
+            .await
+            .map_err(err::<B>("rename chat"))?
+            .as_ref()
+            .map(Self::decode_chat)
+            .transpose()?
+            .ok_or_else(|| not_found("chat", id))
+    }
+
+    pub(crate) async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
+        let _writing = self.0.lock_writes().await;
+        let done = sqlx::query(B::SQL.delete_chat)
+            .bind(id.as_str())
+            .execute(self.0.pool())
+            .await
+            .map_err(err::<B>("delete chat"))?;
+        Ok(B::rows_affected(&done) > 0)
+    }
+
+    pub(crate) async fn append(&self, message: &Message) -> Result<()> {
+        self.insert(message, None).await.map(|_| ())
+    }
+
+    pub(crate) async fn append_idempotent(&self, message: &Message) -> Result<super::Appended> {
+        let key = message.client_message_id.as_deref().ok_or_else(|| {
+            Error::invalid("message", "append_idempotent needs a client message id")
+        })?;
+        Ok(match self.insert(message, Some(key)).await? {
+            Some(original) => super::Appended {
+                message: original,
+                created: false,
+            },
+            None => super::Appended {
+                message: as_stored::<B>(message),
+                created: true,
+            },
+        })
+    }
+
+    /// Appends `message`; with `key`, returns the chat's existing message with that client
+    /// message id instead, if there is one.
+    async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
+        let (_writing, mut tx) = self.0.begin_write("append message").await?;
+        match self.insert_in(&mut tx, message, key).await? {
+            Insert::Created => {
+                tx.commit().await.map_err(err::<B>("append message"))?;
+                Ok(None)
+            }
+            Insert::Existing(original) => {
+                tx.rollback().await.map_err(err::<B>("append message"))?;
+                Ok(Some(*original))
+            }
+            Insert::Duplicate => {
+                drop(tx);
+                self.after_duplicate(message, key).await.map(Some)
+            }
+        }
+    }
+
+    /// Appends `message` inside a write transaction: takes the chat's next sequence number,
+    /// then (with `key`) looks for a message of the chat with that client message id, then
+    /// inserts.
+    ///
+    /// Taking the sequence number first takes the chat's lock (SQLite's write lock, PostgreSQL's
+    /// row lock), so the duplicate check cannot race another append to the chat, in this process
+    /// or another.
+    pub(crate) async fn insert_in(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        message: &Message,
+        key: Option<&str>,
+    ) -> Result<Insert> {
+        let columns = Columns::of::<B>(message)?;
+        let seq: Option<i64> = sqlx::query_scalar(B::SQL.next_seq)
+            .bind(columns.updated_at)
+            .bind(message.chat_id.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(err::<B>("append message"))?;
+        let Some(seq) = seq else {
+            return Err(not_found("chat", &message.chat_id));
+        };
+        if let Some(key) = key {
+            let existing = sqlx::query(B::SQL.by_client_key)
+                .bind(message.chat_id.as_str())
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(err::<B>("append message"))?;
+            if let Some(row) = existing {
+                return Self::decode_message(&row).map(|m| Insert::Existing(Box::new(m)));
+            }
+        }
+        let inserted = self
+            .bind_columns(sqlx::query(B::SQL.insert_message), &columns)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await;
+        match inserted {
+            Ok(_) => Ok(Insert::Created),
+            Err(e) if is_unique_violation(&e) => Ok(Insert::Duplicate),
+            Err(e) => Err(store_error(B::BACKEND, "append message", e)),
+        }
+    }
+
+    /// The answer to an insert that broke a unique constraint: the chat's lock taken by
+    /// [`insert_in`](Self::insert_in) makes this unreachable for a repeated key, but should a
+    /// duplicate slip past it, the constraint still decides: the message that won, or
+    /// `AlreadyExists`.
+    pub(crate) async fn after_duplicate(
+        &self,
+        message: &Message,
+        key: Option<&str>,
+    ) -> Result<Message> {
+        if let Some(key) = key
+            && let Some(original) = self.by_client_key(&message.chat_id, key).await?
+        {
+            return Ok(original);
+        }
+        Err(Error::AlreadyExists {
+            what: "message",
+            id: message.id.to_string(),
+        })
+    }
+
+    async fn by_client_key(&self, chat: &ChatId, key: &str) -> Result<Option<Message>> {
+        sqlx::query(B::SQL.by_client_key)
+            .bind(chat.as_str())
+            .bind(key)
+            .fetch_optional(self.0.pool())
+            .await
+            .map_err(err::<B>("append message"))?
+            .as_ref()
+            .map(Self::decode_message)
+            .transpose()
+    }
+
+    pub(crate) async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
+        sqlx::query(B::SQL.get_message)
+            .bind(id.as_uuid())
+            .fetch_optional(self.0.pool())
+            .await
+            .map_err(err::<B>("get message"))?
+            .as_ref()
+            .map(Self::decode_message)
+            .transpose()
+    }
+
+    pub(crate) async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
+        let upper: i64 = match page.before {
+            Some(before) => sqlx::query_scalar(B::SQL.seq_of)
+                .bind(before.as_uuid())
+                .bind(chat.as_str())
+                .fetch_optional(self.0.pool())
+                .await
+                .map_err(err::<B>("load history"))?
+                .ok_or_else(|| not_found("message", before))?,
+            None => i64::MAX,
+        };
+        let mut messages = sqlx::query(B::SQL.history)
+            .bind(chat.as_str())
+            .bind(upper)
+            .bind(sql_limit(page.limit))
+            .fetch_all(self.0.pool())
+            .await
+            .map_err(err::<B>("load history"))?
+            .iter()
+            .map(Self::decode_message)
+            .collect::<Result<Vec<_>>>()?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    pub(crate) async fn recover_streaming(
+        &self,
+        updated_before: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
+        let _writing = self.0.lock_writes().await;
+        let before = updated_before.map(B::encode_time).transpose()?;
+        let done = sqlx::query(B::SQL.recover_streaming)
+            .bind(B::encode_time(B::kept(Utc::now()))?)
+            .bind(before)
+            .execute(self.0.pool())
+            .await
+            .map_err(err::<B>("recover streaming messages"))?;
+        Ok(B::rows_affected(&done))
+    }
+
+    pub(crate) async fn streaming_replies(&self) -> Result<Vec<Message>> {
+        sqlx::query(STREAMING_REPLIES)
+            .fetch_all(self.0.pool())
+            .await
+            .map_err(err::<B>("list streaming replies"))?
+            .iter()
+            .map(Self::decode_message)
+            .collect()
+    }
+
+    pub(crate) async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
+        let _writing = self.0.lock_writes().await;
+        let done = sqlx::query(B::SQL.interrupt_reply)
+            .bind(B::encode_time(B::kept(Utc::now()))?)
+            .bind(id.as_uuid())
+            .execute(self.0.pool())
+            .await
+            .map_err(err::<B>("interrupt reply"))?;
+        Ok(B::rows_affected(&done) == 1)
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(self.0.pool())
+            .await
+            .map(drop)
+            .map_err(err::<B>("ping the database"))
+    }
+
+    /// Binds a message's columns, in `message_columns!()` order.
+    pub(crate) fn bind_columns<'q>(
+        &self,
+        query: Query<'q, B::Db>,
+        columns: &'q Columns<'q, B::Time>,
+    ) -> Query<'q, B::Db> {
+        let m = columns.message;
+        query
+            .bind(m.id.as_uuid())
+            .bind(m.chat_id.as_str())
+            .bind(m.role.as_str())
+            .bind(m.content.as_str())
+            .bind(m.reasoning.as_deref())
+            .bind(columns.tool_calls.as_deref())
+            .bind(m.tool_call_id.as_deref())
+            .bind(m.status.as_str())
+            .bind(m.finish_reason.map(|f| f.as_str()))
+            .bind(columns.input_tokens)
+            .bind(columns.output_tokens)
+            .bind(m.error.as_deref())
+            .bind(m.client_message_id.as_deref())
+            .bind(m.reply_to.map(|id| *id.as_uuid()))
+            .bind(columns.created_at)
+            .bind(columns.updated_at)
+    }
+
+    /// Binds what a checkpoint saves, in this order: content, reasoning, tool calls, status,
+    /// finish reason, input and output tokens, error, `updated_at`, then the message's id.
+    pub(crate) fn bind_checkpoint<'q>(
+        &self,
+        query: Query<'q, B::Db>,
+        message: &'q Message,
+    ) -> Result<Query<'q, B::Db>> {
+        let (input_tokens, output_tokens) = usage_columns(message.usage);
+        Ok(query
+            .bind(message.content.as_str())
+            .bind(message.reasoning.as_deref())
+            .bind(tool_calls_to_json(B::BACKEND, &message.tool_calls)?)
+            .bind(message.status.as_str())
+            .bind(message.finish_reason.map(|f| f.as_str()))
+            .bind(input_tokens)
+            .bind(output_tokens)
+            .bind(message.error.as_deref())
+            .bind(B::encode_time(message.updated_at)?)
+            .bind(message.id.as_uuid()))
+    }
+
+    /// A message row, as `message_columns!()` selects it.
+    pub(crate) fn decode_message(row: &Row<B>) -> Result<Message> {
+        RawMessage::<B::Time>::from_row(row)
+            .map_err(err::<B>("read message"))?
+            .into_message::<B>()
+    }
+
+    fn decode_chat(row: &Row<B>) -> Result<Chat> {
+        RawChat::<B::Time>::from_row(row)
+            .map_err(err::<B>("read chat"))?
+            .into_chat::<B>()
+    }
+}
 
 /// Wraps a sqlx error into the crate's error, saying what was being done.
 ///
@@ -23,10 +619,32 @@ pub(crate) fn store_error(backend: &'static str, doing: &str, err: sqlx::Error) 
     }
 }
 
+/// [`store_error`] for `B`, as a `map_err` argument.
+pub(crate) fn err<B: SqlBackend>(doing: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
+    move |e| store_error(B::BACKEND, doing, e)
+}
+
+/// A failed schema migration.
+pub(crate) fn migration_error(backend: &'static str, err: sqlx::migrate::MigrateError) -> Error {
+    Error::Store {
+        backend,
+        message: format!("schema migration failed: {err}"),
+        source: Some(Box::new(err)),
+    }
+}
+
 /// Whether a sqlx error is a violated unique constraint (a taken id or client message id).
 pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .is_some_and(|e| e.is_unique_violation())
+}
+
+/// A chat or message that does not exist.
+pub(crate) fn not_found(what: &'static str, id: impl ToString) -> Error {
+    Error::NotFound {
+        what,
+        id: id.to_string(),
+    }
 }
 
 /// A stored row that cannot be turned back into a message.
@@ -35,91 +653,6 @@ pub(crate) fn corrupt(backend: &'static str, what: &str, detail: impl std::fmt::
         backend,
         message: format!("stored {what} is unreadable: {detail}"),
         source: None,
-    }
-}
-
-/// Tool calls as stored: `None` for none, else a JSON array.
-pub(crate) fn tool_calls_to_json(
-    backend: &'static str,
-    calls: &[ToolCall],
-) -> Result<Option<String>> {
-    if calls.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(calls)
-        .map(Some)
-        .map_err(|e| Error::Store {
-            backend,
-            message: format!("cannot encode tool calls: {e}"),
-            source: Some(Box::new(e)),
-        })
-}
-
-/// Token counts as stored: signed 64-bit integers.
-///
-/// Counts beyond `i64::MAX` cannot occur in practice; they saturate rather than fail a write.
-pub(crate) fn usage_columns(usage: Option<Usage>) -> (Option<i64>, Option<i64>) {
-    let col = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    match usage {
-        Some(u) => (Some(col(u.input_tokens)), Some(col(u.output_tokens))),
-        None => (None, None),
-    }
-}
-
-/// The columns of a message row, decoded into Rust types but not yet validated.
-pub(crate) struct RawMessage {
-    pub(crate) id: uuid::Uuid,
-    pub(crate) chat_id: String,
-    pub(crate) role: String,
-    pub(crate) content: String,
-    pub(crate) reasoning: Option<String>,
-    pub(crate) tool_calls: Option<String>,
-    pub(crate) tool_call_id: Option<String>,
-    pub(crate) status: String,
-    pub(crate) finish_reason: Option<String>,
-    pub(crate) usage_input_tokens: Option<i64>,
-    pub(crate) usage_output_tokens: Option<i64>,
-    pub(crate) error: Option<String>,
-    pub(crate) client_message_id: Option<String>,
-    pub(crate) reply_to: Option<uuid::Uuid>,
-    pub(crate) created_at: chrono::DateTime<chrono::Utc>,
-    pub(crate) updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl RawMessage {
-    pub(crate) fn into_message(self, backend: &'static str) -> Result<Message> {
-        let bad = |detail: Error| corrupt(backend, "message", detail);
-        let tool_calls = match self.tool_calls.as_deref() {
-            None | Some("") => Vec::new(),
-            Some(json) => {
-                serde_json::from_str(json).map_err(|e| corrupt(backend, "message tool calls", e))?
-            }
-        };
-        let count = |n: Option<i64>| n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        let usage =
-            (self.usage_input_tokens.is_some() || self.usage_output_tokens.is_some()).then(|| {
-                Usage {
-                    input_tokens: count(self.usage_input_tokens),
-                    output_tokens: count(self.usage_output_tokens),
-                }
-            });
-        Ok(Message {
-            id: crate::MessageId::from_uuid(self.id),
-            chat_id: self.chat_id.parse().map_err(bad)?,
-            role: self.role.parse::<Role>().map_err(bad)?,
-            content: self.content,
-            reasoning: self.reasoning,
-            tool_calls,
-            tool_call_id: self.tool_call_id,
-            status: self.status.parse::<MessageStatus>().map_err(bad)?,
-            finish_reason: self.finish_reason.as_deref().map(FinishReason::parse),
-            usage,
-            error: self.error,
-            client_message_id: self.client_message_id,
-            reply_to: self.reply_to.map(crate::MessageId::from_uuid),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
     }
 }
 

@@ -2,26 +2,15 @@
 
 use std::{path::Path, str::FromStr, time::Duration};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{
-    Row,
-    migrate::Migrator,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-        SqliteSynchronous,
-    },
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteRow, SqliteSynchronous,
 };
 
-use super::{
-    Appended, ChatPage, HistoryPage, MessageStore,
-    sql::{self, RawMessage},
-};
-use crate::{Chat, ChatId, Error, Message, MessageId, Result};
-
-const BACKEND: &str = "sqlite";
-
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+use super::sql::{self, Columns, Sql, SqlBackend, Statements, message_columns};
+use super::{Appended, MessageStore};
+use crate::{Error, Message, Result};
 
 /// How long a writer waits for another connection's write to finish before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,20 +18,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of a file-backed pool: writers take turns on SQLite's single write lock anyway,
 /// extra connections serve concurrent readers (WAL lets them read while one writes).
 const FILE_POOL_SIZE: u32 = 8;
-
-macro_rules! message_columns {
-    () => {
-        "id, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
-         usage_input_tokens, usage_output_tokens, error, client_message_id, reply_to, created_at, \
-         updated_at"
-    };
-}
-
-const SELECT_BY_CLIENT_KEY: &str = concat!(
-    "SELECT ",
-    message_columns!(),
-    " FROM messages WHERE chat_id = ? AND client_message_id = ?"
-);
 
 /// A store in one SQLite file, or in memory: no server, the embedded default.
 ///
@@ -79,7 +54,7 @@ pub struct SqliteStore {
 
 /// What the writer lock guards: the connection that write scripts keep using.
 #[derive(Debug)]
-struct WriteSlot {
+pub(crate) struct WriteSlot {
     /// Kept between scripts (when `keep`): no pool checkout and return per write, and its page
     /// cache stays warm, since the writes all go through it.
     conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
@@ -124,7 +99,7 @@ impl SqliteStore {
     /// A new, private, in-memory database.
     pub async fn in_memory() -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(|e| sql::store_error(BACKEND, "configure in-memory database", e))?
+            .map_err(sql::err::<Self>("configure in-memory database"))?
             .foreign_keys(true);
         // Each connection to `:memory:` would be its own database: keep exactly one, forever.
         let pool = SqlitePoolOptions::new()
@@ -134,7 +109,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await
-            .map_err(|e| sql::store_error(BACKEND, "open in-memory database", e))?;
+            .map_err(sql::err::<Self>("open in-memory database"))?;
         Self::from_pool(pool).await
     }
 
@@ -153,7 +128,7 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await
-            .map_err(|e| sql::store_error(BACKEND, &format!("open {file}"), e))?;
+            .map_err(sql::err::<Self>(&format!("open {file}")))?;
         Self::from_pool(pool).await
     }
 
@@ -163,11 +138,10 @@ impl SqliteStore {
     /// leaves its messages behind; WAL mode and a busy timeout are recommended as in
     /// [`open`](Self::open).
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
-        MIGRATOR.run(&pool).await.map_err(|e| Error::Store {
-            backend: BACKEND,
-            message: format!("schema migration failed: {e}"),
-            source: Some(Box::new(e)),
-        })?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| sql::migration_error(Self::BACKEND, e))?;
         let keep = pool.options().get_max_connections() > 1;
         Ok(SqliteStore {
             pool,
@@ -195,10 +169,6 @@ fn is_memory_url(url: &str) -> bool {
     path == ":memory:" || query.split('&').any(|kv| kv == "mode=memory")
 }
 
-fn err(doing: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| sql::store_error(BACKEND, doing, e)
-}
-
 /// A timestamp as stored: nanoseconds since the Unix epoch.
 fn nanos(t: DateTime<Utc>) -> Result<i64> {
     t.timestamp_nanos_opt().ok_or_else(|| {
@@ -209,52 +179,152 @@ fn nanos(t: DateTime<Utc>) -> Result<i64> {
     })
 }
 
-fn time(nanos: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_nanos(nanos)
-}
+impl SqlBackend for SqliteStore {
+    type Db = sqlx::Sqlite;
+    type Time = i64;
+    type WriteLock<'a> = tokio::sync::MutexGuard<'a, WriteSlot>;
 
-fn not_found(what: &'static str, id: impl ToString) -> Error {
-    Error::NotFound {
-        what,
-        id: id.to_string(),
+    const BACKEND: &'static str = "sqlite";
+    const SQL: Statements = Statements {
+        insert_chat: "INSERT INTO chats (id, title, created_at, updated_at) VALUES (?, ?, ?, ?) \
+                      ON CONFLICT (id) DO NOTHING",
+        get_chat: "SELECT id, title, created_at, updated_at FROM chats WHERE id = ?",
+        list_chats: "SELECT id, title, created_at, updated_at FROM chats \
+                     ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
+        rename_chat: "UPDATE chats SET title = ? WHERE id = ? \
+                      RETURNING id, title, created_at, updated_at",
+        delete_chat: "DELETE FROM chats WHERE id = ?",
+        next_seq: "UPDATE chats SET next_seq = next_seq + 1, updated_at = MAX(updated_at, ?) \
+                   WHERE id = ? RETURNING next_seq - 1",
+        by_client_key: concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = ? AND client_message_id = ?"
+        ),
+        insert_message: concat!(
+            "INSERT INTO messages (",
+            message_columns!(),
+            ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ),
+        get_message: concat!("SELECT ", message_columns!(), " FROM messages WHERE id = ?"),
+        seq_of: "SELECT seq FROM messages WHERE id = ? AND chat_id = ?",
+        history: concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        ),
+        recover_streaming: "UPDATE messages SET status = 'interrupted', updated_at = ?1 \
+                            WHERE status = 'streaming' AND role = 'assistant' \
+                            AND (?2 IS NULL OR updated_at < ?2)",
+        interrupt_reply: "UPDATE messages SET status = 'interrupted', updated_at = ? \
+                          WHERE id = ? AND status = 'streaming' AND role = 'assistant'",
+    };
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
-}
 
-fn decode_message(row: &SqliteRow) -> Result<Message> {
-    let raw = (|| -> std::result::Result<RawMessage, sqlx::Error> {
-        Ok(RawMessage {
-            id: row.try_get("id")?,
-            chat_id: row.try_get("chat_id")?,
-            role: row.try_get("role")?,
-            content: row.try_get("content")?,
-            reasoning: row.try_get("reasoning")?,
-            tool_calls: row.try_get("tool_calls")?,
-            tool_call_id: row.try_get("tool_call_id")?,
-            status: row.try_get("status")?,
-            finish_reason: row.try_get("finish_reason")?,
-            usage_input_tokens: row.try_get("usage_input_tokens")?,
-            usage_output_tokens: row.try_get("usage_output_tokens")?,
-            error: row.try_get("error")?,
-            client_message_id: row.try_get("client_message_id")?,
-            reply_to: row.try_get("reply_to")?,
-            created_at: time(row.try_get("created_at")?),
-            updated_at: time(row.try_get("updated_at")?),
+    fn encode_time(time: DateTime<Utc>) -> Result<i64> {
+        nanos(time)
+    }
+
+    fn decode_time(nanos: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(nanos)
+    }
+
+    fn kept(time: DateTime<Utc>) -> DateTime<Utc> {
+        time
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn lock_writes(&self) -> tokio::sync::MutexGuard<'_, WriteSlot> {
+        self.writer.lock().await
+    }
+
+    /// Writers of this process queue on `writer` (held until the guard drops), then
+    /// `BEGIN IMMEDIATE` takes SQLite's write lock at once.
+    async fn begin_write(
+        &self,
+        doing: &'static str,
+    ) -> Result<(
+        tokio::sync::MutexGuard<'_, WriteSlot>,
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+    )> {
+        let writing = self.writer.lock().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(sql::err::<Self>(doing))?;
+        Ok((writing, tx))
+    }
+
+    async fn turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        let sql = Sql(self);
+        let (u, r) = (Columns::of::<Self>(user)?, Columns::of::<Self>(reply)?);
+        let chat = user.chat_id.as_str();
+        let key = user.client_message_id.as_deref();
+        let user_id = user.id.as_uuid();
+        let now = nanos(Utc::now())?;
+        let query = sqlx::query(TURN_SCRIPT).bind(chat).bind(now).bind(now);
+        let query = sql.bind_columns(query, &u).bind(chat).bind(chat).bind(key);
+        let query = sql.bind_columns(query, &r).bind(chat).bind(user_id);
+        let query = query
+            .bind(u.updated_at.max(r.updated_at))
+            .bind(chat)
+            .bind(user_id)
+            .bind(user_id)
+            .bind(chat)
+            .bind(key);
+        let rows = match self.script(query).await {
+            Ok(rows) => rows,
+            Err(e) if sql::is_unique_violation(&e) => {
+                // The key check in the script makes this unreachable for a repeated key; a taken
+                // message id ends up here (and nothing of the turn is kept).
+                let taken = if self.get_message(&user.id).await?.is_some() {
+                    user.id
+                } else {
+                    reply.id
+                };
+                return Err(Error::AlreadyExists {
+                    what: "message",
+                    id: taken.to_string(),
+                });
+            }
+            Err(e) => return Err(sql::store_error(Self::BACKEND, "append turn", e)),
+        };
+        let stored = rows
+            .first()
+            .map(Sql::<Self>::decode_message)
+            .transpose()?
+            .ok_or_else(|| Error::Store {
+                backend: Self::BACKEND,
+                message: "append turn: the user message is missing after the write".into(),
+                source: None,
+            })?;
+        Ok(Appended {
+            created: stored.id == user.id,
+            message: stored,
         })
-    })()
-    .map_err(err("read message"))?;
-    raw.into_message(BACKEND)
-}
+    }
 
-fn decode_chat(row: &SqliteRow) -> Result<Chat> {
-    let id: String = row.try_get("id").map_err(err("read chat"))?;
-    Ok(Chat {
-        id: id
-            .parse()
-            .map_err(|e| sql::corrupt(BACKEND, "chat id", e))?,
-        title: row.try_get("title").map_err(err("read chat"))?,
-        created_at: time(row.try_get("created_at").map_err(err("read chat"))?),
-        updated_at: time(row.try_get("updated_at").map_err(err("read chat"))?),
-    })
+    async fn checkpoint(&self, message: &Message) -> Result<()> {
+        let query = Sql(self)
+            .bind_checkpoint(sqlx::query(UPDATE_SCRIPT), message)?
+            .bind(nanos(message.updated_at)?)
+            .bind(message.id.as_uuid());
+        let rows = self
+            .script(query)
+            .await
+            .map_err(sql::err::<Self>("update message"))?;
+        if rows.is_empty() {
+            return Err(sql::not_found("message", message.id));
+        }
+        Ok(())
+    }
 }
 
 // Scripts take anonymous parameters only, bound in the order they appear across all their
@@ -262,7 +332,8 @@ fn decode_chat(row: &SqliteRow) -> Result<Chat> {
 // numbers would shift the ones after it.
 
 /// A checkpoint as one script (see [`SqliteStore::script`]): the message, then its chat's
-/// activity time. `RETURNING` gives no row when there is no such message.
+/// activity time. `RETURNING` gives no row when there is no such message. Its parameters are
+/// those of [`Sql::bind_checkpoint`], then `updated_at` and the message's id again.
 const UPDATE_SCRIPT: &str = "BEGIN IMMEDIATE;
 UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, finish_reason = ?,
     usage_input_tokens = ?, usage_output_tokens = ?, error = ?, updated_at = ?
@@ -297,55 +368,7 @@ SELECT ",
 COMMIT;"
 );
 
-/// A message's columns as a script binds them, in `message_columns!()` order.
-struct Columns<'a> {
-    message: &'a Message,
-    tool_calls: Option<String>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-impl<'a> Columns<'a> {
-    fn of(message: &'a Message) -> Result<Self> {
-        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-        Ok(Columns {
-            message,
-            tool_calls: sql::tool_calls_to_json(BACKEND, &message.tool_calls)?,
-            input_tokens,
-            output_tokens,
-            created_at: nanos(message.created_at)?,
-            updated_at: nanos(message.updated_at)?,
-        })
-    }
-
-    fn bind<'q>(&'q self, query: SqliteQuery<'q>) -> SqliteQuery<'q>
-    where
-        'a: 'q,
-    {
-        let m = self.message;
-        query
-            .bind(m.id.as_uuid())
-            .bind(m.chat_id.as_str())
-            .bind(m.role.as_str())
-            .bind(&m.content)
-            .bind(&m.reasoning)
-            .bind(self.tool_calls.as_deref())
-            .bind(&m.tool_call_id)
-            .bind(m.status.as_str())
-            .bind(m.finish_reason.map(|f| f.as_str()))
-            .bind(self.input_tokens)
-            .bind(self.output_tokens)
-            .bind(&m.error)
-            .bind(&m.client_message_id)
-            .bind(m.reply_to.map(|id| *id.as_uuid()))
-            .bind(self.created_at)
-            .bind(self.updated_at)
-    }
-}
+type SqliteQuery<'q> = sql::Query<'q, sqlx::Sqlite>;
 
 /// A connection running a script; closed rather than reused unless the script is known to have
 /// ended its transaction (a script that failed and could not be rolled back, or whose future was
@@ -393,428 +416,7 @@ impl SqliteStore {
         result
     }
 }
-
-impl SqliteStore {
-    /// Begins a write transaction: writers of this process queue on `writer` (held until the
-    /// guard drops), then `BEGIN IMMEDIATE` takes SQLite's write lock at once.
-    async fn begin_write(
-        &self,
-        what: &'static str,
-    ) -> Result<(
-        tokio::sync::MutexGuard<'_, WriteSlot>,
-        sqlx::Transaction<'static, sqlx::Sqlite>,
-    )> {
-        let writing = self.writer.lock().await;
-        let tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err(what))?;
-        Ok((writing, tx))
-    }
-
-    async fn by_client_key(&self, chat: &ChatId, key: &str) -> Result<Option<Message>> {
-        sqlx::query(SELECT_BY_CLIENT_KEY)
-            .bind(chat.as_str())
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err("append message"))?
-            .as_ref()
-            .map(decode_message)
-            .transpose()
-    }
-
-    /// Appends `message`; with `key`, returns the chat's existing message with that client
-    /// message id instead, if there is one.
-    async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
-        let (_writing, mut tx) = self.begin_write("append message").await?;
-        match insert_in(&mut tx, message, key).await? {
-            Insert::Created => {
-                tx.commit().await.map_err(err("append message"))?;
-                Ok(None)
-            }
-            Insert::Existing(original) => {
-                tx.rollback().await.map_err(err("append message"))?;
-                Ok(Some(*original))
-            }
-            Insert::Duplicate => {
-                drop(tx);
-                self.after_duplicate(message, key).await.map(Some)
-            }
-        }
-    }
-
-    /// The answer to an insert that broke a unique constraint: the chat lock taken by
-    /// [`insert_in`] makes this unreachable for a repeated key, but should a duplicate slip past
-    /// it, the constraint still decides: the message that won, or `AlreadyExists`.
-    async fn after_duplicate(&self, message: &Message, key: Option<&str>) -> Result<Message> {
-        if let Some(key) = key
-            && let Some(original) = self.by_client_key(&message.chat_id, key).await?
-        {
-            return Ok(original);
-        }
-        Err(Error::AlreadyExists {
-            what: "message",
-            id: message.id.to_string(),
-        })
-    }
-}
-
-/// What [`insert_in`] did.
-enum Insert {
-    Created,
-    /// The chat already has a message with the key: nothing was written.
-    Existing(Box<Message>),
-    /// A unique constraint refused the row; the transaction must be dropped.
-    Duplicate,
-}
-
-/// Appends `message` inside a write transaction (see [`SqliteStore::insert`]).
-async fn insert_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    message: &Message,
-    key: Option<&str>,
-) -> Result<Insert> {
-    let updated_at = nanos(message.updated_at)?;
-    let created_at = nanos(message.created_at)?;
-    let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
-    let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-    // Taking the next sequence number first also takes the write lock, so the duplicate
-    // check below cannot race another append to this chat.
-    let seq: Option<i64> = sqlx::query_scalar(
-        "UPDATE chats SET next_seq = next_seq + 1, updated_at = MAX(updated_at, ?) \
-         WHERE id = ? RETURNING next_seq - 1",
-    )
-    .bind(updated_at)
-    .bind(message.chat_id.as_str())
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(err("append message"))?;
-    let Some(seq) = seq else {
-        return Err(not_found("chat", &message.chat_id));
-    };
-    if let Some(key) = key {
-        let existing = sqlx::query(SELECT_BY_CLIENT_KEY)
-            .bind(message.chat_id.as_str())
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(err("append message"))?;
-        if let Some(row) = existing {
-            return decode_message(&row).map(|m| Insert::Existing(Box::new(m)));
-        }
-    }
-    let inserted = sqlx::query(concat!(
-        "INSERT INTO messages (",
-        message_columns!(),
-        ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(message.id.as_uuid())
-    .bind(message.chat_id.as_str())
-    .bind(message.role.as_str())
-    .bind(&message.content)
-    .bind(&message.reasoning)
-    .bind(tool_calls)
-    .bind(&message.tool_call_id)
-    .bind(message.status.as_str())
-    .bind(message.finish_reason.map(|f| f.as_str()))
-    .bind(input_tokens)
-    .bind(output_tokens)
-    .bind(&message.error)
-    .bind(&message.client_message_id)
-    .bind(message.reply_to.map(|id| *id.as_uuid()))
-    .bind(created_at)
-    .bind(updated_at)
-    .bind(seq)
-    .execute(&mut **tx)
-    .await;
-    match inserted {
-        Ok(_) => Ok(Insert::Created),
-        Err(e) if sql::is_unique_violation(&e) => Ok(Insert::Duplicate),
-        Err(e) => Err(sql::store_error(BACKEND, "append message", e)),
-    }
-}
-
-#[async_trait]
-impl MessageStore for SqliteStore {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
-        let _writing = self.writer.lock().await;
-        let now = Utc::now();
-        let chat = Chat {
-            id: id.unwrap_or_else(ChatId::generate),
-            title,
-            created_at: now,
-            updated_at: now,
-        };
-        let now = nanos(chat.created_at)?;
-        let done = sqlx::query(
-            "INSERT INTO chats (id, title, created_at, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(chat.id.as_str())
-        .bind(&chat.title)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(err("create chat"))?;
-        if done.rows_affected() == 0 {
-            return Err(Error::AlreadyExists {
-                what: "chat",
-                id: chat.id.to_string(),
-            });
-        }
-        Ok(chat)
-    }
-
-    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
-        sqlx::query("SELECT id, title, created_at, updated_at FROM chats WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err("get chat"))?
-            .as_ref()
-            .map(decode_chat)
-            .transpose()
-    }
-
-    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
-        sqlx::query(
-            "SELECT id, title, created_at, updated_at FROM chats \
-             ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
-        )
-        .bind(sql::sql_limit(page.limit))
-        .bind(sql::sql_limit(page.offset))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("list chats"))?
-        .iter()
-        .map(decode_chat)
-        .collect()
-    }
-
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
-        let _writing = self.writer.lock().await;
-        sqlx::query(
-            "UPDATE chats SET title = ? WHERE id = ? RETURNING id, title, created_at, updated_at",
-        )
-        .bind(&title)
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err("rename chat"))?
-        .as_ref()
-        .map(decode_chat)
-        .transpose()?
-        .ok_or_else(|| not_found("chat", id))
-    }
-
-    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
-        let _writing = self.writer.lock().await;
-        // Messages go with it: ON DELETE CASCADE.
-        let done = sqlx::query("DELETE FROM chats WHERE id = ?")
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(err("delete chat"))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn append(&self, message: &Message) -> Result<()> {
-        self.insert(message, None).await.map(|_| ())
-    }
-
-    async fn append_idempotent(&self, message: &Message) -> Result<Appended> {
-        let key = message.client_message_id.as_deref().ok_or_else(|| {
-            Error::invalid("message", "append_idempotent needs a client message id")
-        })?;
-        Ok(match self.insert(message, Some(key)).await? {
-            Some(original) => Appended {
-                message: original,
-                created: false,
-            },
-            None => Appended {
-                message: message.clone(),
-                created: true,
-            },
-        })
-    }
-
-    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        super::same_chat(user, reply)?;
-        let (u, r) = (Columns::of(user)?, Columns::of(reply)?);
-        let chat = user.chat_id.as_str();
-        let key = user.client_message_id.as_deref();
-        let user_id = user.id.as_uuid();
-        let now = nanos(Utc::now())?;
-        let query = sqlx::query(TURN_SCRIPT).bind(chat).bind(now).bind(now);
-        let query = u.bind(query).bind(chat).bind(chat).bind(key);
-        let query = r.bind(query).bind(chat).bind(user_id);
-        let query = query
-            .bind(u.updated_at.max(r.updated_at))
-            .bind(chat)
-            .bind(user_id)
-            .bind(user_id)
-            .bind(chat)
-            .bind(key);
-        let rows = match self.script(query).await {
-            Ok(rows) => rows,
-            Err(e) if sql::is_unique_violation(&e) => {
-                // The key check in the script makes this unreachable for a repeated key; a taken
-                // message id ends up here (and nothing of the turn is kept).
-                let taken = if self.get_message(&user.id).await?.is_some() {
-                    user.id
-                } else {
-                    reply.id
-                };
-                return Err(Error::AlreadyExists {
-                    what: "message",
-                    id: taken.to_string(),
-                });
-            }
-            Err(e) => return Err(sql::store_error(BACKEND, "append turn", e)),
-        };
-        let stored = rows
-            .first()
-            .map(decode_message)
-            .transpose()?
-            .ok_or_else(|| Error::Store {
-                backend: BACKEND,
-                message: "append turn: the user message is missing after the write".into(),
-                source: None,
-            })?;
-        Ok(Appended {
-            created: stored.id == user.id,
-            message: stored,
-        })
-    }
-
-    async fn update(&self, message: &Message) -> Result<()> {
-        let tool_calls = sql::tool_calls_to_json(BACKEND, &message.tool_calls)?;
-        let (input_tokens, output_tokens) = sql::usage_columns(message.usage);
-        let query = sqlx::query(UPDATE_SCRIPT)
-            .bind(&message.content)
-            .bind(&message.reasoning)
-            .bind(tool_calls)
-            .bind(message.status.as_str())
-            .bind(message.finish_reason.map(|f| f.as_str()))
-            .bind(input_tokens)
-            .bind(output_tokens)
-            .bind(&message.error)
-            .bind(nanos(message.updated_at)?)
-            .bind(message.id.as_uuid())
-            .bind(nanos(message.updated_at)?)
-            .bind(message.id.as_uuid());
-        let rows = self.script(query).await.map_err(err("update message"))?;
-        if rows.is_empty() {
-            return Err(not_found("message", message.id));
-        }
-        Ok(())
-    }
-
-    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE id = ?"
-        ))
-        .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err("get message"))?
-        .as_ref()
-        .map(decode_message)
-        .transpose()
-    }
-
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
-        let upper: i64 = match page.before {
-            Some(before) => {
-                sqlx::query_scalar("SELECT seq FROM messages WHERE id = ? AND chat_id = ?")
-                    .bind(before.as_uuid())
-                    .bind(chat.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(err("load history"))?
-                    .ok_or_else(|| not_found("message", before))?
-            }
-            None => i64::MAX,
-        };
-        let mut messages = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        ))
-        .bind(chat.as_str())
-        .bind(upper)
-        .bind(sql::sql_limit(page.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("load history"))?
-        .iter()
-        .map(decode_message)
-        .collect::<Result<Vec<_>>>()?;
-        messages.reverse();
-        Ok(messages)
-    }
-
-    async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64> {
-        let _writing = self.writer.lock().await;
-        let before = updated_before.map(nanos).transpose()?.unwrap_or(i64::MAX);
-        let done = sqlx::query(
-            "UPDATE messages SET status = 'interrupted', updated_at = ? \
-             WHERE status = 'streaming' AND role = 'assistant' AND updated_at < ?",
-        )
-        .bind(nanos(Utc::now())?)
-        .bind(before)
-        .execute(&self.pool)
-        .await
-        .map_err(err("recover streaming messages"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn streaming_replies(&self) -> Result<Vec<Message>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE status = 'streaming' AND role = 'assistant' \
-             ORDER BY created_at, seq"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("list streaming replies"))?
-        .iter()
-        .map(decode_message)
-        .collect()
-    }
-
-    async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
-        let _writing = self.writer.lock().await;
-        let done = sqlx::query(
-            "UPDATE messages SET status = 'interrupted', updated_at = ? \
-             WHERE id = ? AND status = 'streaming' AND role = 'assistant'",
-        )
-        .bind(nanos(Utc::now())?)
-        .bind(id.as_uuid())
-        .execute(&self.pool)
-        .await
-        .map_err(err("interrupt reply"))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(err("ping the database"))
-    }
-}
+sql::impl_message_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,160 @@
+//! How a message and a chat are laid out in SQL columns: encoding for writes, decoding of rows.
+
+use sqlx::FromRow;
+
+use super::{SqlBackend, corrupt};
+use crate::{
+    Chat, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role, ToolCall, Usage,
+};
+
+/// The columns of a message row, in the order every statement that writes one binds them.
+macro_rules! message_columns {
+    () => {
+        "id, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
+         usage_input_tokens, usage_output_tokens, error, client_message_id, reply_to, created_at, \
+         updated_at"
+    };
+}
+pub(crate) use message_columns;
+
+/// A message's columns as a statement binds them, in `message_columns!()` order.
+pub(crate) struct Columns<'a, T> {
+    pub(crate) message: &'a Message,
+    pub(crate) tool_calls: Option<String>,
+    pub(crate) input_tokens: Option<i64>,
+    pub(crate) output_tokens: Option<i64>,
+    pub(crate) created_at: T,
+    pub(crate) updated_at: T,
+}
+
+impl<'a, T> Columns<'a, T> {
+    /// The columns of `message` as `B` stores them.
+    pub(crate) fn of<B: SqlBackend<Time = T>>(message: &'a Message) -> Result<Self> {
+        let (input_tokens, output_tokens) = usage_columns(message.usage);
+        Ok(Columns {
+            message,
+            tool_calls: tool_calls_to_json(B::BACKEND, &message.tool_calls)?,
+            input_tokens,
+            output_tokens,
+            created_at: B::encode_time(message.created_at)?,
+            updated_at: B::encode_time(message.updated_at)?,
+        })
+    }
+}
+
+/// `message` as `B` hands it back after writing it: with its timestamps as they read back, so a
+/// repeat compares equal.
+pub(crate) fn as_stored<B: SqlBackend>(message: &Message) -> Message {
+    let mut stored = message.clone();
+    stored.created_at = B::kept(stored.created_at);
+    stored.updated_at = B::kept(stored.updated_at);
+    stored
+}
+
+/// Tool calls as stored: `None` for none, else a JSON array.
+pub(crate) fn tool_calls_to_json(
+    backend: &'static str,
+    calls: &[ToolCall],
+) -> Result<Option<String>> {
+    if calls.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(calls)
+        .map(Some)
+        .map_err(|e| Error::Store {
+            backend,
+            message: format!("cannot encode tool calls: {e}"),
+            source: Some(Box::new(e)),
+        })
+}
+
+/// Token counts as stored: signed 64-bit integers.
+///
+/// Counts beyond `i64::MAX` cannot occur in practice; they saturate rather than fail a write.
+pub(crate) fn usage_columns(usage: Option<Usage>) -> (Option<i64>, Option<i64>) {
+    let col = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    match usage {
+        Some(u) => (Some(col(u.input_tokens)), Some(col(u.output_tokens))),
+        None => (None, None),
+    }
+}
+
+/// The columns of a chat row, decoded into Rust types but not yet validated.
+#[derive(FromRow)]
+pub(crate) struct RawChat<T> {
+    id: String,
+    title: Option<String>,
+    created_at: T,
+    updated_at: T,
+}
+
+/// The columns of a message row, decoded into Rust types but not yet validated.
+#[derive(FromRow)]
+pub(crate) struct RawMessage<T> {
+    id: uuid::Uuid,
+    chat_id: String,
+    role: String,
+    content: String,
+    reasoning: Option<String>,
+    tool_calls: Option<String>,
+    tool_call_id: Option<String>,
+    status: String,
+    finish_reason: Option<String>,
+    usage_input_tokens: Option<i64>,
+    usage_output_tokens: Option<i64>,
+    error: Option<String>,
+    client_message_id: Option<String>,
+    reply_to: Option<uuid::Uuid>,
+    created_at: T,
+    updated_at: T,
+}
+
+impl<T> RawMessage<T> {
+    pub(crate) fn into_message<B: SqlBackend<Time = T>>(self) -> Result<Message> {
+        let bad = |detail: Error| corrupt(B::BACKEND, "message", detail);
+        let tool_calls = match self.tool_calls.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| corrupt(B::BACKEND, "message tool calls", e))?,
+        };
+        let count = |n: Option<i64>| n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        let usage =
+            (self.usage_input_tokens.is_some() || self.usage_output_tokens.is_some()).then(|| {
+                Usage {
+                    input_tokens: count(self.usage_input_tokens),
+                    output_tokens: count(self.usage_output_tokens),
+                }
+            });
+        Ok(Message {
+            id: MessageId::from_uuid(self.id),
+            chat_id: self.chat_id.parse().map_err(bad)?,
+            role: self.role.parse::<Role>().map_err(bad)?,
+            content: self.content,
+            reasoning: self.reasoning,
+            tool_calls,
+            tool_call_id: self.tool_call_id,
+            status: self.status.parse::<MessageStatus>().map_err(bad)?,
+            finish_reason: self.finish_reason.as_deref().map(FinishReason::parse),
+            usage,
+            error: self.error,
+            client_message_id: self.client_message_id,
+            reply_to: self.reply_to.map(MessageId::from_uuid),
+            created_at: B::decode_time(self.created_at),
+            updated_at: B::decode_time(self.updated_at),
+        })
+    }
+}
+
+impl<T> RawChat<T> {
+    pub(crate) fn into_chat<B: SqlBackend<Time = T>>(self) -> Result<Chat> {
+        Ok(Chat {
+            id: self
+                .id
+                .parse()
+                .map_err(|e| corrupt(B::BACKEND, "chat id", e))?,
+            title: self.title,
+            created_at: B::decode_time(self.created_at),
+            updated_at: B::decode_time(self.updated_at),
+        })
+    }
+}
