@@ -33,6 +33,8 @@
 //! and `start_at_ms=T` to hold the first token until `T` milliseconds after the Unix epoch), so
 //! one upstream serves every scenario. Deltas/s counts upstream tokens relayed: the stateful
 //! path may hand a lagging subscriber several deltas coalesced into one event, with the same text.
+// A test, example or bench crate is its own root: `pub` marks what its modules share.
+#![allow(unreachable_pub)]
 // A benchmark stops at the first failure, like a test.
 #![allow(clippy::expect_used)]
 

@@ -9,9 +9,10 @@
 use std::{alloc::System, hint::black_box, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
     Accumulator, Chat, ChatId, ChatRequest, ChatService, ChatSession, Delta, DeltaStream,
-    FinishReason, LlmProvider, Message, MessageId, MessageStore, Result, Script, ScriptedProvider,
+    FinishReason, LlmProvider, Message, MessageId, MessageStore, Result,
     store::{Appended, ChatPage, DynMessageStore, HistoryPage, MemoryStore},
 };
 use chrono::{DateTime, Utc};

@@ -74,8 +74,7 @@ pub use hub::{
 pub use id::{ChatId, MessageId};
 pub use message::{Chat, FinishReason, Message, MessageStatus, Role, ToolCall, Usage};
 pub use provider::{
-    ChatRequest, DeltaStream, DynProvider, LlmProvider, LlmProviderExt, RequestMessage, Script,
-    ScriptedProvider, ToolSpec,
+    ChatRequest, DeltaStream, DynLlmProvider, LlmProvider, LlmProviderExt, RequestMessage, ToolSpec,
 };
 pub use session::{
     ChatService, ChatServiceBuilder, ChatSession, ContextBudget, ReplyHandle, SendOptions, Session,

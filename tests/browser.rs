@@ -3,6 +3,8 @@
 //! Needs `chromium` and `chromium-driver` (Debian packages; `.ci/run` installs them). Without
 //! chromedriver on the machine the test prints that it was SKIPPED and passes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test, example or bench crate is its own root: `pub` marks what its modules share.
+#![allow(unreachable_pub)]
 
 // The example is a binary: its modules are compiled into this target.
 include!("../examples/server/embed.rs");
@@ -20,10 +22,11 @@ use std::{
     time::Duration,
 };
 
+use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::server::ServerOptions;
 use chatstream::{
-    ChatId, ChatRequest, ChatService, Delta, DeltaStream, DynProvider, Error, FinishReason,
-    LlmProvider, Message, Role, Script, ScriptedProvider, ToolCallDelta, provider::DemoProvider,
+    ChatId, ChatRequest, ChatService, Delta, DeltaStream, DynLlmProvider, Error, FinishReason,
+    LlmProvider, Message, Role, ToolCallDelta, provider::DemoProvider,
 };
 use fantoccini::{Client, ClientBuilder, Locator, key::Key};
 use serde_json::{Value, json};
@@ -261,7 +264,7 @@ impl LlmProvider for PageProvider {
 }
 
 async fn serve() -> (String, ChatService) {
-    let provider: DynProvider = Arc::new(PageProvider {
+    let provider: DynLlmProvider = Arc::new(PageProvider {
         demo: DemoProvider::new().with_delay(Duration::from_millis(40)),
         failed_once: AtomicBool::new(false),
     });

@@ -2,6 +2,8 @@
 //! backend (the in-process hub below; the Redis hub when `CHATSTREAM_TEST_REDIS_URL` is set), and
 //! what only one backend has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test, example or bench crate is its own root: `pub` marks what its modules share.
+#![allow(unreachable_pub)]
 
 mod common;
 
@@ -89,9 +91,10 @@ mod redis_hub {
         time::{Duration, Instant},
     };
 
+    use chatstream::provider::{Script, ScriptedProvider};
     use chatstream::{
         ChatId, ChatService, ChatSession, Delta, Error, FinishReason, Message, MessageId,
-        MessageStatus, MessageStore, Script, ScriptedProvider, UserInput,
+        MessageStatus, MessageStore, UserInput,
         hub::{EventPayload, LiveReplyInfo, RedisHub, StreamHub, recover_orphans},
         store::MemoryStore,
     };

@@ -806,7 +806,7 @@ async fn dropping_the_stream_closes_the_connection() {
         } else {
             slow_server(EVENTS, GAP, anthropic_event, None).await
         };
-        let provider: chatstream::DynProvider = if dialect == "openai" {
+        let provider: chatstream::DynLlmProvider = if dialect == "openai" {
             std::sync::Arc::new(OpenAiProvider::builder().base_url(url).build().unwrap())
         } else {
             std::sync::Arc::new(AnthropicProvider::builder().base_url(url).build().unwrap())

@@ -6,10 +6,10 @@ use std::{
     time::Duration,
 };
 
+use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
-    Accumulator, ChatRequest, Delta, DeltaStream, DynProvider, Error, FinishReason, LlmProvider,
-    RequestMessage, RetryNotice, Role, Script, ScriptedProvider, TimeoutPhase, ToolCall,
-    ToolCallDelta,
+    Accumulator, ChatRequest, Delta, DeltaStream, DynLlmProvider, Error, FinishReason, LlmProvider,
+    RequestMessage, RetryNotice, Role, TimeoutPhase, ToolCall, ToolCallDelta,
     resilience::{
         Fallback, Recovering, RecoveryMode, RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts,
     },
@@ -324,7 +324,7 @@ async fn a_shared_dyn_provider_can_be_wrapped() {
     let upstream = ScriptedProvider::new()
         .then(Script::new().fail(connection_reset))
         .then(Script::reply(["ok"]));
-    let shared: DynProvider = Arc::new(upstream.clone());
+    let shared: DynLlmProvider = Arc::new(upstream.clone());
     let outcome = Outcome::of(shared.with_retry(RetryPolicy::default()).stream(request()))
         .await
         .success();
@@ -693,7 +693,7 @@ async fn fallback_does_not_switch_after_output_or_on_cancel() {
 
 #[tokio::test(start_paused = true)]
 async fn fallback_returns_the_last_error_when_all_fail() {
-    let providers: Vec<DynProvider> = vec![
+    let providers: Vec<DynLlmProvider> = vec![
         Arc::new(
             ScriptedProvider::new()
                 .named("a")
@@ -720,14 +720,14 @@ fn stack(primary: &ScriptedProvider, backup: &ScriptedProvider) -> Fallback {
         .with_first_byte(Duration::from_secs(10))
         .with_idle(Duration::from_secs(10));
     let retry = RetryPolicy::default().with_jitter_seed(7);
-    let primary: DynProvider = Arc::new(
+    let primary: DynLlmProvider = Arc::new(
         primary
             .clone()
             .with_timeouts(timeouts)
             .with_retry(retry.clone())
             .with_recovery(RecoveryPolicy::default()),
     );
-    let backup: DynProvider = Arc::new(
+    let backup: DynLlmProvider = Arc::new(
         backup
             .clone()
             .with_timeouts(timeouts)

@@ -10,10 +10,11 @@ use std::{
 };
 
 use async_trait::async_trait;
+use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
     Chat, ChatId, ChatRequest, ChatService, ChatSession, ContextBudget, Delta, DeltaStream, Error,
     EventPayload, FinishReason, HubEvent, HubEventStream, LlmProvider, LocalHub, Message,
-    MessageId, MessageStatus, MessageStore, RetryNotice, Role, Script, ScriptedProvider, UserInput,
+    MessageId, MessageStatus, MessageStore, RetryNotice, Role, UserInput,
     store::{Appended, ChatPage, DynMessageStore, HistoryPage, MemoryStore},
 };
 use chrono::{DateTime, Utc};

@@ -7,6 +7,8 @@
 //! MongoDB tests do the same with `CHATSTREAM_TEST_MONGODB_URL` (e.g. `mongodb://127.0.0.1:27017`,
 //! a replica set) and a database of their own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test, example or bench crate is its own root: `pub` marks what its modules share.
+#![allow(unreachable_pub)]
 
 mod common;
 

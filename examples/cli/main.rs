@@ -4,6 +4,8 @@
 //! commands); with a prompt as argument, or piped on standard input, it prints only the reply and
 //! exits, so it composes in shell pipelines. The provider, model and store come from the same
 //! environment variables as the server (see `--help`).
+// A test, example or bench crate is its own root: `pub` marks what its modules share.
+#![allow(unreachable_pub)]
 
 mod interactive;
 mod oneshot;
@@ -17,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use chatstream::{ChatId, ChatService, DynMessageStore, DynProvider, provider::ProviderKind};
+use chatstream::{ChatId, ChatService, DynLlmProvider, DynMessageStore, provider::ProviderKind};
 use clap::{Parser, ValueEnum};
 
 /// A terminal chat with large language models, on the chatstream library.
@@ -108,7 +110,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// What every mode needs.
 #[derive(Debug, Clone)]
 struct App {
-    provider: DynProvider,
+    provider: DynLlmProvider,
     store: DynMessageStore,
     system: Option<String>,
     /// Where line history and the current chat are remembered (none: nothing is remembered).
@@ -223,7 +225,7 @@ fn sqlite_url(path: &Path) -> String {
 
 /// The upstream chosen by the server's rules, in the library's standard stack (timeouts,
 /// retries, mid-stream recovery).
-fn build_provider(args: &Args) -> chatstream::Result<DynProvider> {
+fn build_provider(args: &Args) -> chatstream::Result<DynLlmProvider> {
     let kind = args.provider.map_or_else(ProviderKind::from_env, Ok)?;
     chatstream::provider::from_env(kind)
 }

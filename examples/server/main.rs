@@ -2,6 +2,8 @@
 //! address. `--help` lists the options; each has an environment-variable twin (see the README).
 //!
 //! The HTTP API is `chatstream::server`; this program adds its configuration and the web page.
+// A test, example or bench crate is its own root: `pub` marks what its modules share.
+#![allow(unreachable_pub)]
 
 mod config;
 mod page;

@@ -168,6 +168,7 @@ impl fmt::Debug for RedisHub {
 
 /// Configures a [`RedisHub`]; made by [`RedisHub::builder`].
 #[derive(Clone)]
+#[must_use = "a builder does nothing until it is built"]
 pub struct RedisHubBuilder {
     url: String,
     prefix: String,

@@ -101,7 +101,7 @@ impl<P: LlmProvider + ?Sized> LlmProvider for Box<P> {
 }
 
 /// A shared, type-erased provider.
-pub type DynProvider = Arc<dyn LlmProvider>;
+pub type DynLlmProvider = Arc<dyn LlmProvider>;
 
 /// Conveniences for every [`LlmProvider`].
 pub trait LlmProviderExt: LlmProvider {

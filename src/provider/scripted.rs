@@ -31,7 +31,7 @@ enum Step {
 /// upstream body would, but without an error: add [`Script::finish`] for a well-formed reply.
 ///
 /// ```
-/// use chatstream::{Script, ScriptedProvider, FinishReason};
+/// use chatstream::{FinishReason, provider::{Script, ScriptedProvider}};
 /// use std::time::Duration;
 ///
 /// let provider = ScriptedProvider::new()

@@ -6,7 +6,7 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use super::{AnthropicProvider, DemoProvider, DynProvider, LlmProvider, OpenAiProvider};
+use super::{AnthropicProvider, DemoProvider, DynLlmProvider, LlmProvider, OpenAiProvider};
 use crate::{
     Error, Result,
     resilience::{RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts},
@@ -105,7 +105,7 @@ impl FromStr for ProviderKind {
 /// The standard decorators around an upstream, innermost first: [`Timeouts::default`] (first
 /// byte and idle), [`RetryPolicy::default`] (backoff with jitter, `Retry-After`) and
 /// [`RecoveryPolicy::default`] (continue a broken reply without repeating a word).
-pub fn resilient(provider: impl LlmProvider) -> DynProvider {
+pub fn resilient(provider: impl LlmProvider) -> DynLlmProvider {
     Arc::new(
         provider
             .with_timeouts(Timeouts::default())
@@ -128,7 +128,7 @@ pub fn resilient(provider: impl LlmProvider) -> DynProvider {
 /// assert_eq!(provider.name(), "demo");
 /// # Ok::<(), chatstream::Error>(())
 /// ```
-pub fn from_env(kind: ProviderKind) -> Result<DynProvider> {
+pub fn from_env(kind: ProviderKind) -> Result<DynLlmProvider> {
     Ok(match kind {
         ProviderKind::OpenAi => resilient(OpenAiProvider::from_env()?),
         ProviderKind::Anthropic => resilient(AnthropicProvider::from_env()?),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use crate::{
-    ChatRequest, Delta, DeltaStream, DynProvider, Error, LlmProvider, Result, RetryNotice,
+    ChatRequest, Delta, DeltaStream, DynLlmProvider, Error, LlmProvider, Result, RetryNotice,
 };
 
 /// A chain of providers tried in order when one fails before any output.
@@ -20,30 +20,30 @@ use crate::{
 /// it does not have.
 ///
 /// ```
-/// use chatstream::{DynProvider, provider::DemoProvider};
+/// use chatstream::{DynLlmProvider, provider::DemoProvider};
 /// use chatstream::resilience::{Fallback, ResilienceExt, RetryPolicy};
 /// use std::sync::Arc;
 ///
-/// let primary: DynProvider = Arc::new(DemoProvider::new().with_retry(RetryPolicy::default()));
-/// let backup: DynProvider = Arc::new(DemoProvider::new());
+/// let primary: DynLlmProvider = Arc::new(DemoProvider::new().with_retry(RetryPolicy::default()));
+/// let backup: DynLlmProvider = Arc::new(DemoProvider::new());
 /// let provider = Fallback::new(vec![primary, backup]);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Fallback {
-    providers: Arc<[DynProvider]>,
+    providers: Arc<[DynLlmProvider]>,
 }
 
 impl Fallback {
     /// A chain of `providers`, tried in this order. An empty chain answers every request with
     /// [`Error::Config`].
-    pub fn new(providers: Vec<DynProvider>) -> Self {
+    pub fn new(providers: Vec<DynLlmProvider>) -> Self {
         Fallback {
             providers: providers.into(),
         }
     }
 
     /// The providers, in order.
-    pub fn providers(&self) -> &[DynProvider] {
+    pub fn providers(&self) -> &[DynLlmProvider] {
         &self.providers
     }
 }
@@ -79,7 +79,7 @@ impl LlmProvider for Fallback {
 }
 
 struct State {
-    providers: Arc<[DynProvider]>,
+    providers: Arc<[DynLlmProvider]>,
     request: ChatRequest,
     index: usize,
     current: Option<DeltaStream>,

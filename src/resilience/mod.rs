@@ -31,12 +31,13 @@
 //!   (retries and recoveries already spent), and never stitches two models into one reply.
 //!
 //! ```
-//! use chatstream::{Accumulator, ChatRequest, DynProvider, LlmProvider, Script, ScriptedProvider};
+//! use chatstream::{Accumulator, ChatRequest, DynLlmProvider, LlmProvider};
+//! use chatstream::provider::{Script, ScriptedProvider};
 //! use chatstream::resilience::{Fallback, RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts};
 //! use futures::StreamExt;
 //! use std::sync::Arc;
 //!
-//! fn resilient(provider: impl LlmProvider) -> DynProvider {
+//! fn resilient(provider: impl LlmProvider) -> DynLlmProvider {
 //!     Arc::new(
 //!         provider
 //!             .with_timeouts(Timeouts::default())
@@ -59,7 +60,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A shared `Arc<dyn LlmProvider>` ([`DynProvider`](crate::DynProvider)) can be wrapped too, since
+//! A shared `Arc<dyn LlmProvider>` ([`DynLlmProvider`](crate::DynLlmProvider)) can be wrapped too, since
 //! `Arc<P>` is itself a provider.
 
 mod fallback;
@@ -90,16 +91,19 @@ use crate::{Delta, Error};
 /// ```
 pub trait ResilienceExt: LlmProvider + Sized {
     /// Retries failures before output: see [`Retrying`].
+    #[must_use = "the decorated provider is returned, not applied in place"]
     fn with_retry(self, policy: RetryPolicy) -> Retrying<Self> {
         Retrying::new(self, policy)
     }
 
     /// Ends stalled streams with a timeout error: see [`WithTimeouts`].
+    #[must_use = "the decorated provider is returned, not applied in place"]
     fn with_timeouts(self, timeouts: Timeouts) -> WithTimeouts<Self> {
         WithTimeouts::new(self, timeouts)
     }
 
     /// Recovers failures mid-reply: see [`Recovering`].
+    #[must_use = "the decorated provider is returned, not applied in place"]
     fn with_recovery(self, policy: RecoveryPolicy) -> Recovering<Self> {
         Recovering::new(self, policy)
     }

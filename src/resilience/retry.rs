@@ -1,4 +1,10 @@
 //! [`Retrying`]: retries a reply that failed before any output, with backoff and full jitter.
+//!
+//! Written by hand rather than on `backon`: a retry here is part of the reply's stream (the
+//! subscriber sees a [`RetryNotice`] delta while it waits), and a reply that already produced
+//! output is never retried (that is [mid-stream recovery](super::Recovering)'s job), so the
+//! retry loop lives inside a `Stream` and decides per item, which a retry-a-future crate does not
+//! model.
 
 use std::{
     future::Future,
@@ -126,7 +132,8 @@ impl RetryPolicy {
 /// passes through as [`Error::Cancelled`].
 ///
 /// ```
-/// use chatstream::{Accumulator, ChatRequest, Delta, Error, LlmProvider, Script, ScriptedProvider};
+/// use chatstream::{Accumulator, ChatRequest, Delta, Error, LlmProvider};
+/// use chatstream::provider::{Script, ScriptedProvider};
 /// use chatstream::resilience::{ResilienceExt, RetryPolicy};
 /// use futures::StreamExt;
 /// use std::time::Duration;

@@ -18,7 +18,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use chatstream::{ChatService, ChatSession, HubEvent, EventPayload, Delta, Script, ScriptedProvider,
+//! use chatstream::{ChatService, ChatSession, HubEvent, EventPayload, Delta,
+//!     provider::{Script, ScriptedProvider},
 //!     UserInput, store::{HistoryPage, MemoryStore}};
 //! use futures::StreamExt;
 //!

@@ -15,7 +15,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     ChatId, Error, Result,
     hub::{self, DynStreamHub, LocalHub},
-    provider::DynProvider,
+    provider::DynLlmProvider,
     store::{DynMessageStore, MemoryStore},
 };
 
@@ -45,7 +45,7 @@ impl Default for Settings {
 }
 
 pub(super) struct Inner {
-    pub(super) provider: DynProvider,
+    pub(super) provider: DynLlmProvider,
     pub(super) store: DynMessageStore,
     pub(super) hub: DynStreamHub,
     pub(super) settings: Settings,
@@ -111,8 +111,9 @@ impl fmt::Debug for ChatService {
 
 /// Configures a [`ChatService`]. Only the provider is required.
 #[derive(Default)]
+#[must_use = "a builder does nothing until it is built"]
 pub struct ChatServiceBuilder {
-    provider: Option<DynProvider>,
+    provider: Option<DynLlmProvider>,
     store: Option<DynMessageStore>,
     hub: Option<DynStreamHub>,
     settings: Settings,
@@ -131,7 +132,7 @@ impl fmt::Debug for ChatServiceBuilder {
 
 impl ChatServiceBuilder {
     /// The model provider (required), usually wrapped in the resilience decorators.
-    pub fn provider(mut self, provider: DynProvider) -> Self {
+    pub fn provider(mut self, provider: DynLlmProvider) -> Self {
         self.provider = Some(provider);
         self
     }
@@ -223,7 +224,7 @@ impl ChatService {
     }
 
     /// The provider.
-    pub fn provider(&self) -> &DynProvider {
+    pub fn provider(&self) -> &DynLlmProvider {
         &self.inner.provider
     }
 

@@ -4,9 +4,10 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
+use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
-    ChatRequest, Delta, DeltaStream, DynProvider, Error, FinishReason, LlmProvider, Role, Script,
-    ScriptedProvider, ToolCallDelta,
+    ChatRequest, Delta, DeltaStream, DynLlmProvider, Error, FinishReason, LlmProvider, Role,
+    ToolCallDelta,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -648,7 +649,7 @@ async fn a_reply_posted_to_a_resumes_and_stops_through_b() {
     crate::instances::isolated(
         "a_reply_posted_to_a_resumes_and_stops_through_b",
         |env| async move {
-            let provider: DynProvider =
+            let provider: DynLlmProvider =
                 Arc::new(ScriptedProvider::new().repeat(slow_reply(40, 10)));
             let a = env.instance(provider.clone()).await;
             let b = env.instance(provider).await;

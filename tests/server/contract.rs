@@ -2,8 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
-    ChatRequest, Error, FinishReason, Script, ScriptedProvider,
+    ChatRequest, Error, FinishReason,
     provider::{DemoProvider, OpenAiProvider},
 };
 use futures::StreamExt;

@@ -8,8 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chatstream::provider::ScriptedProvider;
 use chatstream::{
-    ChatRequest, DynProvider, DynStreamHub, ScriptedProvider,
+    ChatRequest, DynLlmProvider, DynStreamHub,
     hub::RedisHub,
     provider::{DemoProvider, OpenAiProvider},
     store::{DynMessageStore, PostgresStore},
@@ -54,7 +55,7 @@ impl Env {
     }
 
     /// One instance: its own hub connection (own instance id) on the shared store.
-    pub(crate) async fn instance(&self, provider: DynProvider) -> Server {
+    pub(crate) async fn instance(&self, provider: DynLlmProvider) -> Server {
         serve_with(
             provider,
             self.store().await,
@@ -70,7 +71,8 @@ async fn a_reply_sent_through_a_is_followed_and_resumed_through_b() {
     isolated(
         "a_reply_sent_through_a_is_followed_and_resumed_through_b",
         |env| async move {
-            let provider: DynProvider = Arc::new(ScriptedProvider::new().repeat(slow_reply(40, 5)));
+            let provider: DynLlmProvider =
+                Arc::new(ScriptedProvider::new().repeat(slow_reply(40, 5)));
             let a = env.instance(provider.clone()).await;
             let b = env.instance(provider).await;
 
@@ -114,7 +116,7 @@ async fn terminate_through_b_stops_the_upstream_of_a() {
         "terminate_through_b_stops_the_upstream_of_a",
         |env| async move {
             let (base, closed) = slow_openai_upstream().await;
-            let upstream: DynProvider = Arc::new(
+            let upstream: DynLlmProvider = Arc::new(
                 OpenAiProvider::builder()
                     .base_url(base)
                     .model("m")

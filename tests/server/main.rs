@@ -2,6 +2,8 @@
 //! killed and started again, several instances on one PostgreSQL and one Redis, and its
 //! configuration.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test, example or bench crate is its own root: `pub` marks what its modules share.
+#![allow(unreachable_pub)]
 
 // The example is a binary: its modules are compiled into this target.
 include!("../../examples/server/embed.rs");

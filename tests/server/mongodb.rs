@@ -3,8 +3,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chatstream::provider::ScriptedProvider;
 use chatstream::{
-    ChatRequest, DynProvider, ScriptedProvider,
+    ChatRequest, DynLlmProvider,
     provider::{DemoProvider, OpenAiProvider},
 };
 use futures::StreamExt;
@@ -16,7 +17,7 @@ use crate::{
     support::*,
 };
 
-async fn serve_mongodb(provider: DynProvider, url: &str) -> Server {
+async fn serve_mongodb(provider: DynLlmProvider, url: &str) -> Server {
     let store = chatstream::store::open(url).await.unwrap();
     assert_eq!(store.backend(), "mongodb");
     serve_on(provider, store, ServerOptions::default()).await

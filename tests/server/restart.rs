@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chatstream::{ChatRequest, DynProvider, provider::DemoProvider};
+use chatstream::{ChatRequest, DynLlmProvider, provider::DemoProvider};
 use futures::StreamExt;
 
 use crate::support::*;
@@ -17,7 +17,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_history() {
 
 /// A second server on the database of a first one serves the first one's history.
 pub(crate) async fn a_restart_keeps_history(url: &str) {
-    let demo: DynProvider = Arc::new(DemoProvider::new().with_delay(Duration::ZERO));
+    let demo: DynLlmProvider = Arc::new(DemoProvider::new().with_delay(Duration::ZERO));
     let first = serve_on(
         demo.clone(),
         chatstream::store::open(url).await.unwrap(),

@@ -3,8 +3,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chatstream::provider::Script;
 use chatstream::{
-    DynProvider, FinishReason, Script,
+    DynLlmProvider, FinishReason,
     provider::DemoProvider,
     store::{DynMessageStore, MemoryStore},
 };
@@ -23,12 +24,12 @@ pub struct Server {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-pub async fn serve(provider: DynProvider, options: ServerOptions) -> Server {
+pub async fn serve(provider: DynLlmProvider, options: ServerOptions) -> Server {
     serve_on(provider, Arc::new(MemoryStore::new()), options).await
 }
 
 pub async fn serve_on(
-    provider: DynProvider,
+    provider: DynLlmProvider,
     store: DynMessageStore,
     options: ServerOptions,
 ) -> Server {
@@ -37,7 +38,7 @@ pub async fn serve_on(
 }
 
 pub async fn serve_with(
-    provider: DynProvider,
+    provider: DynLlmProvider,
     store: DynMessageStore,
     hub: chatstream::DynStreamHub,
     options: ServerOptions,

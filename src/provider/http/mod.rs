@@ -188,6 +188,7 @@ impl<A: HttpApi> LlmProvider for HttpProvider<A> {
 /// Builds an [`HttpProvider`]: see [`OpenAiProvider::builder`](super::OpenAiProvider::builder)
 /// and [`AnthropicProvider::builder`](super::AnthropicProvider::builder).
 #[derive(Default)]
+#[must_use = "a builder does nothing until it is built"]
 pub struct HttpProviderBuilder<A> {
     /// The API's own settings, which its module sets.
     pub(super) api: A,
