@@ -1,4 +1,5 @@
-//! Identifiers: [`ChatId`] and [`MessageId`].
+//! Identifiers: [`ChatId`], [`MessageId`], [`UserId`] (who owns a chat) and [`ChatKey`] (a
+//! chat's full identity: its owner and its id).
 
 use std::{fmt, str::FromStr, sync::Arc};
 
@@ -156,6 +157,177 @@ impl FromStr for MessageId {
     }
 }
 
+/// Who a chat belongs to: a user id established by authentication (an API key's user, a JWT's
+/// `sub`), or the one [anonymous](UserId::anonymous) owner of an application without users.
+///
+/// 1 to 128 characters, none of them whitespace, a control character, `{` or `}` (they would
+/// break the Redis hub's key tags). The name `anonymous` is reserved: only
+/// [`UserId::anonymous`] makes it, so no credential can claim the anonymous user's chats.
+///
+/// Cheap to clone (an `Arc<str>` inside).
+///
+/// ```
+/// use chatstream::UserId;
+///
+/// let alice: UserId = "auth0|5f7c8ec7c33c6c004bbafe82".parse()?;
+/// assert_eq!(alice.as_str(), "auth0|5f7c8ec7c33c6c004bbafe82");
+/// assert!("has space".parse::<UserId>().is_err());
+/// assert!("anonymous".parse::<UserId>().is_err());
+/// assert!(UserId::anonymous().is_anonymous());
+/// # Ok::<(), chatstream::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+/// The reserved name of the anonymous owner.
+const ANONYMOUS: &str = "anonymous";
+
+impl UserId {
+    /// The longest accepted id, in characters.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates and wraps a user id. Fails with [`Error::Invalid`] for an empty, too long or
+    /// reserved id, or one with a character that is not allowed.
+    pub fn new(id: impl AsRef<str>) -> Result<Self> {
+        let id = id.as_ref();
+        if id.is_empty() || id.chars().count() > Self::MAX_LEN {
+            return Err(Error::invalid(
+                "user id",
+                format!("must be 1 to {} characters long", Self::MAX_LEN),
+            ));
+        }
+        if let Some(c) = id
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || *c == '{' || *c == '}')
+        {
+            return Err(Error::invalid(
+                "user id",
+                format!("{c:?} is not allowed (no whitespace, control characters, '{{' or '}}')"),
+            ));
+        }
+        if id == ANONYMOUS {
+            return Err(Error::invalid(
+                "user id",
+                "\"anonymous\" is reserved for the owner of chats made without a user",
+            ));
+        }
+        Ok(UserId(id.into()))
+    }
+
+    /// The owner of every chat when there are no users (authentication off, a single-user
+    /// program), and of every chat stored before chats had owners.
+    pub fn anonymous() -> Self {
+        UserId(ANONYMOUS.into())
+    }
+
+    /// Whether this is the [anonymous](Self::anonymous) owner.
+    pub fn is_anonymous(&self) -> bool {
+        &*self.0 == ANONYMOUS
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for UserId {
+    /// The [anonymous](UserId::anonymous) owner.
+    fn default() -> Self {
+        UserId::anonymous()
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({})", self.0)
+    }
+}
+
+impl FromStr for UserId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        UserId::new(s)
+    }
+}
+
+impl AsRef<str> for UserId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for UserId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s == ANONYMOUS {
+            return Ok(UserId::anonymous());
+        }
+        UserId::new(&*s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A chat's full identity: its owner and its id. Two users may each have a chat `demo`; they are
+/// two chats, with two keys.
+///
+/// A bare [`ChatId`] converts into the key of the [anonymous](UserId::anonymous) owner's chat,
+/// for programs without users.
+///
+/// ```
+/// use chatstream::{ChatId, ChatKey, UserId};
+///
+/// let alice = ChatKey::new("alice".parse()?, "demo".parse()?);
+/// let bob = ChatKey::new("bob".parse()?, "demo".parse()?);
+/// assert_ne!(alice, bob);
+/// let mine: ChatKey = ChatId::new("notes")?.into();
+/// assert!(mine.owner.is_anonymous());
+/// # Ok::<(), chatstream::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChatKey {
+    /// Who the chat belongs to.
+    pub owner: UserId,
+    /// The chat's id, unique among its owner's chats.
+    pub id: ChatId,
+}
+
+impl ChatKey {
+    /// The key of `owner`'s chat `id`.
+    pub fn new(owner: UserId, id: ChatId) -> Self {
+        ChatKey { owner, id }
+    }
+}
+
+impl From<ChatId> for ChatKey {
+    fn from(id: ChatId) -> Self {
+        ChatKey::new(UserId::anonymous(), id)
+    }
+}
+
+impl fmt::Display for ChatKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.id)
+    }
+}
+
+impl fmt::Debug for ChatKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChatKey({}/{})", self.owner, self.id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +344,24 @@ mod tests {
         assert!(serde_json::from_str::<ChatId>("\"bad id\"").is_err());
         let g = ChatId::generate();
         assert!(ChatId::new(g.as_str()).is_ok());
+    }
+
+    #[test]
+    fn user_id_validation() {
+        assert!(UserId::new("alice").is_ok());
+        assert!(UserId::new("auth0|123").is_ok());
+        assert!(UserId::new("alice@example.com").is_ok());
+        assert!(UserId::new("ü".repeat(128)).is_ok());
+        assert!(UserId::new("x".repeat(129)).is_err());
+        for bad in ["", "a b", "a\tb", "a\nb", "{a}", "a}", "anonymous"] {
+            assert!(UserId::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            serde_json::from_str::<UserId>("\"anonymous\"").unwrap(),
+            UserId::anonymous()
+        );
+        assert!(serde_json::from_str::<UserId>("\"a b\"").is_err());
+        assert_eq!(UserId::default(), UserId::anonymous());
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub use error::{BoxError, Error, Result, TimeoutPhase, status_is_retryable};
 pub use hub::{
     DynStreamHub, EventPayload, HubEvent, HubEventStream, LiveReplyInfo, LocalHub, StreamHub,
 };
-pub use id::{ChatId, MessageId};
+pub use id::{ChatId, ChatKey, MessageId, UserId};
 pub use message::{Chat, FinishReason, Message, MessageStatus, Role, ToolCall, Usage};
 pub use provider::{
     ChatRequest, DeltaStream, DynLlmProvider, LlmProvider, LlmProviderExt, RequestMessage, ToolSpec,
