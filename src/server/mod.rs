@@ -17,6 +17,11 @@
 //! | `GET /api/chat/{chatId}/messages` | the chat as `UIMessage`s, for `useChat({ messages })` |
 //! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible, streaming and not |
 //! | `GET /healthz`, `GET /readyz` | the process answers; the store and the hub answer (503 naming what is down) |
+//! | `POST /api/session`, `GET /api/session`, `DELETE /api/session` | a browser page signs in with `{"token"}` and is known by a cookie; who asks; sign out ([`auth::SessionCookie`]) |
+//!
+//! Every route but the health probes and sign-in is behind the [`auth::Authenticator`] of
+//! [`ServerOptions::auth`] (none by default: every request is the anonymous user's): a missing
+//! or refused credential is `401` with `WWW-Authenticate: Bearer`. See [`auth`].
 //!
 //! Every error, including every rejected request (malformed JSON or path, a body over the limit,
 //! a wrong method), is `{"error":{"code","message","type"}}` with a fitting status
@@ -60,12 +65,16 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
+mod access;
+pub mod auth;
 mod chats;
 mod error;
 mod extract;
 mod health;
+mod limits;
 mod messages;
 mod openai;
+mod signin;
 mod sse;
 mod stateless;
 mod ui;
@@ -82,6 +91,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, ApiQuery};
+pub use limits::Limits;
 
 use crate::ChatService;
 
@@ -114,6 +124,11 @@ pub struct ServerOptions {
     /// tab) stops its reply (default `false`: the reply goes on, saved and resumable, and
     /// `POST /api/chat/{chatId}/stop` stops it).
     pub cancel_on_disconnect: bool,
+    /// Who may ask, and how a browser page signs in (default: no authentication, every request
+    /// is the anonymous user's): see [`auth`].
+    pub auth: auth::AuthOptions,
+    /// Per-user limits (default none).
+    pub limits: Limits,
 }
 
 impl Default for ServerOptions {
@@ -124,6 +139,8 @@ impl Default for ServerOptions {
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(5),
             cancel_on_disconnect: false,
+            auth: auth::AuthOptions::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -167,6 +184,28 @@ impl ServerOptions {
         self.cancel_on_disconnect = cancel;
         self
     }
+
+    /// Sets the [`Authenticator`](auth::Authenticator) of [`auth`](Self::auth).
+    #[must_use]
+    pub fn with_authenticator(mut self, authenticator: auth::DynAuthenticator) -> Self {
+        self.auth.authenticator = authenticator;
+        self
+    }
+
+    /// Sets the [`SessionCookie`](auth::SessionCookie) of [`auth`](Self::auth), which
+    /// `POST /api/session` sets.
+    #[must_use]
+    pub fn with_session_cookie(mut self, cookie: auth::SessionCookie) -> Self {
+        self.auth.session_cookie = Some(cookie);
+        self
+    }
+
+    /// Sets [`Limits::requests_per_minute`] (`0`: no limit).
+    #[must_use]
+    pub fn with_rate_limit_per_min(mut self, requests: u32) -> Self {
+        self.limits.requests_per_minute = std::num::NonZeroU32::new(requests);
+        self
+    }
 }
 
 /// The shortest keep-alive interval: a zero one would spin.
@@ -177,6 +216,7 @@ const MIN_KEEP_ALIVE: Duration = Duration::from_millis(10);
 struct AppState {
     service: ChatService,
     options: Arc<ServerOptions>,
+    gate: Arc<access::Gate>,
 }
 
 /// The whole HTTP contract (see the [module docs](self)) as a router with its state: serve it
@@ -184,9 +224,16 @@ struct AppState {
 pub fn router(service: ChatService, options: ServerOptions) -> Router {
     let body_limit = options.body_limit;
     let cors = cors(&options.cors_origins);
+    let gate = access::Gate {
+        rate: options
+            .limits
+            .requests_per_minute
+            .map(limits::RateLimit::new),
+    };
     let state = AppState {
         service,
         options: Arc::new(options),
+        gate: Arc::new(gate),
     };
     let router = Router::new()
         .route("/api/chats", get(chats::list).post(chats::create))
@@ -205,6 +252,17 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
         .route("/api/chat/{chat_id}/messages", get(ui::messages))
         .route("/v1/chat/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        // Every route above needs a principal; the ones below do not.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::check,
+        ))
+        .route(
+            "/api/session",
+            post(signin::sign_in)
+                .get(signin::whoami)
+                .delete(signin::sign_out),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
@@ -317,6 +375,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH])
             .allow_headers([
+                header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static("last-event-id"),
             ]),
