@@ -1,9 +1,16 @@
 //! The server's settings: command-line options, each with an environment-variable twin.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use chatstream::{provider::ProviderKind, server::ServerOptions};
-use clap::Parser;
+use chatstream::{
+    UserId,
+    provider::ProviderKind,
+    server::{
+        ServerOptions,
+        auth::{ApiKeys, DynAuthenticator, JwtAuth, NoAuth, SessionCookie},
+    },
+};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// The chatstream chat server: the web page at `/` and the HTTP API of `chatstream::server`.
 ///
@@ -12,6 +19,10 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "server", version, after_help = AFTER_HELP)]
 pub struct Config {
+    /// Something else to do than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The address to listen on.
     #[arg(long, env = "CHATSTREAM_ADDR", default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
@@ -78,11 +89,119 @@ pub struct Config {
         value_name = "ORIGINS"
     )]
     pub cors_origins: Vec<String>,
+
+    /// How requests are authenticated: none (every request is one anonymous user), keys (API
+    /// keys) or jwt (JSON Web Tokens) [default: none, allowed only on a loopback address].
+    #[arg(long, env = "CHATSTREAM_AUTH", value_enum, value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+
+    /// With --auth keys: the file of `USER_ID SHA256_HEX` lines (see `keygen`).
+    #[arg(long, env = "CHATSTREAM_API_KEYS_FILE", value_name = "PATH")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// With --auth jwt: the HS256 secret the app's login signs tokens with (32 bytes or more).
+    #[arg(
+        long,
+        env = "CHATSTREAM_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub jwt_secret: Option<Secret>,
+
+    /// With --auth jwt: the PEM public key (RSA for RS256, EC P-256 for ES256) that verifies
+    /// the app's tokens, instead of a secret.
+    #[arg(long, env = "CHATSTREAM_JWT_PUBLIC_KEY_FILE", value_name = "PATH")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// With --auth jwt: the `iss` every token must have.
+    #[arg(long, env = "CHATSTREAM_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// With --auth jwt: the `aud` every token must have.
+    #[arg(long, env = "CHATSTREAM_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The secret the page's session cookies are encrypted with (32 bytes or more, the same on
+    /// every instance) [default: a random one per start, which signs everyone out on restart].
+    #[arg(
+        long,
+        env = "CHATSTREAM_COOKIE_KEY",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub cookie_key: Option<Secret>,
+
+    /// At most this many requests per user and minute, in a burst or spread out; past it, 429
+    /// with Retry-After (0: no limit) [default: 120 with authentication, none without].
+    #[arg(long, env = "CHATSTREAM_RATE_LIMIT_PER_MIN", value_name = "N")]
+    pub rate_limit_per_min: Option<u32>,
 }
+
+/// What the server can do besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Mints a random API key for a user: prints the key (once: only its digest is kept) and
+    /// the line that admits it in the keys file.
+    Keygen {
+        /// The user the key belongs to.
+        user: String,
+    },
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every request is the one anonymous user's.
+    None,
+    /// API keys, `Authorization: Bearer KEY`.
+    Keys,
+    /// JSON Web Tokens from the app's login, `Authorization: Bearer JWT`.
+    Jwt,
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMode::None => "none",
+            AuthMode::Keys => "keys",
+            AuthMode::Jwt => "jwt",
+        })
+    }
+}
+
+/// A secret setting: its `Debug` output hides it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The default per-user limits, with authentication on (without it, every request is one user's
+/// and these would throttle the whole server).
+const DEFAULT_RATE_LIMIT_PER_MIN: u32 = 120;
 
 const AFTER_HELP: &str = "\
 Upstream settings: OPENAI_API_KEY, OPENAI_BASE_URL (any OpenAI-compatible server), ANTHROPIC_API_KEY,
-ANTHROPIC_BASE_URL. With neither key nor base URL the offline demo provider answers.";
+ANTHROPIC_BASE_URL. With neither key nor base URL the offline demo provider answers.
+
+Exposing the server: on an address other than loopback, CHATSTREAM_AUTH must be set (keys or jwt,
+or none to serve everyone as one anonymous user). `server keygen USER_ID` mints an API key.";
 
 fn parse_provider(s: &str) -> Result<ProviderKind, String> {
     s.parse().map_err(|e: chatstream::Error| e.to_string())
@@ -113,4 +232,90 @@ impl Config {
                     .filter(|o| !o.is_empty()),
             )
     }
+
+    /// How requests are authenticated: the mode chosen, or `none` on a loopback address; on any
+    /// other address a mode must be chosen.
+    pub fn auth_mode(&self) -> Result<AuthMode, String> {
+        match self.auth {
+            Some(mode) => Ok(mode),
+            None if self.addr.ip().is_loopback() => Ok(AuthMode::None),
+            None => Err(format!(
+                "refusing to serve {} without authentication: set CHATSTREAM_AUTH=keys or jwt \
+                 (or CHATSTREAM_AUTH=none to serve everyone as one anonymous user)",
+                self.addr
+            )),
+        }
+    }
+
+    /// `options` with the authentication, the page's session cookie and the per-user limits
+    /// these settings ask for.
+    pub fn with_access(&self, options: ServerOptions) -> Result<ServerOptions, String> {
+        let mode = self.auth_mode()?;
+        let authenticator: DynAuthenticator = match mode {
+            AuthMode::None => Arc::new(NoAuth),
+            AuthMode::Keys => {
+                let path = self.api_keys_file.as_ref().ok_or(
+                    "CHATSTREAM_AUTH=keys needs CHATSTREAM_API_KEYS_FILE (`server keygen USER_ID` \
+                     prints a line for it)",
+                )?;
+                Arc::new(ApiKeys::from_file(path).map_err(|e| e.to_string())?)
+            }
+            AuthMode::Jwt => Arc::new(self.jwt()?),
+        };
+        let mut options = options.with_authenticator(authenticator);
+        let on = mode != AuthMode::None;
+        if on {
+            let cookie = match &self.cookie_key {
+                Some(secret) => SessionCookie::from_secret(secret.expose()),
+                None => {
+                    tracing::warn!(
+                        "CHATSTREAM_COOKIE_KEY is not set: the page's sessions use a random key, \
+                         end when the server restarts and are not shared with other instances"
+                    );
+                    SessionCookie::random()
+                }
+            }
+            .map_err(|e| e.to_string())?;
+            // Browsers keep a Secure cookie from plain-HTTP loopback only under `localhost`.
+            options =
+                options.with_session_cookie(cookie.with_secure(!self.addr.ip().is_loopback()));
+        }
+        let rate = self
+            .rate_limit_per_min
+            .or(on.then_some(DEFAULT_RATE_LIMIT_PER_MIN));
+        if let Some(rate) = rate {
+            options = options.with_rate_limit_per_min(rate);
+        }
+        Ok(options)
+    }
+
+    fn jwt(&self) -> Result<JwtAuth, String> {
+        let auth = match (&self.jwt_secret, &self.jwt_public_key_file) {
+            (Some(secret), None) => JwtAuth::hs256(secret.expose()),
+            (None, Some(path)) => JwtAuth::from_public_key_file(path),
+            _ => {
+                return Err(
+                    "CHATSTREAM_AUTH=jwt needs either CHATSTREAM_JWT_SECRET (HS256) or \
+                     CHATSTREAM_JWT_PUBLIC_KEY_FILE (RS256, ES256), and not both"
+                        .into(),
+                );
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        let auth = match &self.jwt_issuer {
+            Some(issuer) => auth.with_issuer(issuer.clone()),
+            None => auth,
+        };
+        Ok(match &self.jwt_audience {
+            Some(audience) => auth.with_audience(audience.clone()),
+            None => auth,
+        })
+    }
+}
+
+/// `keygen USER_ID`: a new key and its keys-file line, on standard output.
+pub fn keygen(user: &str) -> Result<String, String> {
+    let user = UserId::new(user).map_err(|e| e.to_string())?;
+    let minted = chatstream::server::auth::NewApiKey::generate(user).map_err(|e| e.to_string())?;
+    Ok(format!("key:  {}\nline: {}\n", minted.key(), minted.line()))
 }

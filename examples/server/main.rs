@@ -13,11 +13,27 @@ use std::sync::Arc;
 use chatstream::{ChatService, DynStreamHub, server};
 use clap::Parser;
 
-use crate::config::Config;
+use crate::config::{Command, Config};
 
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
+    if let Some(Command::Keygen { user }) = &config.command {
+        match config::keygen(user) {
+            Ok(printed) => {
+                print!("{printed}");
+                eprintln!(
+                    "Hand the key to {user}: it is not shown again. Add the line to the API keys \
+                     file (CHATSTREAM_API_KEYS_FILE); it holds only the key's digest."
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("chatstream server: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     // Logs go to standard error; standard output carries only the start-up line.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -34,6 +50,9 @@ async fn main() {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Before anything is opened: a server that would be open to everyone stops here.
+    let options = config.with_access(config.server_options())?;
+    let auth = config.auth_mode()?;
     let kind = config.provider_kind()?;
     let provider = chatstream::provider::from_env(kind)?;
     let store = chatstream::store::open(&config.database_url).await?;
@@ -60,13 +79,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     println!(
-        "chatstream listening on http://{} (provider {kind}, model {}, store {}, hub {})",
+        "chatstream listening on http://{} (provider {kind}, model {}, store {}, hub {}, auth {auth})",
         listener.local_addr()?,
         service.model(),
         redact(&config.database_url),
         config.redis_url.as_deref().map_or("local".into(), redact),
     );
-    let options = config.server_options();
     let app = server::router(service.clone(), options.clone()).merge(page::routes());
     server::serve(listener, app, service, &options, server::shutdown_signal()).await?;
     Ok(())
