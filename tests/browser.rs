@@ -1282,3 +1282,170 @@ async fn the_use_chat_example_sends_stops_reloads_and_resumes() {
     );
     c.close().await.unwrap();
 }
+
+/// The page on a server with API keys: it asks for a key on the 401, signs in by cookie (an
+/// `EventSource` cannot send a header), streams two windows, keeps the session over a reload,
+/// and signs out. The cookie is out of the page's reach, and a request borne by it from another
+/// origin is refused.
+#[tokio::test]
+async fn the_page_signs_in_by_cookie_streams_keeps_the_session_and_signs_out() {
+    const TEST: &str = "the_page_signs_in_by_cookie_streams_keeps_the_session_and_signs_out";
+    if !have_browser(TEST) {
+        return;
+    }
+    let alice = chatstream::UserId::new("alice").unwrap();
+    let key = chatstream::server::auth::NewApiKey::generate(alice.clone()).unwrap();
+    let keys = chatstream::server::auth::ApiKeys::new().with_key(alice.clone(), key.key());
+    let service = ChatService::builder()
+        .provider(Arc::new(
+            DemoProvider::new().with_delay(Duration::from_millis(40)),
+        ))
+        .build()
+        .unwrap();
+    let options = ServerOptions::default()
+        .with_authenticator(Arc::new(keys))
+        .with_session_cookie(
+            chatstream::server::auth::SessionCookie::random()
+                .unwrap()
+                .with_secure(false),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = chatstream::server::router(service.clone(), options).merge(page::routes());
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service())
+            .await
+            .unwrap()
+    });
+    let (_driver, driver_url) = start_driver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver_url, profile.path()).await;
+    c.goto(&base).await.unwrap();
+
+    // The first request met a 401: the sign-in form, and no window yet.
+    wait_until(
+        &c,
+        "the sign-in form",
+        "!document.getElementById('sign-in').hidden",
+    )
+    .await;
+    assert_eq!(
+        js(&c, "document.querySelectorAll('.window').length").await,
+        json!(0)
+    );
+    check_accessibility(&c).await;
+    let sign_in = async |token: &str| {
+        let field = c.find(Locator::Css("#sign-in-token")).await.unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(token).await.unwrap();
+        field.send_keys(&Key::Enter.to_string()).await.unwrap();
+    };
+    sign_in("cs_not_a_key").await;
+    wait_until(
+        &c,
+        "the refusal shown",
+        "document.getElementById('sign-in-error').textContent.includes('unknown API key')",
+    )
+    .await;
+    sign_in(key.key()).await;
+    wait_until(
+        &c,
+        "two chat windows once signed in",
+        "document.getElementById('sign-in').hidden && document.querySelectorAll('.window').length === 2",
+    )
+    .await;
+    assert_eq!(
+        js(&c, "document.getElementById('who').textContent").await,
+        json!("Signed in as alice")
+    );
+    // HttpOnly: the page's script cannot read the session, nor did it keep the key.
+    assert_eq!(js(&c, "document.cookie").await, json!(""));
+    assert_eq!(
+        js(&c, "JSON.stringify(localStorage).includes('cs_')").await,
+        json!(false)
+    );
+
+    // Both windows stream at once, their event streams authenticated by the cookie.
+    type_and_send(&c, 1, "Hello from the first window").await;
+    type_and_send(&c, 2, "Hello from the second window").await;
+    wait_until(
+        &c,
+        "both windows streaming at once",
+        "document.querySelectorAll('.window.generating .msg.assistant.streaming').length === 2",
+    )
+    .await;
+    wait_long(
+        &c,
+        "both replies finished",
+        "document.querySelectorAll('.msg.assistant.streaming').length === 0 \
+         && document.querySelectorAll('.msg.assistant').length === 2",
+        30,
+    )
+    .await;
+
+    // A reload keeps the session: the windows and their histories come back, no sign-in.
+    c.refresh().await.unwrap();
+    wait_until(
+        &c,
+        "both histories after a reload",
+        "document.querySelectorAll('.window').length === 2 && [...document.querySelectorAll('.window')].every(w => w.querySelectorAll('.msg').length === 2)",
+    )
+    .await;
+    assert_eq!(
+        js(&c, "document.getElementById('sign-in').hidden").await,
+        json!(true)
+    );
+
+    // The cookie the browser holds: HttpOnly, SameSite=Strict, for the whole host.
+    let cookie = c
+        .get_named_cookie("chatstream_session")
+        .await
+        .expect("the session cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(
+        cookie.same_site().map(|s| s.to_string()),
+        Some("Strict".into())
+    );
+    assert_eq!(cookie.path(), Some("/"));
+    assert!(!cookie.value().contains("alice"), "the value is encrypted");
+    // Borne by that cookie, a change from another origin is refused, one from the page is not.
+    let http = reqwest::Client::new();
+    let cookie_header = format!("chatstream_session={}", cookie.value());
+    let create = |origin: Option<&str>| {
+        let mut request = http
+            .post(format!("{base}/api/chats"))
+            .header("cookie", &cookie_header)
+            .json(&json!({}));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let foreign = create(Some("http://evil.example")).await.unwrap();
+    assert_eq!(foreign.status(), 403);
+    let body: Value = foreign.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "cross_origin");
+    assert_eq!(
+        create(None).await.unwrap().status(),
+        403,
+        "no Origin at all"
+    );
+    assert_eq!(create(Some(&base)).await.unwrap().status(), 201);
+
+    // Signing out clears the cookie: the page asks for a key again, and the API answers 401.
+    click(&c, "#sign-out").await;
+    wait_until(
+        &c,
+        "the sign-in form after signing out",
+        "!document.getElementById('sign-in').hidden",
+    )
+    .await;
+    assert!(c.get_named_cookie("chatstream_session").await.is_err());
+    let status = js_async(
+        &c,
+        "fetch('/api/chats').then((r) => done(r.status)).catch((e) => done(String(e)));",
+    )
+    .await;
+    assert_eq!(status, json!(401));
+    c.close().await.unwrap();
+}

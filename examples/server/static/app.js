@@ -35,16 +35,20 @@ const PAGE = 50;
 
 /**
  * Every request of the page goes through here: JSON in and out, and errors thrown with the
- * server's message and status (the one place that will ask for a key on 401 once the server
- * has sign-in).
+ * server's message and status. A 401 (no session yet, or it ended) shows the sign-in form and
+ * sends the request again once signed in.
  */
 async function api(method, path, body) {
-  const init = { method, headers: {} };
+  const init = { method, headers: {}, credentials: "same-origin" };
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const res = await fetch(path, init);
+  let res = await fetch(path, init);
+  if (res.status === 401) {
+    await signIn();
+    res = await fetch(path, init);
+  }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
   if (!res.ok) {
@@ -54,6 +58,57 @@ async function api(method, path, body) {
   }
   return data;
 }
+
+/**
+ * Sign-in by cookie, since an EventSource cannot send an Authorization header: the key or
+ * token is posted once to /api/session, which answers with an HttpOnly session cookie that
+ * every later request (event streams included) carries. The page never keeps the key.
+ */
+const signInForm = document.getElementById("sign-in");
+const signInToken = document.getElementById("sign-in-token");
+const signInError = document.getElementById("sign-in-error");
+let signingIn = null;
+/** Resolves once the user has signed in; every request that met a 401 waits for the same one. */
+function signIn() {
+  if (signingIn) return signingIn;
+  signingIn = new Promise((resolve) => {
+    signInForm.hidden = false;
+    signInToken.focus();
+    const submit = async (e) => {
+      e.preventDefault();
+      signInError.textContent = "";
+      const res = await fetch("/api/session", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token: signInToken.value.trim() }),
+      }).catch(() => null);
+      if (res && res.status === 204) {
+        signInToken.value = "";
+        signInForm.hidden = true;
+        signInForm.removeEventListener("submit", submit);
+        signingIn = null;
+        resolve();
+        return;
+      }
+      const data = res && await res.json().catch(() => null);
+      signInError.textContent = (data && data.error && data.error.message) || "Could not sign in.";
+      signInToken.select();
+    };
+    signInForm.addEventListener("submit", submit);
+  });
+  return signingIn;
+}
+
+/** Who the page is signed in as: `{user, credential}`, asking to sign in until the server knows. */
+async function whoAmI() {
+  return api("GET", "/api/session");
+}
+
+document.getElementById("sign-out").addEventListener("click", async () => {
+  try { await api("DELETE", "/api/session"); } catch (e) { /* signed out in any case */ }
+  location.reload();
+});
 
 async function copyText(text) {
   if (navigator.clipboard && window.isSecureContext) {
@@ -754,7 +809,9 @@ class ChatWindow {
 const windows = {
   all: [],
   container: document.getElementById("windows"),
-  save() { localStorage.setItem(STORE_KEY, JSON.stringify(this.all.map((w) => w.chatId))); },
+  /** Where the open windows are remembered: one list per signed-in user. */
+  storeKey: STORE_KEY,
+  save() { localStorage.setItem(this.storeKey, JSON.stringify(this.all.map((w) => w.chatId))); },
   open(chatId, title) {
     const existing = this.all.find((w) => w.chatId === chatId);
     if (existing) { existing.input.focus(); return existing; }
@@ -804,10 +861,16 @@ document.getElementById("new-chat").addEventListener("click", async () => {
 });
 
 (async () => {
+  const me = await whoAmI();
+  if (me.credential === "cookie") {
+    document.getElementById("who").textContent = `Signed in as ${me.user}`;
+    document.getElementById("account").hidden = false;
+  }
+  if (me.user !== "anonymous") windows.storeKey = `${STORE_KEY}.${me.user}`;
   const chats = await refreshChats();
   const titles = new Map(chats.map((c) => [c.id, c.title]));
   let saved = [];
-  try { saved = JSON.parse(localStorage.getItem(STORE_KEY) || "[]"); } catch (e) { saved = []; }
+  try { saved = JSON.parse(localStorage.getItem(windows.storeKey) || "[]"); } catch (e) { saved = []; }
   for (const id of saved) windows.open(id, titles.get(id));
   if (windows.all.length === 0) {
     for (let i = 0; i < 2; i++) {
