@@ -48,6 +48,7 @@ mod context;
 mod handle;
 mod reply;
 mod service;
+mod telemetry;
 
 use std::fmt;
 
