@@ -11,5 +11,6 @@ mod common;
 mod configuration;
 mod contract;
 mod instances;
+mod observability;
 mod restart;
 mod support;

@@ -75,8 +75,7 @@ pub async fn example_app() -> Server {
         .build()
         .unwrap();
     serve_app(
-        chatstream::server::router(service, ServerOptions::default())
-            .merge(crate::page::routes()),
+        chatstream::server::router(service, ServerOptions::default()).merge(crate::page::routes()),
     )
     .await
 }
