@@ -22,7 +22,7 @@ use crate::{
 
 use super::{
     service::Inner,
-    telemetry::{self, Outcome, ReplyTelemetry},
+    telemetry::{Outcome, ReplyTelemetry, timed_write},
 };
 
 /// How a reply's generation ended.
@@ -200,7 +200,7 @@ impl ReplyRun {
         let store = self.service.store.clone();
         self.checkpoint_write = Some(tokio::spawn(async move {
             let write = store.update(&snapshot);
-            if let Err(e) = telemetry::timed_write(store.backend(), "checkpoint", write).await {
+            if let Err(e) = timed_write(store.backend(), "checkpoint", write).await {
                 tracing::warn!(
                     chat_id = %snapshot.chat_id,
                     message_id = %snapshot.id,
@@ -270,7 +270,7 @@ pub(super) async fn persist_final(service: &Inner, message: &Message) {
     let mut wait = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
         let write = service.store.update(message);
-        match telemetry::timed_write(service.store.backend(), "final", write).await {
+        match timed_write(service.store.backend(), "final", write).await {
             Ok(()) => return,
             Err(e) if attempt < ATTEMPTS => {
                 tracing::warn!(message_id = %message.id, attempt, error = %e, "final write failed; retrying");
