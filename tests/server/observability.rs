@@ -565,6 +565,13 @@ impl Spans {
 #[tokio::test]
 async fn requests_and_replies_have_spans_with_opentelemetry_attributes() {
     use tracing_subscriber::layer::SubscriberExt;
+    // A request and a reply first, with no subscriber, so that their span callsites are
+    // registered before this test's subscriber is: `tracing` caches each callsite's interest
+    // when it is first hit, and while a thread-scoped subscriber is the only one, a callsite
+    // first hit by another test's thread would be cached as never enabled, here too.
+    let warm = demo().await;
+    assert_eq!(warm.send("warm-up", "hi", None).await.status(), 202);
+    follow_to_end(&warm, "warm-up").await;
     let spans = Spans::default();
     // The test's runtime runs every task on this thread, the server's and the reply's too.
     let _guard =
