@@ -13,8 +13,8 @@
 //! the stateful path observed (the same server with a Prometheus recorder installed and served at
 //! `GET /metrics`, and a `tracing` subscriber that keeps every request and reply span, logging
 //! at `info` to nowhere; `CHATSTREAM_BENCH_OBSERVE=metrics` or `=spans` turns on only one of the
-//! two; the others run with no recorder and no subscriber, as a library user without the
-//! `metrics` feature does):
+//! two, `=off` neither; the others run with no recorder and no subscriber, as a library user
+//! without the `metrics` feature does):
 //!
 //! - deltas/s for one stream of 20,000 tokens (median and best of 7);
 //! - aggregate deltas/s for 200 concurrent streams of 200 tokens (median and best of 5 rounds);
@@ -299,18 +299,30 @@ async fn chatstream_router(upstream: &str, db: &str, observed: bool) -> Router {
         .build()
         .expect("service");
     let mut options = ServerOptions::default();
-    // `CHATSTREAM_BENCH_OBSERVE=metrics` or `=spans` turns on only one of the two.
-    let only = std::env::var("CHATSTREAM_BENCH_OBSERVE").unwrap_or_default();
-    if observed && only != "metrics" {
+    let (spans, metrics) = observe();
+    if observed && spans {
         tracing_subscriber::fmt()
             .with_writer(std::io::sink)
             .with_max_level(tracing::Level::INFO)
             .init();
     }
-    if observed && only != "spans" {
+    if observed && metrics {
         options = options.with_metrics(chatstream::metrics::install().expect("metrics recorder"));
     }
     chatstream::server::router(service, options)
+}
+
+/// What the observed server turns on, (spans, metrics): both, unless
+/// `CHATSTREAM_BENCH_OBSERVE` is `spans` or `metrics` (that one only) or `off` (neither: the
+/// observed column is then the stateful one again, which shows how far two identical servers'
+/// figures differ).
+fn observe() -> (bool, bool) {
+    match std::env::var("CHATSTREAM_BENCH_OBSERVE").as_deref() {
+        Ok("spans") => (true, false),
+        Ok("metrics") => (false, true),
+        Ok("off") => (false, false),
+        _ => (true, true),
+    }
 }
 
 /// A server process; dropping it closes its standard input, which ends it.
@@ -717,8 +729,7 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
         }
     }
     let observed = PATHS.iter().position(|&p| p == Path::Observed);
-    let only = std::env::var("CHATSTREAM_BENCH_OBSERVE").unwrap_or_default();
-    if let Some(i) = observed.filter(|_| only != "spans") {
+    if let Some(i) = observed.filter(|_| observe().1) {
         report_metrics(&clients[i]).await;
     }
     (0..n)
@@ -1001,8 +1012,14 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
     let of = |path: Path| results.iter().find(|(p, _)| *p == path).map(|(_, f)| f);
     if let (Some(plain), Some(observed)) = (of(Path::Stateful), of(Path::Observed)) {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let on = match observe() {
+            (true, true) => "metrics and spans",
+            (true, false) => "spans",
+            (false, true) => "metrics",
+            (false, false) => "nothing",
+        };
         println!(
-            "metrics and spans on the stateful path: throughput {:.2}× (1 stream), {:.2}× ({} streams); \
+            "{on} on the stateful path: throughput {:.2}× (1 stream), {:.2}× ({} streams); \
              CPU per delta {:.2} µs against {:.2} (1 stream), {:.2} µs against {:.2} ({} streams)",
             observed.one_stream / plain.one_stream,
             observed.aggregate / plain.aggregate,
