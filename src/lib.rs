@@ -49,6 +49,7 @@
 //! | `mongodb` | the MongoDB message store (the official driver; a replica set or sharded cluster) | no |
 //! | `redis` | the Redis stream hub, to share live replies across instances | no |
 //! | `conformance` | exports the store conformance suite for third-party backends | no |
+//! | `metrics` | [`metrics`]: counters and histograms through the `metrics` facade, a Prometheus recorder, and `GET /metrics` on the server | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod accumulate;
@@ -57,6 +58,9 @@ mod error;
 pub mod hub;
 mod id;
 mod message;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod provider;
 pub mod resilience;
 #[cfg(feature = "server")]

@@ -234,6 +234,8 @@ fn recoverable(st: &State, error: &Error) -> bool {
 
 fn recover(st: &mut State, error: &Error) {
     st.recoveries += 1;
+    #[cfg(feature = "metrics")]
+    crate::metrics::recovery(st.inner.name(), error);
     let continuable = st.sent.tool_calls().is_empty() && !st.sent.text().trim_end().is_empty();
     let mut request = st.request.clone();
     st.filter = if st.policy.mode == RecoveryMode::Continue && continuable {

@@ -49,6 +49,7 @@ mod context;
 mod handle;
 mod reply;
 mod service;
+mod telemetry;
 
 use std::fmt;
 

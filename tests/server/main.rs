@@ -15,6 +15,7 @@ mod configuration;
 mod contract;
 mod instances;
 mod mongodb;
+mod observability;
 mod rejections;
 mod restart;
 mod support;
