@@ -12,6 +12,7 @@ use reqwest::{
     Url,
     header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue},
 };
+use serde::Serialize;
 
 use self::error::{connect_error, status_error};
 pub(crate) use self::{
@@ -27,9 +28,10 @@ use crate::{Error, Result};
 /// Public in name only, so that it can bound [`HttpProvider`]; nothing outside the crate can
 /// name it, so the set of APIs stays the crate's.
 pub trait HttpApi: Default + fmt::Debug + Send + Sync + 'static {
-    /// The provider's name in logs and errors unless the builder sets one; in capitals, the
-    /// prefix of the environment variables `from_env` reads (`OPENAI_API_KEY`).
+    /// The provider's name in logs and errors unless the builder sets one.
     const NAME: &'static str;
+    /// The prefix of the environment variables `from_env` reads (`OPENAI` for `OPENAI_API_KEY`).
+    const ENV_PREFIX: &'static str;
     /// The base URL unless the builder or the environment sets one.
     const DEFAULT_BASE_URL: &'static str;
     /// The model unless the request, the builder or `CHATSTREAM_MODEL` names one.
@@ -44,8 +46,38 @@ pub trait HttpApi: Default + fmt::Debug + Send + Sync + 'static {
     /// The wire format's parser.
     type Parser: EventParser + Unpin;
 
-    /// Encodes `request` for the wire, with `default_model` when it names none.
-    fn body(&self, request: &ChatRequest, default_model: &str) -> serde_json::Result<Vec<u8>>;
+    /// Encodes `request` for the wire, with `default_model` when it names none (usually with
+    /// [`encode`], which merges the request's extra fields).
+    ///
+    /// Fails with [`Error::Invalid`] for an option the API cannot express.
+    fn body(&self, request: &ChatRequest, default_model: &str) -> Result<Vec<u8>>;
+}
+
+/// `wire` as a JSON body with `extra` merged into its top level: each extra field replaces the
+/// one `wire` wrote, and a `null` removes it.
+///
+/// Written by hand rather than with a JSON merge-patch crate: only the top level is merged, and
+/// the plain serialization stays a single pass when there is nothing to merge.
+pub(crate) fn encode(
+    wire: &impl Serialize,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<u8>> {
+    let invalid = |e: serde_json::Error| Error::invalid("request", e.to_string());
+    if extra.is_empty() {
+        return serde_json::to_vec(wire).map_err(invalid);
+    }
+    let mut body = match serde_json::to_value(wire).map_err(invalid)? {
+        serde_json::Value::Object(body) => body,
+        _ => return Err(Error::invalid("request", "the body is not a JSON object")),
+    };
+    for (key, value) in extra {
+        if value.is_null() {
+            body.remove(key);
+        } else {
+            body.insert(key.clone(), value.clone());
+        }
+    }
+    serde_json::to_vec(&body).map_err(invalid)
 }
 
 /// How an API takes its key.
@@ -134,7 +166,7 @@ impl<A: HttpApi> HttpProvider<A> {
     /// themselves need a key; a local server, or a proxy that adds the key, needs its URL), or
     /// when a value is invalid.
     pub fn from_env() -> Result<Self> {
-        let prefix = A::NAME.to_ascii_uppercase();
+        let prefix = A::ENV_PREFIX;
         let (key_var, base_var) = (format!("{prefix}_API_KEY"), format!("{prefix}_BASE_URL"));
         let key = env(&key_var);
         let base = env(&base_var);
@@ -173,10 +205,7 @@ impl<A: HttpApi> LlmProvider for HttpProvider<A> {
 
     fn stream(&self, request: ChatRequest) -> DeltaStream {
         let inner = &self.inner;
-        let body = inner
-            .api
-            .body(&request, &inner.model)
-            .map_err(|e| Error::invalid("request", e.to_string()));
+        let body = inner.api.body(&request, &inner.model);
         let builder = inner
             .client
             .post(inner.url.clone())
