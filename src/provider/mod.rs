@@ -3,6 +3,7 @@
 //! | provider | module | what it speaks |
 //! |---|---|---|
 //! | [`OpenAiProvider`] | [`openai`] | OpenAI chat completions and every compatible server (Azure-style base URLs, Ollama, vLLM, llama.cpp, LM Studio, Groq, DeepSeek, OpenRouter, LiteLLM) |
+//! | [`OpenAiResponsesProvider`] | [`openai_responses`] | the OpenAI Responses API (`POST /v1/responses`), streamed |
 //! | [`AnthropicProvider`] | [`anthropic`] | the Anthropic Messages API |
 //! | [`DemoProvider`] | [`demo`] | nothing: a deterministic offline reply, so everything runs with no key and no network |
 //! | [`ScriptedProvider`] | [`scripted`] | a scripted sequence of deltas, errors and pauses, for tests |
@@ -15,7 +16,8 @@
 //! a token limit, stop sequences, tools and a [`ToolChoice`], a [`ResponseFormat`] (structured
 //! output), a [`ReasoningEffort`] or a thinking budget, and [`extra`](ChatRequest::extra) fields
 //! merged into the upstream body for anything else an API takes. Each provider sends what its API
-//! understands; an option its API cannot express at all (a free JSON mode for Anthropic) fails the request with [`Error::Invalid`] rather than being
+//! understands; an option its API cannot express at all (stop sequences for the Responses API, a
+//! free JSON mode for Anthropic) fails the request with [`Error::Invalid`] rather than being
 //! dropped.
 //!
 //! Providers do one upstream request per [`LlmProvider::stream`] call and no retries: wrap them in
@@ -33,6 +35,7 @@ pub mod anthropic;
 pub mod demo;
 mod http;
 pub mod openai;
+pub mod openai_responses;
 mod options;
 pub mod scripted;
 mod standard;
@@ -41,6 +44,7 @@ pub use anthropic::AnthropicProvider;
 pub use demo::DemoProvider;
 pub use http::{HttpProvider, HttpProviderBuilder};
 pub use openai::OpenAiProvider;
+pub use openai_responses::OpenAiResponsesProvider;
 pub use options::{
     JsonSchema, ReasoningEffort, ResponseFormat, ThinkingBlock, TokenLimitField, ToolChoice,
 };

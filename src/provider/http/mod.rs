@@ -17,7 +17,7 @@ use serde::Serialize;
 use self::error::{connect_error, status_error};
 pub(crate) use self::{
     decode::{EventParser, Step, Str, decode_with, non_empty},
-    error::{bad_json, midstream_error},
+    error::{ErrorObject, bad_json, midstream_error},
 };
 use super::{ChatRequest, DeltaStream, LlmProvider};
 use crate::{Error, Result};
@@ -57,19 +57,20 @@ pub trait HttpApi: Default + fmt::Debug + Send + Sync + 'static {
 /// one `wire` wrote, and a `null` removes it.
 ///
 /// Written by hand rather than with a JSON merge-patch crate: only the top level is merged, and
-/// the plain serialization stays a single pass when there is nothing to merge.
+/// the plain serialization stays a single pass when there is nothing to merge. The merge reads
+/// the serialized body back rather than going through `serde_json::to_value`, which would widen
+/// an `f32` such as a temperature of 0.2 to 0.20000000298023224.
 pub(crate) fn encode(
     wire: &impl Serialize,
     extra: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<u8>> {
     let invalid = |e: serde_json::Error| Error::invalid("request", e.to_string());
+    let body = serde_json::to_vec(wire).map_err(invalid)?;
     if extra.is_empty() {
-        return serde_json::to_vec(wire).map_err(invalid);
+        return Ok(body);
     }
-    let mut body = match serde_json::to_value(wire).map_err(invalid)? {
-        serde_json::Value::Object(body) => body,
-        _ => return Err(Error::invalid("request", "the body is not a JSON object")),
-    };
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&body).map_err(invalid)?;
     for (key, value) in extra {
         if value.is_null() {
             body.remove(key);
@@ -100,7 +101,8 @@ impl Auth {
     }
 }
 
-/// A provider that speaks one HTTP API: [`OpenAiProvider`](super::OpenAiProvider) or
+/// A provider that speaks one HTTP API: [`OpenAiProvider`](super::OpenAiProvider),
+/// [`OpenAiResponsesProvider`](super::OpenAiResponsesProvider) or
 /// [`AnthropicProvider`](super::AnthropicProvider), which document each API.
 ///
 /// A cheap-clone handle: clones share one HTTP client and its connection pool.
@@ -155,8 +157,9 @@ impl<A: HttpApi> HttpProvider<A> {
     }
 
     /// A provider configured from the environment: the API's key and base URL
-    /// (`OPENAI_API_KEY` and `OPENAI_BASE_URL` for [`OpenAiProvider`](super::OpenAiProvider),
-    /// `ANTHROPIC_API_KEY` and `ANTHROPIC_BASE_URL` for
+    /// (`OPENAI_API_KEY` and `OPENAI_BASE_URL` for [`OpenAiProvider`](super::OpenAiProvider)
+    /// and [`OpenAiResponsesProvider`](super::OpenAiResponsesProvider), `ANTHROPIC_API_KEY` and
+    /// `ANTHROPIC_BASE_URL` for
     /// [`AnthropicProvider`](super::AnthropicProvider); the base URL defaults to the API's
     /// `DEFAULT_BASE_URL`) and `CHATSTREAM_MODEL` (default the API's `DEFAULT_MODEL`).
     ///
@@ -255,8 +258,8 @@ impl<A: HttpApi> HttpProviderBuilder<A> {
     }
 
     /// The base URL, with or without a trailing slash; the API's path (`/chat/completions` for
-    /// OpenAI, `/v1/messages` for Anthropic) is appended to its path and its query (Azure's
-    /// `api-version`) is kept.
+    /// OpenAI, `/responses` for the Responses API, `/v1/messages` for Anthropic) is appended to
+    /// its path and its query (Azure's `api-version`) is kept.
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
         self.base_url = Some(url.into());
         self
@@ -268,8 +271,8 @@ impl<A: HttpApi> HttpProviderBuilder<A> {
         self
     }
 
-    /// The provider's name in logs and errors (default `openai` or `anthropic`), e.g. `ollama`
-    /// or `groq`.
+    /// The provider's name in logs and errors (default `openai`, `openai-responses` or
+    /// `anthropic`), e.g. `ollama` or `groq`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
