@@ -456,7 +456,7 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
 
     /// Sends a user message and starts the reply (creating the chat if it does not exist yet).
     ///
-    /// Fails with [`Error::Busy`](crate::Error::Busy) while another reply is live in the chat. With a client message
+    /// Fails with [`Error::Busy`] while another reply is live in the chat. With a client message
     /// id already used in this chat, nothing new is stored or started: the handle follows the
     /// existing reply (live, or a summary of the finished one from the store).
     ///
@@ -468,7 +468,7 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
 
     /// Generates a new reply to the chat's last user message, in place of the replies it already
     /// has: they stay in the history but are left out of the new request's context. Fails with
-    /// [`Error::Busy`](crate::Error::Busy) while a reply is live, and with [`Error::Invalid`](crate::Error::Invalid) when the chat has no
+    /// [`Error::Busy`] while a reply is live, and with [`Error::Invalid`] when the chat has no
     /// user message.
     async fn regenerate(&self) -> Result<ReplyHandle> {
         self.regenerate_with(SendOptions::default()).await
