@@ -318,10 +318,10 @@ impl SendOptions {
         if let Some(p) = self.top_p
             && !(0.0..=1.0).contains(&p)
         {
-            return invalid(format!("topP must be between 0 and 1, not {p}"));
+            return invalid(format!("top_p must be between 0 and 1, not {p}"));
         }
         if self.max_output_tokens == Some(0) {
-            return invalid("maxOutputTokens must be at least 1".into());
+            return invalid("the token limit must be at least 1".into());
         }
         if self.stop.iter().flatten().any(String::is_empty) {
             return invalid("stop sequences must not be empty".into());
@@ -329,14 +329,14 @@ impl SendOptions {
         if let Some(budget) = self.thinking_budget {
             if budget < 1024 {
                 return invalid(format!(
-                    "thinkingBudget must be at least 1024 tokens, not {budget}"
+                    "the thinking budget must be at least 1024 tokens, not {budget}"
                 ));
             }
             if let Some(limit) = self.max_output_tokens
                 && budget >= limit
             {
                 return invalid(format!(
-                    "thinkingBudget ({budget}) must be less than maxOutputTokens ({limit})"
+                    "the thinking budget ({budget}) must be less than the token limit ({limit})"
                 ));
             }
         }
@@ -362,7 +362,7 @@ impl SendOptions {
             && !tools.iter().any(|t| &t.name == name)
         {
             return invalid(format!(
-                "toolChoice names {name:?}, which is not a tool given"
+                "the tool choice names {name:?}, which is not a tool given"
             ));
         }
         if let Some(ResponseFormat::JsonSchema(schema)) = &self.response_format {
