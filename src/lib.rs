@@ -27,7 +27,8 @@
 //! - [`ChatId`], [`MessageId`], [`Message`], [`Chat`]: the data model (serde, camelCase JSON).
 //! - [`Delta`]: the item of every reply stream; [`Accumulator`] folds deltas into a reply.
 //! - [`LlmProvider`]: a cancellable stream of deltas from a model API — [`provider`] has the
-//!   OpenAI-compatible, Anthropic, demo and scripted providers.
+//!   OpenAI-compatible, OpenAI Responses, Anthropic, demo and scripted providers, and the request
+//!   options (tools, response format, reasoning) they send.
 //! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
 //!   decorators around any provider.
 //! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite, PostgreSQL and MongoDB

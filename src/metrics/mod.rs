@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use chatstream::{ChatService, ChatSession, Script, ScriptedProvider};
+//! use chatstream::{ChatService, ChatSession, provider::{Script, ScriptedProvider}};
 //! use futures::StreamExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {

@@ -6,7 +6,7 @@
 //! | `GET /api/chats`, `POST /api/chats` | list chats (most recent first), create one (`{"id"?, "title"?}`) |
 //! | `PATCH /api/chats/{chatId}`, `DELETE /api/chats/{chatId}` | rename (`{"title"}`); delete, stopping its live reply first |
 //! | `POST /api/chats/{chatId}/regenerate` | answer the last user message again (202, 409 while a reply is live) |
-//! | `POST /api/messages` | send `{"chatId","content","clientMessageId"?,"model"?}`: 202 with the stored user message and the reply's id; idempotent by `clientMessageId`; 409 while a reply is live |
+//! | `POST /api/messages` | send `{"chatId","content","clientMessageId"?,"model"?,"options"?}`: 202 with the stored user message and the reply's id; idempotent by `clientMessageId`; 409 while a reply is live; `options` are the reply's [`SendOptions`](crate::SendOptions) in camelCase (`system`, `temperature`, `topP`, `maxOutputTokens`, `stop`, `reasoningEffort`, `thinkingBudget`, `tools`, `toolChoice`, `responseFormat`, `extra`), a bad value a 422 `invalid_options` |
 //! | `GET /api/messages/{chatId}?limit&before` | a page of history, oldest first |
 //! | `GET /api/stream/{chatId}` | the live reply as SSE (`start`, `delta`…, `error`?, `done`), numbered; `Last-Event-ID` or `?after=N` resumes; 204 when nothing is left |
 //! | `POST /api/stream/{chatId}/terminate` | stop the live reply (upstream closed, partial reply saved `cancelled`) |
@@ -15,7 +15,7 @@
 //! | `GET /api/chat/{chatId}/stream` | `useChat`'s resume: the live reply as UI message stream from its first chunk; 204 when none is live |
 //! | `POST /api/chat/{chatId}/stop` | stop the live reply (`{"stopped"}`); closing a UI stream response does not, unless [`ServerOptions::cancel_on_disconnect`] |
 //! | `GET /api/chat/{chatId}/messages` | the chat as `UIMessage`s, for `useChat({ messages })` |
-//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible, streaming and not |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible, streaming and not; fields it does not read are forwarded upstream |
 //! | `GET /healthz`, `GET /readyz` | the process answers; the store and the hub answer (503 naming what is down) |
 //! | `GET /metrics` | the metrics in the Prometheus text format (feature `metrics`, when given a handle with [`ServerOptions::with_metrics`]; see [`crate::metrics`]) |
 //!
