@@ -70,6 +70,10 @@ pub struct Config {
     )]
     pub shutdown_grace_secs: u64,
 
+    /// Serve Prometheus metrics at `GET /metrics` (see the README's Observability section).
+    #[arg(long, env = "CHATSTREAM_METRICS")]
+    pub metrics: bool,
+
     /// Origins allowed by CORS, comma-separated [default: none, CORS off].
     #[arg(
         long,
