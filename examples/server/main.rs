@@ -51,7 +51,7 @@ async fn main() {
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Before anything is opened: a server that would be open to everyone stops here.
-    let options = config.with_access(config.server_options())?;
+    let mut options = config.with_access(config.server_options())?;
     let auth = config.auth_mode()?;
     let kind = config.provider_kind()?;
     let provider = chatstream::provider::from_env(kind)?;
@@ -85,6 +85,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         redact(&config.database_url),
         config.redis_url.as_deref().map_or("local".into(), redact),
     );
+    if config.metrics {
+        options = options.with_metrics(chatstream::metrics::install()?);
+    }
     let app = server::router(service.clone(), options.clone()).merge(page::routes());
     server::serve(listener, app, service, &options, server::shutdown_signal()).await?;
     Ok(())
