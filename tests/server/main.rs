@@ -9,6 +9,7 @@
 include!("../../examples/server/embed.rs");
 
 mod ai_sdk;
+mod auth;
 #[path = "../common/mod.rs"]
 mod common;
 mod configuration;

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// The routes of the contract, with `{chat}` where a chat id goes.
-const ROUTES: &[(&str, &str, Body)] = &[
+/// The routes of the contract, with `{chat}` where a chat id goes (also the route list of the
+/// authentication tests).
+pub const ROUTES: &[(&str, &str, Body)] = &[
     ("GET", "/api/chats", Body::None),
     ("POST", "/api/chats", Body::Json),
     ("PATCH", "/api/chats/{chat}", Body::Json),
@@ -31,7 +32,7 @@ const ROUTES: &[(&str, &str, Body)] = &[
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Body {
+pub enum Body {
     None,
     Json,
 }

@@ -281,7 +281,12 @@ pub struct Process {
 
 /// Starts the example's binary (built by `cargo test` next to this test's own binary).
 pub fn start_server(db_url: &str, extra: &[(&str, &str)]) -> Process {
-    use std::io::BufRead;
+    // Warnings and errors of the server show in the test's output.
+    start_server_logging(db_url, extra, std::process::Stdio::inherit())
+}
+
+/// The example's binary (built by `cargo test` next to this test's own binary).
+pub fn example_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -295,15 +300,24 @@ pub fn start_server(db_url: &str, extra: &[(&str, &str)]) -> Process {
         "{} is missing: run `cargo test`, which builds the examples",
         bin.display()
     );
-    let mut cmd = std::process::Command::new(bin);
+    bin
+}
+
+/// Like [`start_server`], with the server's standard error (its log) sent to `stderr`.
+pub fn start_server_logging(
+    db_url: &str,
+    extra: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> Process {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(example_binary());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CHATSTREAM_ADDR", "127.0.0.1:0")
         .env("CHATSTREAM_DATABASE_URL", db_url)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
-        // Warnings and errors of the server show in the test's output.
-        .stderr(std::process::Stdio::inherit());
+        .stderr(stderr);
     for (k, v) in extra {
         cmd.env(k, v);
     }
