@@ -135,6 +135,11 @@ pub struct Config {
     )]
     pub cookie_key: Option<Secret>,
 
+    /// Whether the session cookie is `Secure` (sent over HTTPS only) [default: true unless the
+    /// address is loopback]. Set it to true behind a TLS proxy on the same machine.
+    #[arg(long, env = "CHATSTREAM_COOKIE_SECURE", value_name = "BOOL")]
+    pub cookie_secure: Option<bool>,
+
     /// At most this many requests per user and minute, in a burst or spread out; past it, 429
     /// with Retry-After (0: no limit) [default: 120 with authentication, none without].
     #[arg(long, env = "CHATSTREAM_RATE_LIMIT_PER_MIN", value_name = "N")]
@@ -280,9 +285,10 @@ impl Config {
                 }
             }
             .map_err(|e| e.to_string())?;
-            // Browsers keep a Secure cookie from plain-HTTP loopback only under `localhost`.
-            options =
-                options.with_session_cookie(cookie.with_secure(!self.addr.ip().is_loopback()));
+            // Not every browser keeps a Secure cookie set over plain HTTP, even from loopback,
+            // where the page is reached over HTTP unless a TLS proxy says otherwise.
+            let secure = self.cookie_secure.unwrap_or(!self.addr.ip().is_loopback());
+            options = options.with_session_cookie(cookie.with_secure(secure));
         }
         let rate = self
             .rate_limit_per_min
