@@ -1,5 +1,6 @@
-//! Conversations: [`ChatService`] hands out [`ChatSession`]s by chat id; a session sends user
-//! messages and streams the replies.
+//! Conversations: [`ChatService`] hands out [`ChatSession`]s by chat key (an owner and a chat
+//! id, or a chat id alone for the anonymous owner); a session sends user messages and streams the
+//! replies. Sessions of two owners' chats of one id never meet: not in the store, not in the hub.
 //!
 //! One turn, as [`ChatSession::send`] does it:
 //!
@@ -54,7 +55,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{ChatId, Message, Result, hub::HubEventStream, store::HistoryPage};
+use crate::{ChatId, ChatKey, Message, Result, hub::HubEventStream, store::HistoryPage};
 
 pub use chat::Session;
 pub use context::ContextBudget;
@@ -150,8 +151,13 @@ impl From<String> for UserInput {
 /// [`ChatService::session`] hands out the default implementation, [`Session`].
 #[async_trait]
 pub trait ChatSession: Send + Sync + fmt::Debug {
-    /// The chat this session talks in.
-    fn chat_id(&self) -> &ChatId;
+    /// The chat this session talks in: its owner and id.
+    fn key(&self) -> &ChatKey;
+
+    /// The id of the chat this session talks in (among its owner's chats).
+    fn chat_id(&self) -> &ChatId {
+        &self.key().id
+    }
 
     /// Sends a user message and starts the reply (creating the chat if it does not exist yet).
     ///
