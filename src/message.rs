@@ -353,7 +353,10 @@ mod tests {
         assert!(v.get("owner").is_none(), "{v}");
         v["owner"] = "alice".into();
         let back: Message = serde_json::from_value(v).unwrap();
-        assert!(back.owner.is_anonymous(), "an owner is never read from JSON");
+        assert!(
+            back.owner.is_anonymous(),
+            "an owner is never read from JSON"
+        );
 
         let chat = Chat {
             owner: alice.owner.clone(),
@@ -366,7 +369,12 @@ mod tests {
         let mut v = serde_json::to_value(&chat).unwrap();
         assert!(v.get("owner").is_none(), "{v}");
         v["owner"] = "alice".into();
-        assert!(serde_json::from_value::<Chat>(v).unwrap().owner.is_anonymous());
+        assert!(
+            serde_json::from_value::<Chat>(v)
+                .unwrap()
+                .owner
+                .is_anonymous()
+        );
     }
 
     #[test]

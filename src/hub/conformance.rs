@@ -535,7 +535,10 @@ pub async fn owners_are_independent(hub: &dyn StreamHub) {
     for other in [&bob, &nobody] {
         assert!(!hub.is_live(other).await.unwrap(), "{other} is not live");
         assert_eq!(hub.live_reply(other).await.unwrap(), None, "{other}");
-        assert!(hub.subscribe(other, None).await.unwrap().is_none(), "{other}");
+        assert!(
+            hub.subscribe(other, None).await.unwrap().is_none(),
+            "{other}"
+        );
         assert!(!hub.terminate(other).await.unwrap(), "{other}");
         assert!(!hub.terminate_reply(other, &a).await.unwrap(), "{other}");
     }
@@ -579,14 +582,20 @@ pub async fn owners_are_independent(hub: &dyn StreamHub) {
         .await
         .expect("bob's cancel token fired");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!alice_live.cancel.is_cancelled(), "bob's terminate stopped alice's reply");
+    assert!(
+        !alice_live.cancel.is_cancelled(),
+        "bob's terminate stopped alice's reply"
+    );
     assert!(hub.is_live(&alice).await.unwrap());
     bob_live
         .publisher
         .publish(EventPayload::done(b, MessageStatus::Cancelled))
         .await
         .unwrap();
-    assert!(hub.is_live(&alice).await.unwrap(), "bob's done ends only bob's reply");
+    assert!(
+        hub.is_live(&alice).await.unwrap(),
+        "bob's done ends only bob's reply"
+    );
     alice_live.publisher.publish(done_payload(a)).await.unwrap();
 
     let alice_events = collect(watching_alice).await;

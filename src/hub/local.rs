@@ -414,7 +414,11 @@ impl StreamHub for LocalHub {
         })
     }
 
-    async fn subscribe(&self, chat: &ChatKey, after: Option<u64>) -> Result<Option<HubEventStream>> {
+    async fn subscribe(
+        &self,
+        chat: &ChatKey,
+        after: Option<u64>,
+    ) -> Result<Option<HubEventStream>> {
         let Some(reply) = self.inner.current(chat) else {
             return Ok(None);
         };

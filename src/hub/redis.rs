@@ -710,7 +710,11 @@ impl StreamHub for RedisHub {
         })
     }
 
-    async fn subscribe(&self, chat: &ChatKey, after: Option<u64>) -> Result<Option<HubEventStream>> {
+    async fn subscribe(
+        &self,
+        chat: &ChatKey,
+        after: Option<u64>,
+    ) -> Result<Option<HubEventStream>> {
         let hub = &self.inner;
         let keys = hub.chat_keys(chat, "");
         let mut conn = hub.conn.clone();
@@ -807,9 +811,7 @@ impl StreamHub for RedisHub {
                     .map(|id| LiveReplyInfo::new(*id, Some(hub.instance_id.clone())))
             })
             .collect();
-        let ask: Vec<usize> = (0..chats.len())
-            .filter(|i| answers[*i].is_none())
-            .collect();
+        let ask: Vec<usize> = (0..chats.len()).filter(|i| answers[*i].is_none()).collect();
         let script = Script::new(LIVE);
         for batch in ask.chunks(READ_BATCH) {
             let mut pipe = redis::pipe();

@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use chatstream::{ChatService, ChatSession, HubEvent, EventPayload, Delta,
+//! use chatstream::{ChatId, ChatService, ChatSession, HubEvent, EventPayload, Delta,
 //!     provider::{Script, ScriptedProvider},
 //!     UserInput, store::{HistoryPage, MemoryStore}};
 //! use futures::StreamExt;
@@ -31,7 +31,7 @@
 //!     .store(Arc::new(MemoryStore::new()))
 //!     .system_prompt("Be brief.")
 //!     .build()?;
-//! let session = service.session("support-1".parse()?);
+//! let session = service.session(ChatId::new("support-1")?);
 //! let mut reply = session.send(UserInput::new("Hi")).await?;
 //! let mut text = String::new();
 //! while let Some(event) = reply.events.next().await {

@@ -456,7 +456,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        Message, MessageId, MessageStatus, MessageStore, UserId,
+        ChatId, Message, MessageId, MessageStatus, MessageStore, UserId,
         hub::{HubEventStream, LiveReply, LiveReplyInfo, StreamHub},
         provider::DemoProvider,
     };
@@ -600,7 +600,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(hub.asked(), 1, "no pass after shutdown");
         // Nor does a later use start them again.
-        let _ = service.session("c".parse().unwrap());
+        let _ = service.session("c".parse::<ChatId>().unwrap());
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(hub.asked(), 1);
         // One pass on request still works.
@@ -629,8 +629,8 @@ mod tests {
         runtime.block_on(async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             assert_eq!(hub.asked(), 0, "not started outside a runtime");
-            let _ = service.session("c".parse().unwrap());
-            let _ = service.session("d".parse().unwrap());
+            let _ = service.session("c".parse::<ChatId>().unwrap());
+            let _ = service.session("d".parse::<ChatId>().unwrap());
             tokio::time::sleep(Duration::from_millis(1100)).await;
             assert_eq!(hub.asked(), 1, "one pass: the task started once");
         });

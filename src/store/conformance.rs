@@ -82,7 +82,11 @@ fn unknown_chat() -> ChatKey {
 }
 
 async fn new_chat(store: &dyn MessageStore) -> Chat {
-    ok(store, store.create_chat(&UserId::anonymous(), None, None).await, "create_chat")
+    ok(
+        store,
+        store.create_chat(&UserId::anonymous(), None, None).await,
+        "create_chat",
+    )
 }
 
 async fn all_history(store: &dyn MessageStore, chat: &ChatKey) -> Vec<Message> {
@@ -118,7 +122,8 @@ pub async fn ordering(store: &dyn MessageStore) {
         ok(store, store.append(&m).await, "append");
         appended.push(m);
     }
-    let older = message_at(&chat.key(),
+    let older = message_at(
+        &chat.key(),
         Role::User,
         "clock went back",
         at - Duration::hours(1),
@@ -141,7 +146,11 @@ pub async fn ordering(store: &dyn MessageStore) {
     let mut walked: Vec<Message> = Vec::new();
     let mut page = HistoryPage::newest(7);
     loop {
-        let chunk = ok(store, store.history(&chat.key(), page).await, "history page");
+        let chunk = ok(
+            store,
+            store.history(&chat.key(), page).await,
+            "history page",
+        );
         assert!(chunk.len() <= 7, "[{b}] a page must respect its limit");
         let Some(first) = chunk.first() else { break };
         page = HistoryPage::before(first.id, 7);
@@ -171,9 +180,7 @@ pub async fn pagination(store: &dyn MessageStore) {
     assert!(
         ok(
             store,
-            store
-                .history(&unknown_chat(), HistoryPage::default())
-                .await,
+            store.history(&unknown_chat(), HistoryPage::default()).await,
             "history of an unknown chat"
         )
         .is_empty(),
@@ -321,7 +328,8 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
     assert_one_created(b, &results, &history);
     let original = history[0].clone();
 
-    let again = message_at(&chat.key(), Role::User, "retry", now()).with_client_message_id("send-1");
+    let again =
+        message_at(&chat.key(), Role::User, "retry", now()).with_client_message_id("send-1");
     let repeat = ok(store, store.append_idempotent(&again).await, "repeat send");
     assert!(
         !repeat.created,
@@ -332,7 +340,8 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
         "[{b}] a repeat must return the original"
     );
 
-    let other = message_at(&chat.key(), Role::User, "second", now()).with_client_message_id("send-2");
+    let other =
+        message_at(&chat.key(), Role::User, "second", now()).with_client_message_id("send-2");
     let second = ok(store, store.append_idempotent(&other).await, "new key");
     assert!(
         second.created && second.message == other,
@@ -340,8 +349,8 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
     );
 
     let elsewhere = new_chat(store).await;
-    let same_key =
-        message_at(&elsewhere.key(), Role::User, "other chat", now()).with_client_message_id("send-1");
+    let same_key = message_at(&elsewhere.key(), Role::User, "other chat", now())
+        .with_client_message_id("send-1");
     assert!(
         ok(
             store,
@@ -362,7 +371,8 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
         Err(Error::Invalid { .. }) => {}
         other => panic!("[{b}] append_idempotent without a key must be Invalid, got {other:?}"),
     }
-    let taken = message_at(&chat.key(), Role::User, "plain", now()).with_client_message_id("send-2");
+    let taken =
+        message_at(&chat.key(), Role::User, "plain", now()).with_client_message_id("send-2");
     match store.append(&taken).await {
         Err(Error::AlreadyExists { .. }) => {}
         other => panic!("[{b}] a plain append with a taken key must fail, got {other:?}"),
@@ -532,7 +542,11 @@ pub async fn updates(store: &dyn MessageStore) {
         let m = m.clone();
         let what = what.to_string();
         async move {
-            let got = ok(store, store.get_message(&UserId::anonymous(), &m.id).await, "get_message");
+            let got = ok(
+                store,
+                store.get_message(&UserId::anonymous(), &m.id).await,
+                "get_message",
+            );
             assert_eq!(got.as_ref(), Some(&m), "[{b}] get_message after {what}");
             let last = all_history(store, &m.key()).await.pop();
             assert_eq!(last.as_ref(), Some(&m), "[{b}] history after {what}");
@@ -618,15 +632,26 @@ pub async fn chats(store: &dyn MessageStore) {
     assert_eq!(created.id, id, "[{b}] a chosen id must be kept");
     assert_eq!(created.title.as_deref(), Some("Plans"));
     assert_eq!(
-        ok(store, store.get_chat(&ChatKey::from(id.clone())).await, "get_chat"),
+        ok(
+            store,
+            store.get_chat(&ChatKey::from(id.clone())).await,
+            "get_chat"
+        ),
         Some(created.clone()),
         "[{b}] get_chat must return the chat as created"
     );
-    match store.create_chat(&UserId::anonymous(), Some(id.clone()), None).await {
+    match store
+        .create_chat(&UserId::anonymous(), Some(id.clone()), None)
+        .await
+    {
         Err(Error::AlreadyExists { what: "chat", .. }) => {}
         other => panic!("[{b}] a taken chat id must give AlreadyExists, got {other:?}"),
     }
-    let generated = ok(store, store.create_chat(&UserId::anonymous(), None, None).await, "create_chat");
+    let generated = ok(
+        store,
+        store.create_chat(&UserId::anonymous(), None, None).await,
+        "create_chat",
+    );
     assert!(generated.title.is_none());
     assert_ne!(generated.id, id, "[{b}] generated ids must be fresh");
     assert_eq!(
@@ -652,10 +677,13 @@ pub async fn chats(store: &dyn MessageStore) {
     let top = ok(
         store,
         store
-            .list_chats(&UserId::anonymous(), ChatPage {
-                limit: 2,
-                offset: 0,
-            })
+            .list_chats(
+                &UserId::anonymous(),
+                ChatPage {
+                    limit: 2,
+                    offset: 0,
+                },
+            )
             .await,
         "list_chats",
     );
@@ -671,10 +699,13 @@ pub async fn chats(store: &dyn MessageStore) {
     let second = ok(
         store,
         store
-            .list_chats(&UserId::anonymous(), ChatPage {
-                limit: 1,
-                offset: 1,
-            })
+            .list_chats(
+                &UserId::anonymous(),
+                ChatPage {
+                    limit: 1,
+                    offset: 1,
+                },
+            )
             .await,
         "list_chats",
     );
@@ -686,10 +717,13 @@ pub async fn chats(store: &dyn MessageStore) {
     let everything = ok(
         store,
         store
-            .list_chats(&UserId::anonymous(), ChatPage {
-                limit: usize::MAX,
-                offset: 0,
-            })
+            .list_chats(
+                &UserId::anonymous(),
+                ChatPage {
+                    limit: usize::MAX,
+                    offset: 0,
+                },
+            )
             .await,
         "list_chats",
     );
@@ -707,10 +741,13 @@ pub async fn chats(store: &dyn MessageStore) {
         ok(
             store,
             store
-                .list_chats(&UserId::anonymous(), ChatPage {
-                    limit: 0,
-                    offset: 0
-                })
+                .list_chats(
+                    &UserId::anonymous(),
+                    ChatPage {
+                        limit: 0,
+                        offset: 0
+                    }
+                )
                 .await,
             "list_chats"
         )
@@ -729,12 +766,13 @@ pub async fn chats(store: &dyn MessageStore) {
         Some("Renamed ✓".into()),
         "[{b}] a rename must persist"
     );
-    let cleared = ok(store, store.rename_chat(&a.key(), None).await, "rename_chat");
+    let cleared = ok(
+        store,
+        store.rename_chat(&a.key(), None).await,
+        "rename_chat",
+    );
     assert!(cleared.title.is_none(), "[{b}] a title can be cleared");
-    match store
-        .rename_chat(&unknown_chat(), Some("x".into()))
-        .await
-    {
+    match store.rename_chat(&unknown_chat(), Some("x".into())).await {
         Err(Error::NotFound { what: "chat", .. }) => {}
         other => panic!("[{b}] renaming an unknown chat must be NotFound, got {other:?}"),
     }
@@ -745,7 +783,12 @@ pub async fn chats(store: &dyn MessageStore) {
     );
     assert!(ok(store, store.get_chat(&a.key()).await, "get_chat").is_none());
     assert!(
-        ok(store, store.get_message(&UserId::anonymous(), &in_a.id).await, "get_message").is_none(),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &in_a.id).await,
+            "get_message"
+        )
+        .is_none(),
         "[{b}] deleting a chat must delete its messages"
     );
     assert!(all_history(store, &a.key()).await.is_empty());
@@ -763,7 +806,9 @@ pub async fn chats(store: &dyn MessageStore) {
     // The id is free again, and nothing of the old chat comes back with it.
     ok(
         store,
-        store.create_chat(&UserId::anonymous(), Some(a.id.clone()), None).await,
+        store
+            .create_chat(&UserId::anonymous(), Some(a.id.clone()), None)
+            .await,
         "create_chat with a deleted chat's id",
     );
     assert!(
@@ -785,14 +830,17 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
     let title = "Grüße 👋 — 你好 — مرحبا — e\u{301}";
     let chat = ok(
         store,
-        store.create_chat(&UserId::anonymous(), None, Some(title.into())).await,
+        store
+            .create_chat(&UserId::anonymous(), None, Some(title.into()))
+            .await,
         "create_chat with a unicode title",
     );
     assert_eq!(
         ok(store, store.get_chat(&chat.key()).await, "get_chat").and_then(|c| c.title),
         Some(title.into())
     );
-    let mut m = message_at(&chat.key(),
+    let mut m = message_at(
+        &chat.key(),
         Role::Assistant,
         "👩‍👩‍👧 family, 🇫🇷 flag, \u{feff}BOM, tabs\tand\r\nlines, 'quotes' \"double\" \\ \
          '; DROP TABLE messages; --",
@@ -808,7 +856,11 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
     m.client_message_id = Some("clé-🔑".into());
     ok(store, store.append(&m).await, "append unicode");
     assert_eq!(
-        ok(store, store.get_message(&UserId::anonymous(), &m.id).await, "get_message"),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &m.id).await,
+            "get_message"
+        ),
         Some(m.clone()),
         "[{b}] unicode must round-trip exactly"
     );
@@ -832,7 +884,13 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
     large.updated_at += Duration::milliseconds(5);
     ok(store, store.update(&large).await, "update 1 MiB");
     assert!(
-        ok(store, store.get_message(&UserId::anonymous(), &large.id).await, "get_message").as_ref() == Some(&large),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &large.id).await,
+            "get_message"
+        )
+        .as_ref()
+            == Some(&large),
         "[{b}] a 1 MiB update must round-trip exactly"
     );
 }
@@ -875,7 +933,11 @@ pub async fn recovery(store: &dyn MessageStore) {
         "[{b}] only the reply checkpointed before the cutoff may change"
     );
     let get = |id: MessageId| async move {
-        match ok(store, store.get_message(&UserId::anonymous(), &id).await, "get_message") {
+        match ok(
+            store,
+            store.get_message(&UserId::anonymous(), &id).await,
+            "get_message",
+        ) {
             Some(m) => m,
             None => panic!("[{b}] message {id} vanished during recovery"),
         }
@@ -984,7 +1046,11 @@ pub async fn reply_recovery(store: &dyn MessageStore) {
             "[{b}] only streaming assistant replies can be interrupted"
         );
     }
-    let got = ok(store, store.get_message(&UserId::anonymous(), &first.id).await, "get_message");
+    let got = ok(
+        store,
+        store.get_message(&UserId::anonymous(), &first.id).await,
+        "get_message",
+    );
     let Some(got) = got else {
         panic!("[{b}] message vanished")
     };
@@ -994,7 +1060,11 @@ pub async fn reply_recovery(store: &dyn MessageStore) {
         "[{b}] interrupt_reply keeps the checkpointed content"
     );
     assert_eq!(
-        ok(store, store.get_message(&UserId::anonymous(), &done.id).await, "get_message"),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &done.id).await,
+            "get_message"
+        ),
         Some(done.clone()),
         "[{b}] finished replies are never touched"
     );
@@ -1022,7 +1092,8 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
     let name = a.backend();
     let chat = ok(
         a,
-        a.create_chat(&UserId::anonymous(), None, Some("shared".into())).await,
+        a.create_chat(&UserId::anonymous(), None, Some("shared".into()))
+            .await,
         "create_chat on a",
     );
     assert_eq!(
@@ -1045,7 +1116,11 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
     reply.updated_at += Duration::milliseconds(3);
     ok(b, b.update(&reply).await, "update on b");
     assert_eq!(
-        ok(a, a.get_message(&UserId::anonymous(), &reply.id).await, "get_message on a"),
+        ok(
+            a,
+            a.get_message(&UserId::anonymous(), &reply.id).await,
+            "get_message on a"
+        ),
         Some(reply.clone()),
         "[{name}] a must see b's checkpoint"
     );
@@ -1105,7 +1180,8 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
 
     ok(
         b,
-        b.rename_chat(&chat.key(), Some("renamed by b".into())).await,
+        b.rename_chat(&chat.key(), Some("renamed by b".into()))
+            .await,
         "rename on b",
     );
     assert_eq!(
@@ -1217,23 +1293,38 @@ pub async fn ownership(store: &dyn MessageStore) {
         got(&a_key).await.and_then(|c| c.title),
         Some("Alice's".into())
     );
-    assert_eq!(got(&b_key).await.and_then(|c| c.title), Some("Bob's".into()));
+    assert_eq!(
+        got(&b_key).await.and_then(|c| c.title),
+        Some("Bob's".into())
+    );
     assert!(got(&c_key).await.is_none(), "[{b}] carol has no chat demo");
     let b_before = got(&b_key).await;
 
     // Message lookups are scoped to their owner.
     assert_eq!(
-        ok(store, store.get_message(&alice, &a_user.id).await, "get_message"),
+        ok(
+            store,
+            store.get_message(&alice, &a_user.id).await,
+            "get_message"
+        ),
         Some(a_user.clone())
     );
     for other in [&bob, &carol] {
         assert!(
-            ok(store, store.get_message(other, &a_user.id).await, "get_message").is_none(),
+            ok(
+                store,
+                store.get_message(other, &a_user.id).await,
+                "get_message"
+            )
+            .is_none(),
             "[{b}] get_message finds a message only in its owner's chats"
         );
     }
     for key in [&b_key, &c_key] {
-        match store.history(key, HistoryPage::before(a_reply.id, 10)).await {
+        match store
+            .history(key, HistoryPage::before(a_reply.id, 10))
+            .await
+        {
             Err(Error::NotFound {
                 what: "message", ..
             }) => {}
@@ -1251,12 +1342,16 @@ pub async fn ownership(store: &dyn MessageStore) {
     forged.updated_at += Duration::seconds(5);
     match store.update(&forged).await {
         Err(Error::NotFound { .. }) => {}
-        other => panic!(
-            "[{b}] updating a message under another owner must be NotFound, got {other:?}"
-        ),
+        other => {
+            panic!("[{b}] updating a message under another owner must be NotFound, got {other:?}")
+        }
     }
     assert_eq!(
-        ok(store, store.get_message(&alice, &a_reply.id).await, "get_message"),
+        ok(
+            store,
+            store.get_message(&alice, &a_reply.id).await,
+            "get_message"
+        ),
         Some(a_reply.clone()),
         "[{b}] an update under another owner must not write"
     );
@@ -1269,9 +1364,9 @@ pub async fn ownership(store: &dyn MessageStore) {
     }
     match store.rename_chat(&c_key, Some("taken over".into())).await {
         Err(Error::NotFound { what: "chat", .. }) => {}
-        other => panic!(
-            "[{b}] renaming a chat its owner does not have must be NotFound, got {other:?}"
-        ),
+        other => {
+            panic!("[{b}] renaming a chat its owner does not have must be NotFound, got {other:?}")
+        }
     }
     assert!(
         !ok(store, store.delete_chat(&c_key).await, "delete_chat"),
@@ -1292,7 +1387,9 @@ pub async fn ownership(store: &dyn MessageStore) {
     // The owner's own writes reach only the owner's chat.
     ok(
         store,
-        store.rename_chat(&b_key, Some("Bob's, renamed".into())).await,
+        store
+            .rename_chat(&b_key, Some("Bob's, renamed".into()))
+            .await,
         "rename bob's chat",
     );
     assert_eq!(
@@ -1314,7 +1411,11 @@ pub async fn ownership(store: &dyn MessageStore) {
     a_reply.updated_at += Duration::seconds(1);
     ok(store, store.update(&a_reply).await, "update alice's reply");
     assert_eq!(
-        ok(store, store.get_message(&alice, &a_reply.id).await, "get_message"),
+        ok(
+            store,
+            store.get_message(&alice, &a_reply.id).await,
+            "get_message"
+        ),
         Some(a_reply.clone())
     );
 
@@ -1323,8 +1424,15 @@ pub async fn ownership(store: &dyn MessageStore) {
     let mut c_reply = Message::assistant_streaming(&c_key).replying_to(c_user.id);
     c_reply.created_at = c_user.created_at;
     c_reply.updated_at = c_user.updated_at;
-    let turn = ok(store, store.append_turn(&c_user, &c_reply).await, "append_turn");
-    assert!(turn.created, "[{b}] the key of another owner's chat is no repeat");
+    let turn = ok(
+        store,
+        store.append_turn(&c_user, &c_reply).await,
+        "append_turn",
+    );
+    assert!(
+        turn.created,
+        "[{b}] the key of another owner's chat is no repeat"
+    );
     assert_eq!(
         got(&c_key).await.map(|c| c.key()),
         Some(c_key.clone()),
@@ -1341,10 +1449,19 @@ pub async fn ownership(store: &dyn MessageStore) {
     }
 
     // Deleting bob's chat leaves alice's and carol's.
-    assert!(ok(store, store.delete_chat(&b_key).await, "delete bob's chat"));
+    assert!(ok(
+        store,
+        store.delete_chat(&b_key).await,
+        "delete bob's chat"
+    ));
     assert!(got(&b_key).await.is_none());
     assert!(
-        ok(store, store.get_message(&bob, &b_user.id).await, "get_message").is_none(),
+        ok(
+            store,
+            store.get_message(&bob, &b_user.id).await,
+            "get_message"
+        )
+        .is_none(),
         "[{b}] deleting a chat deletes its messages"
     );
     assert_eq!(

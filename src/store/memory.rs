@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Appended, ChatPage, HistoryPage, MessageStore};
-use crate::{Chat, ChatId, ChatKey, Error, Message, MessageId, MessageStatus, Result, Role, UserId};
+use crate::{
+    Chat, ChatId, ChatKey, Error, Message, MessageId, MessageStatus, Result, Role, UserId,
+};
 
 #[derive(Debug, Default)]
 struct ChatEntry {

@@ -61,7 +61,11 @@ use crate::{
 pub(crate) use request::is_ui_request;
 
 /// `POST /api/chat` with a `useChat` body (see [`is_ui_request`]), in `owner`'s chat.
-pub(crate) async fn chat(state: AppState, owner: UserId, body: Value) -> Result<Response, ApiError> {
+pub(crate) async fn chat(
+    state: AppState,
+    owner: UserId,
+    body: Value,
+) -> Result<Response, ApiError> {
     let request = UiChatRequest::parse(body)?;
     let chat = ChatKey::new(owner, chat_id(&request.id)?);
     let (index, sent) = request.newest_user_message()?;
