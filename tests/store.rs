@@ -15,7 +15,7 @@ mod common;
 use std::{path::Path, sync::Arc};
 
 use chatstream::{
-    ChatId, Error, Message, MessageStore,
+    ChatId, ChatKey, Error, Message, MessageStore, UserId,
     store::{
         self, DynMessageStore, HistoryPage, MemoryStore, MongoStore, PostgresStore, SqliteStore,
         conformance,
@@ -34,24 +34,25 @@ async fn suite(store: DynMessageStore) {
 /// memory store uses, makes no such promise.)
 async fn turn_is_all_or_nothing(store: &dyn MessageStore) {
     let b = store.backend();
-    let chat = store.create_chat(None, None).await.unwrap();
-    let earlier = Message::user(chat.id.clone(), "earlier");
+    let owner = UserId::anonymous();
+    let chat = store.create_chat(&owner, None, None).await.unwrap();
+    let earlier = Message::user(chat.key(), "earlier");
     store.append(&earlier).await.unwrap();
-    for chat_id in [chat.id.clone(), ChatId::generate()] {
-        let user = Message::user(chat_id.clone(), "lost with its reply");
-        let mut reply = Message::assistant_streaming(chat_id.clone()).replying_to(user.id);
+    for key in [chat.key(), ChatKey::from(ChatId::generate())] {
+        let user = Message::user(&key, "lost with its reply");
+        let mut reply = Message::assistant_streaming(&key).replying_to(user.id);
         reply.id = earlier.id; // taken: the reply's insert fails
         match store.append_turn(&user, &reply).await {
             Err(Error::AlreadyExists { .. }) => {}
             other => panic!("[{b}] a reply with a taken id must fail, got {other:?}"),
         }
         assert!(
-            store.get_message(&user.id).await.unwrap().is_none(),
+            store.get_message(&owner, &user.id).await.unwrap().is_none(),
             "[{b}] the user message of a failed turn must not be stored"
         );
     }
     let history = store
-        .history(&chat.id, HistoryPage::default())
+        .history(&chat.key(), HistoryPage::default())
         .await
         .unwrap();
     assert_eq!(
@@ -60,7 +61,11 @@ async fn turn_is_all_or_nothing(store: &dyn MessageStore) {
         "[{b}] a failed turn leaves the chat as it was"
     );
     assert_eq!(
-        store.list_chats(Default::default()).await.unwrap().len(),
+        store
+            .list_chats(&owner, Default::default())
+            .await
+            .unwrap()
+            .len(),
         1,
         "[{b}] a failed turn creates no chat"
     );
@@ -104,10 +109,13 @@ async fn sqlite_memory_conformance() {
 async fn sqlite_memory_stores_are_private() {
     let a = SqliteStore::in_memory().await.unwrap();
     let b = SqliteStore::in_memory().await.unwrap();
-    let chat = a.create_chat(None, None).await.unwrap();
-    assert!(b.get_chat(&chat.id).await.unwrap().is_none());
+    let chat = a
+        .create_chat(&UserId::anonymous(), None, None)
+        .await
+        .unwrap();
+    assert!(b.get_chat(&chat.key()).await.unwrap().is_none());
     // A clone shares the one connection, hence the data.
-    assert!(a.clone().get_chat(&chat.id).await.unwrap().is_some());
+    assert!(a.clone().get_chat(&chat.key()).await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,8 +134,11 @@ async fn sqlite_file_survives_reopening() {
     std::fs::create_dir_all(dir.path().join("nested")).unwrap();
     let url = sqlite_url(&path);
     let store = store::open(&url).await.unwrap();
-    let chat = store.create_chat(None, Some("kept".into())).await.unwrap();
-    let mut reply = Message::assistant_streaming(chat.id.clone());
+    let chat = store
+        .create_chat(&UserId::anonymous(), None, Some("kept".into()))
+        .await
+        .unwrap();
+    let mut reply = Message::assistant_streaming(chat.key());
     reply.content = "checkpointed before the crash".into();
     store.append(&reply).await.unwrap();
     drop(store);
@@ -137,7 +148,7 @@ async fn sqlite_file_survives_reopening() {
     let store = store::open(&url).await.unwrap();
     assert_eq!(store.recover_streaming(None).await.unwrap(), 1);
     let history = store
-        .history(&chat.id, HistoryPage::default())
+        .history(&chat.key(), HistoryPage::default())
         .await
         .unwrap();
     assert_eq!(history.len(), 1);
@@ -311,10 +322,13 @@ async fn mongodb_documents_are_as_documented_and_gaps_are_paged_over() {
     use mongodb::bson::{Bson, Document, doc, spec::BinarySubtype};
     with_mongodb("mongodb_documents_are_as_documented", |url| async move {
         let store = MongoStore::open(&url).await.unwrap();
-        let chat = store.create_chat(None, None).await.unwrap();
+        let chat = store
+            .create_chat(&UserId::anonymous(), None, None)
+            .await
+            .unwrap();
         let mut sent = Vec::new();
         for i in 0..10 {
-            let m = Message::user(chat.id.clone(), format!("m{i}"));
+            let m = Message::user(chat.key(), format!("m{i}"));
             store.append(&m).await.unwrap();
             sent.push(m);
         }
@@ -353,7 +367,7 @@ async fn mongodb_documents_are_as_documented_and_gaps_are_paged_over() {
         let mut walked = Vec::new();
         let mut page = HistoryPage::newest(3);
         loop {
-            let chunk = store.history(&chat.id, page).await.unwrap();
+            let chunk = store.history(&chat.key(), page).await.unwrap();
             assert!(chunk.len() <= 3);
             let Some(first) = chunk.first() else { break };
             page = HistoryPage::before(first.id, 3);
@@ -362,7 +376,7 @@ async fn mongodb_documents_are_as_documented_and_gaps_are_paged_over() {
         assert_eq!(walked, left);
         assert_eq!(
             store
-                .history(&chat.id, HistoryPage::newest(5))
+                .history(&chat.key(), HistoryPage::newest(5))
                 .await
                 .unwrap()
                 .len(),
