@@ -106,6 +106,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// MongoDB's code for a write that broke a unique index.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// MongoDB's code for a command about a collection that does not exist.
+const NAMESPACE_NOT_FOUND: i32 = 26;
+
 /// A store in a MongoDB database: for teams whose data lives in MongoDB, and for several server
 /// processes that share chats.
 ///
@@ -309,10 +312,14 @@ impl MongoStore {
 
 /// Drops those of `names` that the collection has.
 async fn drop_indexes<T: Send + Sync>(collection: &Collection<T>, names: &[&str]) -> Result<()> {
-    let existing = collection
-        .list_index_names()
-        .await
-        .map_err(err("list indexes"))?;
+    let existing = match collection.list_index_names().await {
+        Ok(existing) => existing,
+        // A collection that does not exist yet has no indexes.
+        Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) => {
+            return Ok(());
+        }
+        Err(e) => return Err(store_error("list indexes", e)),
+    };
     for name in names.iter().filter(|n| existing.iter().any(|e| e == *n)) {
         collection
             .drop_index(*name)
