@@ -1042,6 +1042,131 @@ async fn shutdown_interrupts_replies_after_the_grace_period(store: DynMessageSto
     ));
 }
 
+/// Two owners' chats of one id are two chats to the sessions: sends, replies and their streams,
+/// histories, client keys, terminates and deletes of one never reach the other.
+async fn two_owners_chats_of_one_id_never_meet(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::new().text("for alice").stall())
+        .then(Script::reply(["for bob"]));
+    let service = service(&provider, store.clone());
+    let id = chat();
+    let (alice_id, bob_id): (UserId, UserId) = ("alice".parse().unwrap(), "bob".parse().unwrap());
+    let alice = service.session(ChatKey::new(alice_id.clone(), id.clone()));
+    let bob = service.session(ChatKey::new(bob_id.clone(), id.clone()));
+    let nobody = service.session(id.clone());
+    assert_eq!((alice.chat_id(), bob.chat_id()), (&id, &id));
+
+    let mut alices = alice
+        .send(UserInput::new("alice asks").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    let seen = read_texts(&mut alices.events, 1).await;
+    assert!(alice.is_live().await.unwrap());
+    for other in [&bob, &nobody] {
+        assert!(!other.is_live().await.unwrap(), "{:?}", other.key());
+        assert!(other.subscribe(None).await.unwrap().is_none());
+        assert!(
+            other
+                .history(HistoryPage::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!other.cancel().await.unwrap(), "nothing of theirs is live");
+        assert!(!service.terminate(other.key()).await.unwrap());
+    }
+    assert!(
+        alice.is_live().await.unwrap(),
+        "the others' terminates spare alice's reply"
+    );
+
+    // Bob's chat is not busy with Alice's reply, and her client key is not his.
+    let bobs = bob
+        .send(UserInput::new("bob asks").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    assert!(bobs.is_new());
+    assert_eq!(bobs.user_message.key(), *bob.key());
+    assert_ne!(bobs.user_message.id, alices.user_message.id);
+    let bob_reply = bobs.assistant_message_id;
+    let d = drain(bobs.events).await;
+    assert_eq!(d.text, "for bob");
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Complete));
+    let texts = |history: Vec<Message>| {
+        history
+            .into_iter()
+            .map(|m| (m.owner, m.content))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        texts(bob.history(HistoryPage::default()).await.unwrap()),
+        [
+            (bob_id.clone(), "bob asks".to_string()),
+            (bob_id.clone(), "for bob".to_string())
+        ]
+    );
+    assert_eq!(
+        provider.requests()[1].messages.len(),
+        1,
+        "bob's request carries his message only"
+    );
+    assert!(
+        alice.is_live().await.unwrap(),
+        "bob's reply ended, not alice's"
+    );
+    let following = alice.subscribe(None).await.unwrap().unwrap();
+
+    // Alice's reply stops for her terminate only, and her chat keeps her messages only.
+    assert!(service.terminate(alice.key()).await.unwrap());
+    let d = drain(alices.events).await;
+    assert_eq!(seen.text + &d.text, "for alice");
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Cancelled));
+    assert_eq!(drain(following).await.text, "for alice");
+    // Persisted before its `done`.
+    let alice_reply = store
+        .get_message(&alice_id, &alices.assistant_message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice_reply.status, MessageStatus::Cancelled);
+    assert_eq!(
+        texts(alice.history(HistoryPage::default()).await.unwrap()),
+        [
+            (alice_id.clone(), "alice asks".to_string()),
+            (alice_id.clone(), "for alice".to_string())
+        ]
+    );
+    assert!(
+        store
+            .get_message(&bob_id, &alices.assistant_message_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Deleting Bob's chat leaves Alice's.
+    assert!(!service.delete_chat(nobody.key()).await.unwrap());
+    assert!(service.delete_chat(bob.key()).await.unwrap());
+    assert!(
+        bob.history(HistoryPage::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .get_message(&bob_id, &bob_reply)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        alice.history(HistoryPage::default()).await.unwrap().len(),
+        2
+    );
+    assert!(store.get_chat(alice.key()).await.unwrap().is_some());
+}
+
 macro_rules! for_every_store {
     ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         $(
@@ -1079,6 +1204,8 @@ mod every_store {
         the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
         #[tokio::test]
         regenerate_replaces_the_last_reply_in_the_context,
+        #[tokio::test]
+        two_owners_chats_of_one_id_never_meet,
     );
 
     #[test]
