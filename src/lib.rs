@@ -25,18 +25,21 @@
 //! ## Concepts
 //!
 //! - [`ChatId`], [`MessageId`], [`Message`], [`Chat`]: the data model (serde, camelCase JSON).
+//! - [`UserId`] and [`ChatKey`]: owners. Every chat belongs to a user (the
+//!   [anonymous](UserId::anonymous) one when there are none) and is named by its key, its owner
+//!   and id; stores, the hub and sessions keep two owners' chats of one id apart.
 //! - [`Delta`]: the item of every reply stream; [`Accumulator`] folds deltas into a reply.
 //! - [`LlmProvider`]: a cancellable stream of deltas from a model API — [`provider`] has the
 //!   OpenAI-compatible, Anthropic, demo and scripted providers.
 //! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
 //!   decorators around any provider.
-//! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite, PostgreSQL and MongoDB
-//!   backends.
+//! - [`MessageStore`]: persistence, scoped by owner — [`store`] has the memory, SQLite,
+//!   PostgreSQL and MongoDB backends.
 //! - [`ChatService`] and [`ChatSession`]: conversations — send a message, get the reply's events
 //!   and a cancel handle, read history; replies run detached and are checkpointed as they grow
 //!   ([`session`]).
 //! - [`StreamHub`]: live replies as numbered events, replayable after any event id, followed by
-//!   any number of subscribers, terminated by chat id — [`hub`] has the in-process [`LocalHub`]
+//!   any number of subscribers, terminated by chat key — [`hub`] has the in-process [`LocalHub`]
 //!   and, with the `redis` feature, `RedisHub` for several instances sharing live replies;
 //!   [`hub::recover_orphans`] marks the replies of a dead instance `interrupted`.
 //!
