@@ -1,19 +1,25 @@
 //! The server example over loopback, beside a minimal hand-written relay, in one run.
 //!
-//! Three processes besides this one: a no-delay OpenAI-compatible upstream, and, one at a time,
-//! the server under test (the baseline relay, or the chatstream server). This process is the
-//! client. Every process is this very binary, re-executed with `--serve upstream|baseline|chatstream`:
+//! Processes besides this one: a no-delay OpenAI-compatible upstream, and the servers under test
+//! (the baseline relay, and the chatstream server plain and observed). This process is the
+//! client. Every process is this very binary, re-executed with
+//! `--serve upstream|baseline|chatstream|observed`:
 //! it prints its address on standard output and exits when its standard input closes, so nothing
 //! outlives the bench.
 //!
 //! For each of the baseline relay (axum + reqwest + eventsource-stream, chunks parsed with
-//! serde_json), the single-request path (`POST /api/chat`) and the stateful path
-//! (`POST /api/messages` then `GET /api/stream/{chatId}`, SQLite store in a temporary file):
+//! serde_json), the single-request path (`POST /api/chat`), the stateful path
+//! (`POST /api/messages` then `GET /api/stream/{chatId}`, SQLite store in a temporary file) and
+//! the stateful path observed (the same server with a Prometheus recorder installed and served at
+//! `GET /metrics`, and a `tracing` subscriber that keeps every request and reply span, logging
+//! at `info` to nowhere; `CHATSTREAM_BENCH_OBSERVE=metrics` or `=spans` turns on only one of the
+//! two, `=off` neither; the others run with no recorder and no subscriber, as a library user
+//! without the `metrics` feature does):
 //!
 //! - deltas/s for one stream of 20,000 tokens (median and best of 7);
 //! - aggregate deltas/s for 200 concurrent streams of 200 tokens (median and best of 5 rounds);
-//!   the three servers run at once and take turns, run by run, so that other load on the
-//!   machine spreads over all three;
+//!   the four servers run at once and take turns, run by run, so that other load on the
+//!   machine spreads over all four;
 //! - time to first delta (from sending the request to the first content event), p50 and p99
 //!   over those streams;
 //! - RSS per live stream: (peak − idle) / streams live at once, with 1,000 concurrent slow
@@ -96,7 +102,8 @@ async fn serve(args: &[String]) {
     let (router, shared) = match args.first().map(String::as_str) {
         Some("upstream") => (upstream_router(), false),
         Some("baseline") => (baseline_router(&args[1]), false),
-        Some("chatstream") => (chatstream_router(&args[1], &args[2]).await, true),
+        Some("chatstream") => (chatstream_router(&args[1], &args[2], false).await, true),
+        Some("observed") => (chatstream_router(&args[1], &args[2], true).await, true),
         other => panic!("unknown server kind {other:?}"),
     };
     println!("{}", listener.local_addr().expect("address"));
@@ -274,7 +281,9 @@ async fn baseline_chat(State(b): State<Baseline>, Json(body): Json<Value>) -> Re
 
 // ---- the chatstream server, built as examples/server/main.rs builds it
 
-async fn chatstream_router(upstream: &str, db: &str) -> Router {
+/// With `observed`, metrics and spans are on: a Prometheus recorder served at `GET /metrics`,
+/// and a subscriber that keeps every span and formats the `info` log lines into a sink.
+async fn chatstream_router(upstream: &str, db: &str, observed: bool) -> Router {
     let openai = OpenAiProvider::builder()
         .base_url(format!("{upstream}/v1"))
         .api_key("sk-bench")
@@ -291,7 +300,31 @@ async fn chatstream_router(upstream: &str, db: &str) -> Router {
         .store(store)
         .build()
         .expect("service");
-    chatstream::server::router(service, ServerOptions::default())
+    let mut options = ServerOptions::default();
+    let (spans, metrics) = observe();
+    if observed && spans {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+    }
+    if observed && metrics {
+        options = options.with_metrics(chatstream::metrics::install().expect("metrics recorder"));
+    }
+    chatstream::server::router(service, options)
+}
+
+/// What the observed server turns on, (spans, metrics): both, unless
+/// `CHATSTREAM_BENCH_OBSERVE` is `spans` or `metrics` (that one only) or `off` (neither: the
+/// observed column is then the stateful one again, which shows how far two identical servers'
+/// figures differ).
+fn observe() -> (bool, bool) {
+    match std::env::var("CHATSTREAM_BENCH_OBSERVE").as_deref() {
+        Ok("spans") => (true, false),
+        Ok("metrics") => (false, true),
+        Ok("off") => (false, false),
+        _ => (true, true),
+    }
 }
 
 /// A server process; dropping it closes its standard input, which ends it.
@@ -382,6 +415,8 @@ enum Path {
     Baseline,
     Single,
     Stateful,
+    /// The stateful path with metrics and spans on.
+    Observed,
 }
 
 impl Path {
@@ -390,6 +425,7 @@ impl Path {
             Path::Baseline => "baseline relay",
             Path::Single => "single-request",
             Path::Stateful => "stateful",
+            Path::Observed => "stateful, observed",
         }
     }
 }
@@ -446,7 +482,7 @@ impl Client {
                 .send()
                 .await
                 .map_err(|e| e.to_string())?,
-            Path::Stateful => {
+            Path::Stateful | Path::Observed => {
                 let chat = format!("bench-{}", self.next_chat.fetch_add(1, Ordering::Relaxed));
                 let sent = self
                     .http
@@ -486,7 +522,7 @@ impl Client {
                     data.starts_with(r#"{"content""#),
                     data.starts_with(r#"{"done""#) || data.starts_with(r#"{"error""#),
                 ),
-                Path::Stateful => match event.event.as_deref() {
+                Path::Stateful | Path::Observed => match event.event.as_deref() {
                     Some("delta") => (true, false),
                     Some("done" | "error") => (false, true),
                     _ => (false, false),
@@ -500,7 +536,7 @@ impl Client {
                 if keep_text {
                     let v: Value = serde_json::from_str(&data).map_err(|e| e.to_string())?;
                     let piece = match self.path {
-                        Path::Stateful => &v["text"],
+                        Path::Stateful | Path::Observed => &v["text"],
                         _ => &v["content"],
                     };
                     text.push_str(piece.as_str().unwrap_or_default());
@@ -611,9 +647,14 @@ fn expected_text(tokens: usize) -> String {
 fn spawn_server(path: Path, upstream: &str, dir: &std::path::Path, n: usize) -> ServerProcess {
     match path {
         Path::Baseline => ServerProcess::spawn(&["baseline", upstream]),
-        Path::Single | Path::Stateful => {
+        Path::Single | Path::Stateful | Path::Observed => {
             let db = dir.join(format!("bench-{n}.sqlite"));
-            ServerProcess::spawn(&["chatstream", upstream, db.to_str().expect("utf-8 path")])
+            let kind = if path == Path::Observed {
+                "observed"
+            } else {
+                "chatstream"
+            };
+            ServerProcess::spawn(&[kind, upstream, db.to_str().expect("utf-8 path")])
         }
     }
 }
@@ -636,9 +677,9 @@ async fn warm_up(client: &Client, p: &Params) {
     }
 }
 
-const PATHS: [Path; 3] = [Path::Baseline, Path::Single, Path::Stateful];
+const PATHS: [Path; 4] = [Path::Baseline, Path::Single, Path::Stateful, Path::Observed];
 
-/// Throughput and latency, the three servers taking turns run by run, so that a burst of other
+/// Throughput and latency, the four servers taking turns run by run, so that a burst of other
 /// load on the machine spreads over all of them rather than hitting one.
 async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec<Figures> {
     let servers: Vec<ServerProcess> = PATHS
@@ -689,6 +730,10 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
             firsts[i].extend(streams.iter().map(|s| s.to_first));
         }
     }
+    let observed = PATHS.iter().position(|&p| p == Path::Observed);
+    if let Some(i) = observed.filter(|_| observe().1) {
+        report_metrics(&clients[i]).await;
+    }
     (0..n)
         .map(|i| {
             firsts[i].sort();
@@ -707,6 +752,32 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
             }
         })
         .collect()
+}
+
+/// Shows that the observed server's metrics were live: what it counted, from its `/metrics`.
+async fn report_metrics(client: &Client) {
+    let text = client
+        .http
+        .get(format!("{}/metrics", client.base))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics");
+    let total = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    eprintln!(
+        "{}: /metrics counted {} replies, {} deltas, {} HTTP requests",
+        Path::Observed.label(),
+        total("chatstream_replies_total{"),
+        total("chatstream_deltas_total{"),
+        total("chatstream_http_requests_total{"),
+    );
 }
 
 /// Memory under many slow streams, in a fresh process so that its high-water mark is this
@@ -938,6 +1009,28 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
             check(worst >= target),
             check(f.per_stream_kib < 32.0),
             f.per_stream_kib,
+        );
+    }
+    let of = |path: Path| results.iter().find(|(p, _)| *p == path).map(|(_, f)| f);
+    if let (Some(plain), Some(observed)) = (of(Path::Stateful), of(Path::Observed)) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let on = match observe() {
+            (true, true) => "metrics and spans",
+            (true, false) => "spans",
+            (false, true) => "metrics",
+            (false, false) => "nothing",
+        };
+        println!(
+            "{on} on the stateful path: throughput {:.2}× (1 stream), {:.2}× ({} streams); \
+             CPU per delta {:.2} µs against {:.2} (1 stream), {:.2} µs against {:.2} ({} streams)",
+            observed.one_stream / plain.one_stream,
+            observed.aggregate / plain.aggregate,
+            p.streams,
+            us(observed.cpu_one),
+            us(plain.cpu_one),
+            us(observed.cpu_aggregate),
+            us(plain.cpu_aggregate),
+            p.streams,
         );
     }
 }

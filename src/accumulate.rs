@@ -1,9 +1,11 @@
 //! [`Accumulator`]: folds deltas into a reply.
 
-use crate::{Delta, FinishReason, Message, ToolCall, Usage, delta::ToolCallDelta};
+use crate::{
+    Delta, FinishReason, Message, ToolCall, Usage, delta::ToolCallDelta, provider::ThinkingBlock,
+};
 
 /// Folds a sequence of [`Delta`]s into a reply: text, reasoning, tool calls merged by index,
-/// usage and finish reason.
+/// usage, finish reason and signed thinking blocks.
 ///
 /// Pure and O(total bytes): each delta's text is appended once, nothing accumulated is copied
 /// per delta.
@@ -26,6 +28,22 @@ pub struct Accumulator {
     usage: Option<Usage>,
     finish_reason: Option<FinishReason>,
     deltas: u64,
+    /// Where the reasoning of the next signed thinking block starts.
+    thinking_from: usize,
+    thinking: Vec<Thinking>,
+}
+
+/// A thinking block, its text a range of the reasoning so that it is not kept twice.
+#[derive(Debug, Clone, PartialEq)]
+enum Thinking {
+    Signed {
+        start: usize,
+        end: usize,
+        signature: String,
+    },
+    Redacted {
+        data: String,
+    },
 }
 
 impl Accumulator {
@@ -42,15 +60,19 @@ impl Accumulator {
         }
     }
 
-    /// Starts from an existing partial reply (to continue it after a recovery).
+    /// Starts from an existing partial reply (to continue it after a recovery). A message keeps
+    /// no thinking blocks, so its reasoning belongs to none.
     pub fn from_message(message: &Message) -> Self {
+        let reasoning = message.reasoning.clone().unwrap_or_default();
         Accumulator {
             text: message.content.clone(),
-            reasoning: message.reasoning.clone().unwrap_or_default(),
+            thinking_from: reasoning.len(),
+            reasoning,
             tool_calls: message.tool_calls.clone(),
             usage: message.usage,
             finish_reason: message.finish_reason,
             deltas: 0,
+            thinking: Vec::new(),
         }
     }
 
@@ -65,6 +87,18 @@ impl Accumulator {
             Delta::Usage(usage) => self.usage = Some(*usage),
             Delta::Finish { reason } => self.finish_reason = Some(*reason),
             Delta::Retry(_) => {}
+            Delta::ThinkingSignature { signature } => {
+                let end = self.reasoning.len();
+                self.thinking.push(Thinking::Signed {
+                    start: std::mem::replace(&mut self.thinking_from, end),
+                    end,
+                    signature: signature.clone(),
+                });
+            }
+            Delta::RedactedThinking { data } => {
+                self.thinking
+                    .push(Thinking::Redacted { data: data.clone() });
+            }
         }
     }
 
@@ -128,6 +162,44 @@ impl Accumulator {
     /// The finish reason, once the model finished.
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finish_reason
+    }
+
+    /// The reply's signed thinking blocks, in order: each signature with the reasoning text that
+    /// came since the previous block, and the redacted blocks, ready to be sent back to Anthropic
+    /// in [`RequestMessage::thinking`](crate::RequestMessage::thinking). Empty for providers that
+    /// sign nothing. A [`Message`] does not keep them ([`apply_to`](Self::apply_to) and
+    /// [`into_message`](Self::into_message) leave them out): take them from here.
+    ///
+    /// ```
+    /// use chatstream::{Accumulator, Delta, provider::ThinkingBlock};
+    ///
+    /// let mut acc = Accumulator::new();
+    /// acc.push(&Delta::reasoning("Let me think."));
+    /// acc.push(&Delta::ThinkingSignature { signature: "sig".into() });
+    /// acc.push(&Delta::RedactedThinking { data: "enc".into() });
+    /// assert_eq!(
+    ///     acc.thinking_blocks(),
+    ///     [
+    ///         ThinkingBlock::Thinking { text: "Let me think.".into(), signature: "sig".into() },
+    ///         ThinkingBlock::Redacted { data: "enc".into() },
+    ///     ]
+    /// );
+    /// ```
+    pub fn thinking_blocks(&self) -> Vec<ThinkingBlock> {
+        self.thinking
+            .iter()
+            .map(|block| match block {
+                Thinking::Signed {
+                    start,
+                    end,
+                    signature,
+                } => ThinkingBlock::Thinking {
+                    text: self.reasoning[*start..*end].to_owned(),
+                    signature: signature.clone(),
+                },
+                Thinking::Redacted { data } => ThinkingBlock::Redacted { data: data.clone() },
+            })
+            .collect()
     }
 
     /// How many deltas were folded in.
@@ -250,5 +322,39 @@ mod tests {
         acc.apply_to(&mut m);
         assert_eq!(m.reasoning.as_deref(), Some("hm"));
         assert_eq!(Accumulator::from_message(&m).text(), "ok");
+    }
+
+    #[test]
+    fn thinking_blocks_split_the_reasoning_at_each_signature() {
+        let mut m = Message::assistant_streaming(ChatId::generate());
+        m.reasoning = Some("earlier ".into());
+        let mut acc = Accumulator::from_message(&m);
+        acc.extend([
+            Delta::reasoning("one "),
+            Delta::reasoning("two"),
+            Delta::ThinkingSignature {
+                signature: "s1".into(),
+            },
+            Delta::RedactedThinking { data: "r".into() },
+            Delta::reasoning("three"),
+            Delta::ThinkingSignature {
+                signature: "s2".into(),
+            },
+        ]);
+        assert_eq!(acc.reasoning(), "earlier one twothree");
+        assert_eq!(
+            acc.thinking_blocks(),
+            [
+                ThinkingBlock::Thinking {
+                    text: "one two".into(),
+                    signature: "s1".into()
+                },
+                ThinkingBlock::Redacted { data: "r".into() },
+                ThinkingBlock::Thinking {
+                    text: "three".into(),
+                    signature: "s2".into()
+                },
+            ]
+        );
     }
 }

@@ -11,8 +11,9 @@ use crate::{FinishReason, Usage};
 ///
 /// In JSON: `{"type":"text","text":"…"}`, `{"type":"reasoning","text":"…"}`,
 /// `{"type":"toolCall","index":0,"id":…,"name":…,"arguments":"…"}`,
-/// `{"type":"usage","inputTokens":…,"outputTokens":…}`, `{"type":"finish","reason":"stop"}` and
-/// `{"type":"retry","attempt":2,"provider":"openai","reason":"…"}`.
+/// `{"type":"usage","inputTokens":…,"outputTokens":…}`, `{"type":"finish","reason":"stop"}`,
+/// `{"type":"retry","attempt":2,"provider":"openai","reason":"…"}`,
+/// `{"type":"thinkingSignature","signature":"…"}` and `{"type":"redactedThinking","data":"…"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 #[non_exhaustive]
@@ -39,6 +40,19 @@ pub enum Delta {
     /// A resilience wrapper is starting another upstream attempt (a retry, a provider switch or
     /// a mid-stream recovery). Informational: no text is ever repeated after it.
     Retry(RetryNotice),
+    /// The signature of the thinking block whose reasoning text came since the previous block
+    /// ended (Anthropic's `signature_delta`): it closes that block. Kept by the
+    /// [`Accumulator`](crate::Accumulator) so that the block can be sent back unchanged.
+    ThinkingSignature {
+        /// The signature, opaque.
+        signature: String,
+    },
+    /// A block of thinking the provider encrypted (Anthropic's `redacted_thinking`), kept like a
+    /// signature.
+    RedactedThinking {
+        /// The encrypted thinking, opaque.
+        data: String,
+    },
 }
 
 /// A fragment of a tool call: the id and name arrive once, the arguments in pieces.
@@ -94,8 +108,23 @@ impl Delta {
         })
     }
 
+    /// The text of a [`Delta::Text`]: what to print as it arrives.
+    ///
+    /// ```
+    /// use chatstream::Delta;
+    ///
+    /// assert_eq!(Delta::text("Hi").as_text(), Some("Hi"));
+    /// assert_eq!(Delta::reasoning("hm").as_text(), None);
+    /// ```
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Delta::Text { text } => Some(text),
+            _ => None,
+        }
+    }
+
     /// Whether this delta carries reply content (text, reasoning or a tool-call fragment), as
-    /// opposed to metadata (usage, finish, retry notices).
+    /// opposed to metadata (usage, finish, retry notices, thinking signatures).
     pub fn is_output(&self) -> bool {
         matches!(
             self,
@@ -133,10 +162,21 @@ mod tests {
             j(&Delta::finish(FinishReason::Stop)),
             r#"{"type":"finish","reason":"stop"}"#
         );
+        assert_eq!(
+            j(&Delta::ThinkingSignature {
+                signature: "s".into()
+            }),
+            r#"{"type":"thinkingSignature","signature":"s"}"#
+        );
+        assert_eq!(
+            j(&Delta::RedactedThinking { data: "d".into() }),
+            r#"{"type":"redactedThinking","data":"d"}"#
+        );
         for d in [
             Delta::text("x"),
             Delta::usage(3, 4),
             Delta::finish(FinishReason::Length),
+            Delta::RedactedThinking { data: "d".into() },
         ] {
             assert_eq!(serde_json::from_str::<Delta>(&j(&d)).unwrap(), d);
         }

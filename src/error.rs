@@ -264,7 +264,8 @@ pub(crate) fn kind_is_retryable(kind: &str) -> Option<bool> {
         | "not_found_error"
         | "request_too_large"
         | "billing_error"
-        | "context_length_exceeded" => Some(false),
+        | "context_length_exceeded"
+        | "invalid_prompt" => Some(false),
         "overloaded_error" | "rate_limit_error" | "api_error" | "server_error" => Some(true),
         _ => None,
     }

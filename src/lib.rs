@@ -30,18 +30,26 @@
 //!   and id; stores, the hub and sessions keep two owners' chats of one id apart.
 //! - [`Delta`]: the item of every reply stream; [`Accumulator`] folds deltas into a reply.
 //! - [`LlmProvider`]: a cancellable stream of deltas from a model API — [`provider`] has the
-//!   OpenAI-compatible, Anthropic, demo and scripted providers.
+//!   OpenAI-compatible, OpenAI Responses, Anthropic, demo and scripted providers, the request
+//!   options (tools, response format, reasoning) they send, and [`provider::from_env`], the
+//!   standard provider stack from the environment.
 //! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
 //!   decorators around any provider.
 //! - [`MessageStore`]: persistence, scoped by owner — [`store`] has the memory, SQLite,
-//!   PostgreSQL and MongoDB backends.
+//!   PostgreSQL and MongoDB backends, and (feature `conformance`) the suite every backend passes.
 //! - [`ChatService`] and [`ChatSession`]: conversations — send a message, get the reply's events
-//!   and a cancel handle, read history; replies run detached and are checkpointed as they grow
-//!   ([`session`]).
+//!   and a cancel handle, regenerate, read history; replies run detached and are checkpointed as
+//!   they grow ([`session`]: the service, the session, the context window and the reply task,
+//!   one file each).
 //! - [`StreamHub`]: live replies as numbered events, replayable after any event id, followed by
-//!   any number of subscribers, terminated by chat key — [`hub`] has the in-process [`LocalHub`]
-//!   and, with the `redis` feature, `RedisHub` for several instances sharing live replies;
-//!   [`hub::recover_orphans`] marks the replies of a dead instance `interrupted`.
+//!   any number of subscribers, terminated by chat key — [`hub`] has the in-process
+//!   [`LocalHub`] and, with the `redis` feature, `RedisHub` for several instances sharing live
+//!   replies, and (feature `conformance`) the suite every hub passes; the service recovers the
+//!   replies of a dead instance on the hub's lease.
+//! - `server` (feature `server`): the HTTP surface — the whole contract as an axum router to
+//!   serve or to mount beside an app's own routes, with the OpenAI-compatible and AI SDK
+//!   dialects, health probes and, with `metrics`, `GET /metrics`. Every route scopes by the
+//!   request's owner.
 //!
 //! ## Feature flags
 //!
@@ -51,7 +59,9 @@
 //! | `postgres` | the PostgreSQL message store (sqlx) | no |
 //! | `mongodb` | the MongoDB message store (the official driver; a replica set or sharded cluster) | no |
 //! | `redis` | the Redis stream hub, to share live replies across instances | no |
-//! | `conformance` | exports the store conformance suite for third-party backends | no |
+//! | `server` | `server`: the HTTP surface as an axum router (axum, tower-http) | no |
+//! | `conformance` | exports the store and hub conformance suites for third-party backends | no |
+//! | `metrics` | [`metrics`]: counters and histograms through the `metrics` facade, a Prometheus recorder, and `GET /metrics` on the server | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod accumulate;
@@ -60,6 +70,9 @@ mod error;
 pub mod hub;
 mod id;
 mod message;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod provider;
 pub mod resilience;
 #[cfg(feature = "server")]

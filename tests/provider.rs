@@ -1,5 +1,6 @@
 //! The HTTP providers and their parsers: every recorded fixture over HTTP and through `decode`
-//! split every way, HTTP errors, broken bodies and cancellation closing the connection.
+//! split every way, HTTP errors, broken bodies and cancellation closing the connection, and the
+//! exact request bodies the request options make for each API.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,8 +9,12 @@ use std::{path::PathBuf, time::Duration};
 use bytes::Bytes;
 use chatstream::{
     Accumulator, ChatRequest, Delta, DeltaStream, Error, LlmProvider, LlmProviderExt,
-    RequestMessage, Role,
-    provider::{AnthropicProvider, OpenAiProvider, anthropic, openai},
+    RequestMessage, Role, ToolCall, ToolSpec,
+    provider::{
+        AnthropicProvider, JsonSchema, OpenAiProvider, OpenAiResponsesProvider, ReasoningEffort,
+        ResponseFormat, ThinkingBlock, TokenLimitField, ToolChoice, anthropic, openai,
+        openai_responses,
+    },
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -37,6 +42,9 @@ struct Expected {
     #[serde(default)]
     tool_calls: Vec<ExpectedCall>,
     error: Option<ExpectedError>,
+    /// The signed and redacted thinking blocks, checked when given.
+    #[serde(default)]
+    thinking: Option<Vec<ThinkingBlock>>,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -160,6 +168,9 @@ fn check(name: &str, how: &str, outcome: &Outcome, expected: &Expected) {
         })
         .collect();
     assert_eq!(calls, expected.tool_calls, "{ctx}: tool calls");
+    if let Some(thinking) = &expected.thinking {
+        assert_eq!(&acc.thinking_blocks(), thinking, "{ctx}: thinking blocks");
+    }
     match (&outcome.error, &expected.error) {
         (None, None) => {}
         (Some(error), Some(want)) => {
@@ -189,6 +200,7 @@ fn pieces_stream(
 fn decode_pieces(dialect: &str, pieces: Vec<Vec<u8>>) -> Outcome {
     let stream = match dialect {
         "openai" => openai::decode(pieces_stream(pieces)),
+        "openai-responses" => openai_responses::decode(pieces_stream(pieces)),
         _ => anthropic::decode(pieces_stream(pieces)),
     };
     futures::executor::block_on(drain(stream))
@@ -232,6 +244,11 @@ fn openai_fixtures_decode_split_every_way() {
 #[test]
 fn anthropic_fixtures_decode_split_every_way() {
     check_decode_every_way("anthropic");
+}
+
+#[test]
+fn openai_responses_fixtures_decode_split_every_way() {
+    check_decode_every_way("openai-responses");
 }
 
 // ---- fixtures over HTTP --------------------------------------------------------------------
@@ -392,6 +409,399 @@ async fn the_request_starts_on_first_poll() {
     assert!(server.received_requests().await.unwrap().is_empty());
     assert!(stream.next().await.unwrap().is_err());
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn openai_responses_fixtures_over_http() {
+    for f in fixtures("openai-responses") {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/responses"))
+            .and(header("authorization", "Bearer sk-test"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_raw(f.body.clone(), "text/event-stream"),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider = OpenAiResponsesProvider::builder()
+            .api_key("sk-test")
+            .base_url(format!("{}/v1", server.uri()))
+            .model("gpt-test")
+            .build()
+            .unwrap();
+        let outcome = drain(provider.stream(conversation().with_max_tokens(64))).await;
+        check(&f.name, "http", &outcome, &f.expected);
+
+        let body = only_body(&server).await;
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-test",
+                "stream": true,
+                "store": false,
+                "max_output_tokens": 64,
+                "input": [
+                    {"type": "message", "role": "system", "content": "Be brief."},
+                    {"type": "message", "role": "user", "content": "Why stream replies?"},
+                ],
+            }),
+            "{}",
+            f.name
+        );
+    }
+}
+
+/// The one request `server` received, its body as JSON.
+async fn only_body(server: &MockServer) -> serde_json::Value {
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    serde_json::from_slice(&requests[0].body).unwrap()
+}
+
+// ---- the request options on the wire ---------------------------------------------------------
+
+/// A server answering every request with the `text` fixture of `dialect`.
+async fn upstream_of(dialect: &str) -> MockServer {
+    let body = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/fixtures")
+            .join(dialect)
+            .join("text.sse"),
+    )
+    .unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// The body `provider` sends for `request`, after checking the reply came through.
+async fn sent_body(
+    server: &MockServer,
+    provider: &dyn LlmProvider,
+    request: ChatRequest,
+) -> serde_json::Value {
+    let outcome = drain(provider.stream(request)).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert!(!outcome.acc.text().is_empty());
+    only_body(server).await
+}
+
+fn weather_tool() -> ToolSpec {
+    ToolSpec::new(
+        "get_weather",
+        "The weather in a city",
+        json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+    )
+}
+
+fn city_schema() -> JsonSchema {
+    JsonSchema::new(
+        "city",
+        json!({"type": "object", "properties": {"name": {"type": "string"}},
+               "required": ["name"], "additionalProperties": false}),
+    )
+    .with_strict(true)
+}
+
+#[tokio::test]
+async fn openai_reasoning_models_get_max_completion_tokens_and_reasoning_effort() {
+    let server = upstream_of("openai").await;
+    let provider = OpenAiProvider::builder()
+        .base_url(server.uri())
+        .model("o4-mini")
+        .token_limit_field(TokenLimitField::MaxCompletionTokens)
+        .build()
+        .unwrap();
+    let request = ChatRequest::user("hi")
+        .with_max_tokens(500)
+        .with_reasoning_effort(ReasoningEffort::High);
+    assert_eq!(
+        sent_body(&server, &provider, request).await,
+        json!({
+            "model": "o4-mini",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_completion_tokens": 500,
+            "reasoning_effort": "high",
+        })
+    );
+}
+
+#[tokio::test]
+async fn openai_tools_tool_choice_response_format_and_extra_fields() {
+    let server = upstream_of("openai").await;
+    let provider = OpenAiProvider::builder()
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    let request = ChatRequest::user("Weather in Paris?")
+        .with_tools([weather_tool()])
+        .with_tool_choice(ToolChoice::tool("get_weather"))
+        .with_response_format(city_schema())
+        .with_extra("seed", 7)
+        .with_extra("user", "u-1")
+        // A field the provider writes is replaced; a null removes one.
+        .with_extra("stream_options", serde_json::Value::Null)
+        .with_extra("temperature", 0);
+    assert_eq!(
+        sent_body(&server, &provider, request.with_temperature(0.5)).await,
+        json!({
+            "model": openai::DEFAULT_MODEL,
+            "stream": true,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": [{"type": "function", "function": {
+                "name": "get_weather", "description": "The weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "city", "strict": true,
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}},
+                           "required": ["name"], "additionalProperties": false}}},
+            "seed": 7,
+            "user": "u-1",
+            "temperature": 0,
+        })
+    );
+
+    let server = upstream_of("openai").await;
+    let provider = OpenAiProvider::builder()
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    let request = ChatRequest::user("JSON please")
+        .with_tools([weather_tool()])
+        .with_tool_choice(ToolChoice::Required)
+        .with_response_format(ResponseFormat::JsonObject);
+    let body = sent_body(&server, &provider, request).await;
+    assert_eq!(body["tool_choice"], "required");
+    assert_eq!(body["response_format"], json!({"type": "json_object"}));
+}
+
+#[tokio::test]
+async fn anthropic_thinking_on_with_signed_and_redacted_blocks_sent_back() {
+    let server = upstream_of("anthropic").await;
+    let provider = AnthropicProvider::builder()
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    let mut assistant = RequestMessage::new(Role::Assistant, "");
+    assistant.thinking = vec![
+        ThinkingBlock::Thinking {
+            text: "The user wants the weather.".into(),
+            signature: "ErUBCkYIBxgCIkB4".into(),
+        },
+        ThinkingBlock::Redacted {
+            data: "EmwKAhgBEgy3va3p".into(),
+        },
+    ];
+    assistant.tool_calls = vec![ToolCall {
+        index: 0,
+        id: "toolu_1".into(),
+        name: "get_weather".into(),
+        arguments: "{\"city\":\"Paris\"}".into(),
+    }];
+    let mut result = RequestMessage::new(Role::Tool, "18 °C");
+    result.tool_call_id = Some("toolu_1".into());
+    let request = ChatRequest::new(vec![
+        RequestMessage::new(Role::User, "Weather in Paris?"),
+        assistant,
+        result,
+    ])
+    .with_tools([weather_tool()])
+    .with_tool_choice(ToolChoice::Auto)
+    .with_thinking_budget(2048)
+    .with_extra("metadata", json!({"user_id": "u-1"}));
+    assert_eq!(
+        sent_body(&server, &provider, request).await,
+        json!({
+            "model": anthropic::DEFAULT_MODEL,
+            "max_tokens": anthropic::DEFAULT_MAX_TOKENS + 2048,
+            "stream": true,
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "The user wants the weather.",
+                     "signature": "ErUBCkYIBxgCIkB4"},
+                    {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3p"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                     "input": {"city": "Paris"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 °C"}]},
+            ],
+            "tools": [{"name": "get_weather", "description": "The weather in a city",
+                       "input_schema": {"type": "object",
+                                        "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": {"type": "auto"},
+            "metadata": {"user_id": "u-1"},
+        })
+    );
+}
+
+#[tokio::test]
+async fn anthropic_tool_choice_and_response_format() {
+    let server = upstream_of("anthropic").await;
+    let provider = AnthropicProvider::builder()
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    let request = ChatRequest::user("Where?")
+        .with_max_tokens(100)
+        .with_tools([weather_tool()])
+        .with_tool_choice(ToolChoice::Required)
+        .with_response_format(city_schema());
+    let body = sent_body(&server, &provider, request).await;
+    assert_eq!(body["max_tokens"], 100);
+    assert_eq!(body["tool_choice"], json!({"type": "any"}));
+    assert_eq!(
+        body["output_config"],
+        json!({"format": {"type": "json_schema", "schema": city_schema().schema}})
+    );
+
+    // Anthropic has no free JSON mode: the request fails before it is sent.
+    let error = only_error(
+        provider.stream(ChatRequest::user("x").with_response_format(ResponseFormat::JsonObject)),
+    )
+    .await;
+    assert!(matches!(error, Error::Invalid { .. }), "{error:?}");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn openai_responses_options_on_the_wire() {
+    let server = upstream_of("openai-responses").await;
+    let provider = OpenAiResponsesProvider::builder()
+        .base_url(server.uri())
+        .model("o4-mini")
+        .store(true)
+        .build()
+        .unwrap();
+    let mut assistant = RequestMessage::new(Role::Assistant, "Let me look.");
+    assistant.tool_calls = vec![ToolCall {
+        index: 0,
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: "{\"city\":\"Paris\"}".into(),
+    }];
+    let mut result = RequestMessage::new(Role::Tool, "18 °C");
+    result.tool_call_id = Some("call_1".into());
+    let request = ChatRequest::new(vec![
+        RequestMessage::new(Role::System, "Be brief."),
+        RequestMessage::new(Role::User, "Weather in Paris?"),
+        assistant,
+        result,
+    ])
+    .with_temperature(0.2)
+    .with_tools([weather_tool()])
+    .with_tool_choice(ToolChoice::Auto)
+    .with_reasoning_effort(ReasoningEffort::Medium)
+    .with_response_format(city_schema())
+    .with_extra("include", json!(["reasoning.encrypted_content"]));
+    assert_eq!(
+        sent_body(&server, &provider, request).await,
+        json!({
+            "model": "o4-mini",
+            "stream": true,
+            "store": true,
+            "temperature": 0.2,
+            "input": [
+                {"type": "message", "role": "system", "content": "Be brief."},
+                {"type": "message", "role": "user", "content": "Weather in Paris?"},
+                {"type": "message", "role": "assistant", "content": "Let me look."},
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+                 "arguments": "{\"city\":\"Paris\"}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "18 °C"},
+            ],
+            "tools": [{"type": "function", "name": "get_weather",
+                       "description": "The weather in a city", "strict": false,
+                       "parameters": {"type": "object",
+                                      "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": "auto",
+            "reasoning": {"effort": "medium", "summary": "auto"},
+            "text": {"format": {"type": "json_schema", "name": "city", "strict": true,
+                                "schema": city_schema().schema}},
+            "include": ["reasoning.encrypted_content"],
+        })
+    );
+
+    // The API has no stop sequences: refused before anything is sent.
+    let mut request = ChatRequest::user("x");
+    request.stop = vec!["END".into()];
+    let error = only_error(provider.stream(request)).await;
+    assert!(matches!(error, Error::Invalid { .. }), "{error:?}");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn gemini_through_its_openai_compatible_endpoint() {
+    let server = MockServer::start().await;
+    let body = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures/openai/text.sse"),
+    )
+    .unwrap();
+    Mock::given(method("POST"))
+        .and(path("/v1beta/openai/chat/completions"))
+        .and(header("authorization", "Bearer gemini-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // What https://generativelanguage.googleapis.com/v1beta/openai/ becomes in a test.
+    let provider = OpenAiProvider::builder()
+        .name("gemini")
+        .base_url(format!("{}/v1beta/openai/", server.uri()))
+        .api_key("gemini-key")
+        .model("gemini-2.5-flash")
+        .build()
+        .unwrap();
+    let request = ChatRequest::user("hi").with_reasoning_effort(ReasoningEffort::Low);
+    assert_eq!(
+        sent_body(&server, &provider, request).await,
+        json!({
+            "model": "gemini-2.5-flash",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}],
+            "reasoning_effort": "low",
+        })
+    );
+}
+
+#[tokio::test]
+async fn azure_openai_responses_with_api_key_and_api_version() {
+    let server = upstream_of("openai-responses").await;
+    let provider = OpenAiResponsesProvider::builder()
+        .base_url(format!(
+            "{}/openai?api-version=2025-04-01-preview",
+            server.uri()
+        ))
+        .header("api-key", "az-key")
+        .model("my-deployment")
+        .build()
+        .unwrap();
+    assert_eq!(
+        provider.url(),
+        format!(
+            "{}/openai/responses?api-version=2025-04-01-preview",
+            server.uri()
+        )
+    );
+    let body = sent_body(&server, &provider, ChatRequest::user("hi")).await;
+    assert_eq!(body["model"], "my-deployment");
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests[0].url.path(), "/openai/responses");
+    assert_eq!(
+        requests[0].url.query(),
+        Some("api-version=2025-04-01-preview")
+    );
+    assert_eq!(requests[0].headers.get("api-key").unwrap(), "az-key");
+    assert!(requests[0].headers.get("authorization").is_none());
 }
 
 // ---- HTTP errors ---------------------------------------------------------------------------
@@ -798,18 +1208,36 @@ const EVENTS: usize = 1000;
 const GAP: Duration = Duration::from_millis(20);
 const WAIT: Duration = Duration::from_secs(60);
 
+fn responses_event(i: usize) -> String {
+    format!(
+        "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\
+         \"sequence_number\":{i},\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\
+         \"delta\":\"w{i} \",\"logprobs\":[]}}\n\n"
+    )
+}
+
 #[tokio::test]
 async fn dropping_the_stream_closes_the_connection() {
-    for dialect in ["openai", "anthropic"] {
-        let (url, seen) = if dialect == "openai" {
-            slow_server(EVENTS, GAP, openai_event, None).await
-        } else {
-            slow_server(EVENTS, GAP, anthropic_event, None).await
+    for dialect in ["openai", "anthropic", "openai-responses"] {
+        let event = match dialect {
+            "openai" => openai_event,
+            "anthropic" => anthropic_event,
+            _ => responses_event,
         };
-        let provider: chatstream::DynLlmProvider = if dialect == "openai" {
-            std::sync::Arc::new(OpenAiProvider::builder().base_url(url).build().unwrap())
-        } else {
-            std::sync::Arc::new(AnthropicProvider::builder().base_url(url).build().unwrap())
+        let (url, seen) = slow_server(EVENTS, GAP, event, None).await;
+        let provider: chatstream::DynLlmProvider = match dialect {
+            "openai" => {
+                std::sync::Arc::new(OpenAiProvider::builder().base_url(url).build().unwrap())
+            }
+            "anthropic" => {
+                std::sync::Arc::new(AnthropicProvider::builder().base_url(url).build().unwrap())
+            }
+            _ => std::sync::Arc::new(
+                OpenAiResponsesProvider::builder()
+                    .base_url(url)
+                    .build()
+                    .unwrap(),
+            ),
         };
         let mut stream = provider.stream(ChatRequest::user("hi"));
         for i in 0..3 {
@@ -873,4 +1301,39 @@ async fn a_body_broken_mid_stream_is_a_retryable_connect_error() {
     let error = outcome.error.unwrap();
     assert!(matches!(error, Error::Connect { .. }), "{error:?}");
     assert!(error.is_retryable());
+
+    let (url, _seen) = slow_server(10, Duration::from_millis(1), responses_event, Some(3)).await;
+    let provider = OpenAiResponsesProvider::builder()
+        .base_url(url)
+        .build()
+        .unwrap();
+    let outcome = drain(provider.stream(ChatRequest::user("hi"))).await;
+    assert_eq!(outcome.acc.text(), "w0 w1 w2 ");
+    assert!(matches!(outcome.error, Some(Error::Connect { .. })));
+}
+
+#[tokio::test]
+async fn openai_responses_http_errors_are_classified() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "3")
+                .set_body_json(json!({"error": {"message": "Rate limit reached",
+                    "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
+        )
+        .mount(&server)
+        .await;
+    let provider = OpenAiResponsesProvider::builder()
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    let error = only_error(provider.stream(ChatRequest::user("hi"))).await;
+    assert_eq!(
+        upstream(&error),
+        (Some(429), Some("rate_limit_exceeded"), "Rate limit reached")
+    );
+    assert!(error.is_retryable());
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+    assert!(error.to_string().contains("openai-responses"), "{error}");
 }

@@ -56,8 +56,8 @@ struct Args {
     #[arg(long, env = "CHATSTREAM_JSON")]
     json: bool,
 
-    /// The upstream: openai, anthropic or demo [default: openai when OPENAI_API_KEY or
-    /// OPENAI_BASE_URL is set, else demo].
+    /// The upstream: openai, openai-responses, anthropic or demo [default: openai when
+    /// OPENAI_API_KEY or OPENAI_BASE_URL is set, else demo].
     #[arg(long, env = "CHATSTREAM_PROVIDER", value_parser = parse_provider)]
     provider: Option<ProviderKind>,
 

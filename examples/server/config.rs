@@ -25,8 +25,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// The upstream: openai, anthropic or demo [default: openai when OPENAI_API_KEY or
-    /// OPENAI_BASE_URL is set, else demo].
+    /// The upstream: openai, openai-responses, anthropic or demo [default: openai when
+    /// OPENAI_API_KEY or OPENAI_BASE_URL is set, else demo].
     #[arg(long, env = "CHATSTREAM_PROVIDER", value_parser = parse_provider)]
     pub provider: Option<ProviderKind>,
 
@@ -69,6 +69,10 @@ pub struct Config {
         value_name = "SECS"
     )]
     pub shutdown_grace_secs: u64,
+
+    /// Serve Prometheus metrics at `GET /metrics` (see the README's Observability section).
+    #[arg(long, env = "CHATSTREAM_METRICS")]
+    pub metrics: bool,
 
     /// Origins allowed by CORS, comma-separated [default: none, CORS off].
     #[arg(

@@ -66,7 +66,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         redact(&config.database_url),
         config.redis_url.as_deref().map_or("local".into(), redact),
     );
-    let options = config.server_options();
+    let mut options = config.server_options();
+    if config.metrics {
+        options = options.with_metrics(chatstream::metrics::install()?);
+    }
     let app = server::router(service.clone(), options.clone()).merge(page::routes());
     server::serve(listener, app, service, &options, server::shutdown_signal()).await?;
     Ok(())

@@ -472,6 +472,8 @@ pub async fn recover_orphans(store: &dyn MessageStore, hub: &dyn StreamHub) -> R
         if store.interrupt_reply(&message.id).await? {
             tracing::info!(chat_id = %message.chat_id, owner = %message.owner, message_id = %message.id, "marked a reply whose process is gone as interrupted");
             marked += 1;
+            #[cfg(feature = "metrics")]
+            crate::metrics::orphans_recovered(1);
         }
     }
     Ok(marked)

@@ -3,13 +3,22 @@
 //! | provider | module | what it speaks |
 //! |---|---|---|
 //! | [`OpenAiProvider`] | [`openai`] | OpenAI chat completions and every compatible server (Azure-style base URLs, Ollama, vLLM, llama.cpp, LM Studio, Groq, DeepSeek, OpenRouter, LiteLLM) |
+//! | [`OpenAiResponsesProvider`] | [`openai_responses`] | the OpenAI Responses API (`POST /v1/responses`), streamed |
 //! | [`AnthropicProvider`] | [`anthropic`] | the Anthropic Messages API |
 //! | [`DemoProvider`] | [`demo`] | nothing: a deterministic offline reply, so everything runs with no key and no network |
 //! | [`ScriptedProvider`] | [`scripted`] | a scripted sequence of deltas, errors and pauses, for tests |
 //!
-//! The two HTTP providers are one [`HttpProvider`] over their API: the builder, the client and
-//! the streaming request are shared, each module holds only its API's defaults, request body and
+//! The HTTP providers are one [`HttpProvider`] over their API: the builder, the client and the
+//! streaming request are shared, each module holds only its API's defaults, request body and
 //! decoder.
+//!
+//! A [`ChatRequest`] carries, besides the conversation, what the reply should be like: sampling,
+//! a token limit, stop sequences, tools and a [`ToolChoice`], a [`ResponseFormat`] (structured
+//! output), a [`ReasoningEffort`] or a thinking budget, and [`extra`](ChatRequest::extra) fields
+//! merged into the upstream body for anything else an API takes. Each provider sends what its API
+//! understands; an option its API cannot express at all (stop sequences for the Responses API, a
+//! free JSON mode for Anthropic) fails the request with [`Error::Invalid`] rather than being
+//! dropped.
 //!
 //! Providers do one upstream request per [`LlmProvider::stream`] call and no retries: wrap them in
 //! the [resilience](crate::resilience) decorators for that.
@@ -26,6 +35,8 @@ pub mod anthropic;
 pub mod demo;
 mod http;
 pub mod openai;
+pub mod openai_responses;
+mod options;
 pub mod scripted;
 mod standard;
 
@@ -33,6 +44,10 @@ pub use anthropic::AnthropicProvider;
 pub use demo::DemoProvider;
 pub use http::{HttpProvider, HttpProviderBuilder};
 pub use openai::OpenAiProvider;
+pub use openai_responses::OpenAiResponsesProvider;
+pub use options::{
+    JsonSchema, ReasoningEffort, ResponseFormat, ThinkingBlock, TokenLimitField, ToolChoice,
+};
 pub use scripted::{Script, ScriptedProvider};
 pub use standard::{ProviderKind, from_env, resilient};
 
@@ -135,7 +150,24 @@ pub fn cancellable(stream: DeltaStream, token: CancellationToken) -> DeltaStream
     .boxed()
 }
 
-/// What to ask the model: the conversation so far and the sampling settings.
+/// What to ask the model: the conversation so far and how the reply should be made.
+///
+/// ```
+/// use chatstream::{ChatRequest, ToolSpec, provider::{ReasoningEffort, ToolChoice}};
+/// use serde_json::json;
+///
+/// let request = ChatRequest::user("What time is it in Lisbon?")
+///     .with_model("gpt-5-mini")
+///     .with_reasoning_effort(ReasoningEffort::Low)
+///     .with_tools([ToolSpec::new(
+///         "get_time",
+///         "The current time in a city",
+///         json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+///     )])
+///     .with_tool_choice(ToolChoice::Required)
+///     .with_extra("seed", 7);
+/// assert_eq!(request.tools[0].name, "get_time");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatRequest {
@@ -154,12 +186,37 @@ pub struct ChatRequest {
     /// The most tokens to generate. Anthropic requires one; its provider has a default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    /// Stop sequences.
+    /// Which field carries [`max_tokens`](Self::max_tokens) in an OpenAI chat-completions
+    /// request; `None` uses the provider's setting (`max_tokens` unless configured). Other APIs
+    /// have one field and ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_limit_field: Option<TokenLimitField>,
+    /// Stop sequences. The Responses API has none: its provider refuses a request with them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     /// Tools the model may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
+    /// Whether and which tool the model must call; `None` leaves it to the API's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// The shape of the answer (structured output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// How hard a reasoning model thinks: OpenAI's `reasoning_effort`, the Responses API's
+    /// `reasoning.effort` (with a reasoning summary streamed as reasoning text). Anthropic
+    /// ignores it: its thinking is switched on by [`thinking_budget`](Self::thinking_budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// Anthropic's extended thinking, switched on with this budget of tokens (the API wants at
+    /// least 1,024, and less than the token limit). Other APIs ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_budget: Option<u32>,
+    /// Fields merged into the top level of the upstream request body, for what an API takes and
+    /// this type does not model (`seed`, `user`, `metadata`, `top_k`, …): each replaces the field
+    /// the provider would write, and a `null` removes it.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ChatRequest {
@@ -193,6 +250,46 @@ impl ChatRequest {
         self.temperature = Some(temperature);
         self
     }
+
+    /// Sets the tools the model may call.
+    pub fn with_tools(mut self, tools: impl IntoIterator<Item = ToolSpec>) -> Self {
+        self.tools = tools.into_iter().collect();
+        self
+    }
+
+    /// Sets whether and which tool the model must call.
+    pub fn with_tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = Some(choice);
+        self
+    }
+
+    /// Sets the shape of the answer.
+    pub fn with_response_format(mut self, format: impl Into<ResponseFormat>) -> Self {
+        self.response_format = Some(format.into());
+        self
+    }
+
+    /// Sets the reasoning effort.
+    pub fn with_reasoning_effort(mut self, effort: ReasoningEffort) -> Self {
+        self.reasoning_effort = Some(effort);
+        self
+    }
+
+    /// Switches Anthropic's extended thinking on with this budget of tokens.
+    pub fn with_thinking_budget(mut self, budget_tokens: u32) -> Self {
+        self.thinking_budget = Some(budget_tokens);
+        self
+    }
+
+    /// Adds a field to merge into the upstream body (see [`extra`](Self::extra)).
+    pub fn with_extra(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
 }
 
 /// A message as sent to the model.
@@ -209,6 +306,12 @@ pub struct RequestMessage {
     /// For a `tool` message: the id of the call it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// The signed thinking of an assistant message, in order, for the Anthropic provider to send
+    /// back unchanged before its text and tool calls (see
+    /// [`Accumulator::thinking_blocks`](crate::Accumulator::thinking_blocks)). Other providers
+    /// leave it out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinking: Vec<ThinkingBlock>,
 }
 
 impl RequestMessage {
@@ -219,6 +322,7 @@ impl RequestMessage {
             content: content.into(),
             tool_calls: Vec::new(),
             tool_call_id: None,
+            thinking: Vec::new(),
         }
     }
 }
@@ -230,11 +334,22 @@ impl From<&Message> for RequestMessage {
             content: m.content.clone(),
             tool_calls: m.tool_calls.clone(),
             tool_call_id: m.tool_call_id.clone(),
+            // A stored message keeps no thinking blocks yet: once `Message` does, they are
+            // handed on here, and Anthropic gets them back across turns.
+            thinking: Vec::new(),
         }
     }
 }
 
 /// A tool (function) the model may call.
+///
+/// ```
+/// use chatstream::ToolSpec;
+/// use serde_json::json;
+///
+/// let tool = ToolSpec::new("get_time", "The current time", json!({"type": "object"}));
+/// assert_eq!(tool.description.as_deref(), Some("The current time"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolSpec {
@@ -245,6 +360,21 @@ pub struct ToolSpec {
     pub description: Option<String>,
     /// Its parameters as a JSON Schema object.
     pub parameters: serde_json::Value,
+}
+
+impl ToolSpec {
+    /// A tool with this name, description and parameter schema.
+    pub fn new(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        parameters: serde_json::Value,
+    ) -> Self {
+        ToolSpec {
+            name: name.into(),
+            description: Some(description.into()),
+            parameters,
+        }
+    }
 }
 
 #[cfg(test)]

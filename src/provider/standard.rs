@@ -6,7 +6,10 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use super::{AnthropicProvider, DemoProvider, DynLlmProvider, LlmProvider, OpenAiProvider};
+use super::{
+    AnthropicProvider, DemoProvider, DynLlmProvider, LlmProvider, OpenAiProvider,
+    OpenAiResponsesProvider,
+};
 use crate::{
     Error, Result,
     resilience::{RecoveryPolicy, ResilienceExt, RetryPolicy, Timeouts},
@@ -19,6 +22,8 @@ pub enum ProviderKind {
     /// OpenAI, or any OpenAI-compatible chat-completions server (`OPENAI_API_KEY`,
     /// `OPENAI_BASE_URL`).
     OpenAi,
+    /// OpenAI's Responses API (the same `OPENAI_API_KEY`, `OPENAI_BASE_URL`).
+    OpenAiResponses,
     /// Anthropic's Messages API (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`).
     Anthropic,
     /// The offline [`DemoProvider`]: no key, no network.
@@ -27,16 +32,19 @@ pub enum ProviderKind {
 
 impl ProviderKind {
     /// Every kind, in the order `--help` texts list them.
-    pub const ALL: [ProviderKind; 3] = [
+    pub const ALL: [ProviderKind; 4] = [
         ProviderKind::OpenAi,
+        ProviderKind::OpenAiResponses,
         ProviderKind::Anthropic,
         ProviderKind::Demo,
     ];
 
-    /// The name used in `CHATSTREAM_PROVIDER`: `openai`, `anthropic` or `demo`.
+    /// The name used in `CHATSTREAM_PROVIDER`: `openai`, `openai-responses`, `anthropic` or
+    /// `demo`.
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
+            ProviderKind::OpenAiResponses => "openai-responses",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Demo => "demo",
         }
@@ -61,6 +69,8 @@ impl ProviderKind {
     /// assert_eq!(ProviderKind::from_lookup(env(&[]))?, ProviderKind::Demo);
     /// let ollama = env(&[("OPENAI_BASE_URL", "http://localhost:11434/v1")]);
     /// assert_eq!(ProviderKind::from_lookup(ollama)?, ProviderKind::OpenAi);
+    /// let responses = env(&[("CHATSTREAM_PROVIDER", "openai-responses")]);
+    /// assert_eq!(ProviderKind::from_lookup(responses)?, ProviderKind::OpenAiResponses);
     /// assert!(ProviderKind::from_lookup(env(&[("CHATSTREAM_PROVIDER", "gpt")])).is_err());
     /// # Ok::<(), chatstream::Error>(())
     /// ```
@@ -96,7 +106,8 @@ impl FromStr for ProviderKind {
             .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "unknown provider {s:?}: use openai, anthropic or demo"
+                    "unknown provider {s:?}: use openai, anthropic or demo (or openai-responses \
+                     for OpenAI's Responses API)"
                 ))
             })
     }
@@ -131,6 +142,7 @@ pub fn resilient(provider: impl LlmProvider) -> DynLlmProvider {
 pub fn from_env(kind: ProviderKind) -> Result<DynLlmProvider> {
     Ok(match kind {
         ProviderKind::OpenAi => resilient(OpenAiProvider::from_env()?),
+        ProviderKind::OpenAiResponses => resilient(OpenAiResponsesProvider::from_env()?),
         ProviderKind::Anthropic => resilient(AnthropicProvider::from_env()?),
         ProviderKind::Demo => Arc::new(DemoProvider::new()),
     })

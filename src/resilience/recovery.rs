@@ -234,6 +234,8 @@ fn recoverable(st: &State, error: &Error) -> bool {
 
 fn recover(st: &mut State, error: &Error) {
     st.recoveries += 1;
+    #[cfg(feature = "metrics")]
+    crate::metrics::recovery(st.inner.name(), error);
     let continuable = st.sent.tool_calls().is_empty() && !st.sent.text().trim_end().is_empty();
     let mut request = st.request.clone();
     st.filter = if st.policy.mode == RecoveryMode::Continue && continuable {
@@ -402,8 +404,10 @@ impl ContinueGuard {
             Delta::Text { text } if self.matching => self.match_text(text, out),
             Delta::Text { text } => self.emit(text, out),
             // The reply was already past its reasoning when it broke; a continuation's reasoning
-            // would land after the text it precedes.
-            Delta::Reasoning { .. } => {}
+            // would land after the text it precedes (and its signatures with it).
+            Delta::Reasoning { .. }
+            | Delta::ThinkingSignature { .. }
+            | Delta::RedactedThinking { .. } => {}
             Delta::ToolCall(_) | Delta::Finish { .. } => {
                 self.flush(out);
                 out.push_back(Ok(delta));

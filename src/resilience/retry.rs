@@ -282,6 +282,8 @@ impl Stream for State {
         st.current = None;
         let item = match next_wait(st, &error, started) {
             Some(wait) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::retry(st.inner.name(), &error);
                 tracing::debug!(
                     provider = st.inner.name(),
                     attempt = st.attempts + 1,

@@ -18,7 +18,11 @@ use super::{
     extract::{ApiJson, ApiQuery, ChatParam, LastEventId, Owner, chat_id},
     sse::sse_response,
 };
-use crate::{ChatKey, ChatSession, Message, MessageId, UserInput, store::HistoryPage};
+use crate::{
+    ChatKey, ChatSession, Message, MessageId, SendOptions, ToolSpec, UserInput,
+    provider::{ReasoningEffort, ResponseFormat, ToolChoice},
+    store::HistoryPage,
+};
 
 /// The longest client message id, in bytes.
 const MAX_CLIENT_MESSAGE_ID: usize = 128;
@@ -32,6 +36,45 @@ pub(crate) struct SendMessage {
     sender: String,
     client_message_id: Option<String>,
     model: Option<String>,
+    options: Option<SendOptionsBody>,
+}
+
+/// `options` of a send: [`SendOptions`] in camelCase JSON, the model apart (it is `model` of the
+/// send itself).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SendOptionsBody {
+    system: Option<String>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_output_tokens: Option<u32>,
+    stop: Option<Vec<String>>,
+    reasoning_effort: Option<ReasoningEffort>,
+    thinking_budget: Option<u32>,
+    tools: Option<Vec<ToolSpec>>,
+    tool_choice: Option<ToolChoice>,
+    response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<SendOptionsBody> for SendOptions {
+    fn from(body: SendOptionsBody) -> Self {
+        SendOptions {
+            model: None,
+            system: body.system,
+            temperature: body.temperature,
+            top_p: body.top_p,
+            max_output_tokens: body.max_output_tokens,
+            stop: body.stop,
+            reasoning_effort: body.reasoning_effort,
+            thinking_budget: body.thinking_budget,
+            tools: body.tools,
+            tool_choice: body.tool_choice,
+            response_format: body.response_format,
+            extra: body.extra,
+        }
+    }
 }
 
 /// A client message id, checked: 1 to [`MAX_CLIENT_MESSAGE_ID`] bytes (400
@@ -82,6 +125,15 @@ pub(crate) async fn send(
             ));
         }
         input = input.with_model(model);
+    }
+    if let Some(options) = body.options {
+        let options = SendOptions::from(options).over(&input.options);
+        // Checked here as well as in the session, so that a bad value is a 422 `invalid_options`
+        // (the session's error would answer 400 `invalid`).
+        options
+            .validate()
+            .map_err(|e| ApiError::unprocessable("invalid_options", e.to_string()))?;
+        input = input.with_options(options);
     }
     let handle = state.service.session(chat).send(input).await?;
     Ok(accepted(&handle))

@@ -6,7 +6,7 @@
 //! | `GET /api/chats`, `POST /api/chats` | list chats (most recent first), create one (`{"id"?, "title"?}`) |
 //! | `PATCH /api/chats/{chatId}`, `DELETE /api/chats/{chatId}` | rename (`{"title"}`); delete, stopping its live reply first |
 //! | `POST /api/chats/{chatId}/regenerate` | answer the last user message again (202, 409 while a reply is live) |
-//! | `POST /api/messages` | send `{"chatId","content","clientMessageId"?,"model"?}`: 202 with the stored user message and the reply's id; idempotent by `clientMessageId`; 409 while a reply is live |
+//! | `POST /api/messages` | send `{"chatId","content","clientMessageId"?,"model"?,"options"?}`: 202 with the stored user message and the reply's id; idempotent by `clientMessageId`; 409 while a reply is live; `options` are the reply's [`SendOptions`](crate::SendOptions) in camelCase (`system`, `temperature`, `topP`, `maxOutputTokens`, `stop`, `reasoningEffort`, `thinkingBudget`, `tools`, `toolChoice`, `responseFormat`, `extra`), a bad value a 422 `invalid_options` |
 //! | `GET /api/messages/{chatId}?limit&before` | a page of history, oldest first |
 //! | `GET /api/stream/{chatId}` | the live reply as SSE (`start`, `delta`…, `error`?, `done`), numbered; `Last-Event-ID` or `?after=N` resumes; 204 when nothing is left |
 //! | `POST /api/stream/{chatId}/terminate` | stop the live reply (upstream closed, partial reply saved `cancelled`) |
@@ -15,8 +15,9 @@
 //! | `GET /api/chat/{chatId}/stream` | `useChat`'s resume: the live reply as UI message stream from its first chunk; 204 when none is live |
 //! | `POST /api/chat/{chatId}/stop` | stop the live reply (`{"stopped"}`); closing a UI stream response does not, unless [`ServerOptions::cancel_on_disconnect`] |
 //! | `GET /api/chat/{chatId}/messages` | the chat as `UIMessage`s, for `useChat({ messages })` |
-//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible, streaming and not |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible, streaming and not; fields it does not read are forwarded upstream |
 //! | `GET /healthz`, `GET /readyz` | the process answers; the store and the hub answer (503 naming what is down) |
+//! | `GET /metrics` | the metrics in the Prometheus text format (feature `metrics`, when given a handle with [`ServerOptions::with_metrics`]; see [`crate::metrics`]) |
 //!
 //! Every error, including every rejected request (malformed JSON or path, a body over the limit,
 //! a wrong method), is `{"error":{"code","message","type"}}` with a fitting status
@@ -65,9 +66,12 @@ mod error;
 mod extract;
 mod health;
 mod messages;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod openai;
 mod sse;
 mod stateless;
+mod trace;
 mod ui;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -114,6 +118,10 @@ pub struct ServerOptions {
     /// tab) stops its reply (default `false`: the reply goes on, saved and resumable, and
     /// `POST /api/chat/{chatId}/stop` stops it).
     pub cancel_on_disconnect: bool,
+    /// The metrics served at `GET /metrics` (feature `metrics`; default none, and no such
+    /// route): see [`with_metrics`](Self::with_metrics).
+    #[cfg(feature = "metrics")]
+    pub metrics: Option<crate::metrics::MetricsHandle>,
 }
 
 impl Default for ServerOptions {
@@ -124,6 +132,8 @@ impl Default for ServerOptions {
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(5),
             cancel_on_disconnect: false,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 }
@@ -188,7 +198,7 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
         service,
         options: Arc::new(options),
     };
-    let router = Router::new()
+    let routes = Router::new()
         .route("/api/chats", get(chats::list).post(chats::create))
         .route(
             "/api/chats/{chat_id}",
@@ -206,12 +216,17 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
         .route("/v1/chat/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    #[cfg(feature = "metrics")]
+    let routes = metrics::route(routes, &state.options);
+    let router = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(request_log())
-        .with_state(state);
+        .layer(trace::layer());
+    #[cfg(feature = "metrics")]
+    let router = router.layer(axum::middleware::from_fn(metrics::count));
+    let router = router.with_state(state);
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -280,20 +295,6 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
-}
-
-/// One log line per request, at `info`: method, path, status and latency.
-fn request_log() -> tower_http::trace::TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
-    tower_http::trace::DefaultMakeSpan,
-    (),
-    tower_http::trace::DefaultOnResponse,
-> {
-    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
-    TraceLayer::new_for_http()
-        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-        .on_request(())
-        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
 }
 
 /// CORS is off unless origins are configured.

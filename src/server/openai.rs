@@ -1,11 +1,18 @@
 //! `POST /v1/chat/completions` (streaming and not) and `GET /v1/models`, in OpenAI's shapes, so
 //! any OpenAI client library can use this server as its base URL.
+//!
+//! A request's fields are read into a [`ChatRequest`] where it models them (messages, sampling,
+//! the token limit under the name the client used, stop, tools, `tool_choice`,
+//! `response_format`, `reasoning_effort`); every other field (`seed`, `user`, `logit_bias`,
+//! `metadata`, …), and a value of a modelled field in a shape it does not model, is forwarded
+//! upstream unchanged through [`ChatRequest::extra`].
 
 use std::convert::Infallible;
 
 use crate::{
     Accumulator, ChatRequest, Delta, DeltaStream, FinishReason, RequestMessage, Role, ToolCall,
     ToolSpec, Usage,
+    provider::{JsonSchema, ResponseFormat, TokenLimitField, ToolChoice},
 };
 use axum::{
     Json,
@@ -39,6 +46,15 @@ pub(crate) struct CompletionRequest {
     stop: Option<Stop>,
     #[serde(default)]
     tools: Vec<InTool>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    reasoning_effort: Option<Value>,
+    /// Every other field, forwarded upstream as it came.
+    #[serde(flatten)]
+    extra: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,13 +72,75 @@ enum Stop {
 
 #[derive(Debug, Deserialize)]
 struct InMessage {
-    role: Role,
+    role: InRole,
     #[serde(default)]
     content: Option<Content>,
     #[serde(default)]
     tool_calls: Vec<InToolCall>,
     #[serde(default)]
     tool_call_id: Option<String>,
+}
+
+/// A message's role; `developer` is what OpenAI's reasoning models call `system`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum InRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl From<InRole> for Role {
+    fn from(role: InRole) -> Self {
+        match role {
+            InRole::System | InRole::Developer => Role::System,
+            InRole::User => Role::User,
+            InRole::Assistant => Role::Assistant,
+            InRole::Tool => Role::Tool,
+        }
+    }
+}
+
+/// OpenAI's `tool_choice`: a mode, or `{"type":"function","function":{"name":…}}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InToolChoice {
+    Mode(InToolMode),
+    Function {
+        #[serde(rename = "type")]
+        _kind: FunctionKind,
+        function: InName,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum InToolMode {
+    Auto,
+    None,
+    Required,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FunctionKind {
+    Function,
+}
+
+#[derive(Debug, Deserialize)]
+struct InName {
+    name: String,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum InResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchema },
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,8 +187,24 @@ fn empty_object() -> Value {
     json!({"type": "object", "properties": {}})
 }
 
+/// `value` read as a `T`, or else put in `extra` under `key` to be forwarded as it came.
+fn modelled<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: Option<Value>,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Option<T> {
+    let value = value?;
+    match T::deserialize(&value) {
+        Ok(modelled) => Some(modelled),
+        Err(_) => {
+            extra.insert(key.to_owned(), value);
+            None
+        }
+    }
+}
+
 impl CompletionRequest {
-    fn into_chat_request(self) -> Result<(ChatRequest, bool, bool), ApiError> {
+    fn into_chat_request(mut self) -> Result<(ChatRequest, bool, bool), ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::bad_request(
                 "empty_messages",
@@ -121,7 +215,7 @@ impl CompletionRequest {
             .messages
             .into_iter()
             .map(|m| RequestMessage {
-                role: m.role,
+                role: m.role.into(),
                 content: match m.content {
                     None => String::new(),
                     Some(Content::Text(t)) => t,
@@ -143,15 +237,45 @@ impl CompletionRequest {
                     })
                     .collect(),
                 tool_call_id: m.tool_call_id,
+                thinking: Vec::new(),
             })
             .collect();
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
+        let extra = &mut self.extra;
+        let tool_choice = modelled("tool_choice", self.tool_choice, extra).map(|c| match c {
+            InToolChoice::Mode(InToolMode::Auto) => ToolChoice::Auto,
+            InToolChoice::Mode(InToolMode::None) => ToolChoice::None,
+            InToolChoice::Mode(InToolMode::Required) => ToolChoice::Required,
+            InToolChoice::Function { function, .. } => ToolChoice::tool(function.name),
+        });
+        let response_format =
+            modelled("response_format", self.response_format, extra).and_then(|f| match f {
+                // Text is what a reply is without a format.
+                InResponseFormat::Text => None,
+                InResponseFormat::JsonObject => Some(ResponseFormat::JsonObject),
+                InResponseFormat::JsonSchema { json_schema } => {
+                    Some(ResponseFormat::JsonSchema(json_schema))
+                }
+            });
+        let reasoning_effort = modelled("reasoning_effort", self.reasoning_effort, extra);
+        // The limit goes upstream under the name the client gave it.
+        let (max_tokens, token_limit_field) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(n), _) => (Some(n), Some(TokenLimitField::MaxCompletionTokens)),
+            (None, Some(n)) => (Some(n), Some(TokenLimitField::MaxTokens)),
+            (None, None) => (None, None),
+        };
         let request = ChatRequest {
             model: self.model,
             messages,
             temperature: self.temperature,
             top_p: self.top_p,
-            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            max_tokens,
+            token_limit_field,
+            tool_choice,
+            response_format,
+            reasoning_effort,
+            thinking_budget: None,
+            extra: self.extra,
             stop: match self.stop {
                 None => Vec::new(),
                 Some(Stop::One(s)) => vec![s],

@@ -40,6 +40,8 @@ impl ChatSession for Session {
             return Err(Error::invalid("message", "the message is empty"));
         }
         let inner = &self.service.inner;
+        let options = input.options.over(&inner.settings.defaults);
+        options.validate()?;
         if inner.tasks.is_closed() {
             return Err(Error::ShuttingDown);
         }
@@ -48,9 +50,8 @@ impl ChatSession for Session {
         if let Some(key) = key
             && let Some(user) = self.find_user_message(key).await?
         {
-            return self.existing_reply(user, &input.options).await;
+            return self.existing_reply(user, &options).await;
         }
-        let options = input.options;
         let mut user = Message::user(&self.key, input.content);
         if let Some(key) = key {
             user = user.with_client_message_id(key);
@@ -90,6 +91,8 @@ impl ChatSession for Session {
         if inner.tasks.is_closed() {
             return Err(Error::ShuttingDown);
         }
+        let options = options.over(&inner.settings.defaults);
+        options.validate()?;
         let user = self
             .last_user_message()
             .await?
@@ -256,9 +259,7 @@ impl Session {
                 replacing.then_some(user.id),
             )
             .await?;
-            if let Some(model) = &options.model {
-                request.model = Some(model.clone());
-            }
+            options.apply_to(&mut request, inner.settings.system_prompt.is_some());
             publisher
                 .publish(EventPayload::Start {
                     chat_id: self.key.id.clone(),

@@ -14,12 +14,16 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     Accumulator, ChatRequest, Error, Message, MessageStatus, hub::EventPayload, hub::ReplyPublisher,
 };
 
-use super::service::Inner;
+use super::{
+    service::Inner,
+    telemetry::{Outcome, ReplyTelemetry, timed_write},
+};
 
 /// How a reply's generation ended.
 enum End {
@@ -62,7 +66,25 @@ async fn tick(interval: &mut Option<Interval>) {
 }
 
 impl ReplyRun {
-    pub(super) async fn run(mut self, request: ChatRequest) {
+    /// The reply's task. Its span opens here, in the caller's span (the request that started
+    /// the reply), rather than in the task, which has none.
+    pub(super) fn run(self, request: ChatRequest) -> impl Future<Output = ()> + Send + 'static {
+        let provider = self.service.provider.as_ref();
+        let model = request
+            .model
+            .as_deref()
+            .unwrap_or_else(|| provider.default_model());
+        let telemetry = ReplyTelemetry::start(
+            provider.name(),
+            model,
+            &self.message.chat_id,
+            self.message.id,
+        );
+        let span = telemetry.span();
+        self.generate(request, telemetry).instrument(span)
+    }
+
+    async fn generate(mut self, request: ChatRequest, mut telemetry: ReplyTelemetry) {
         let service = self.service.clone();
         let settings = &service.settings;
         let mut upstream = service.provider.stream(request);
@@ -86,7 +108,7 @@ impl ReplyRun {
                 () = &mut cancelled => break End::Cancelled,
                 () = &mut shutting_down => break End::Interrupted,
                 () = &mut checkpoint_due, if unsaved > 0 && !checkpoint_owed => {
-                    if self.checkpoint(&acc) {
+                    if self.checkpoint(&acc, &mut telemetry) {
                         unsaved = 0;
                     } else {
                         checkpoint_owed = true;
@@ -95,7 +117,7 @@ impl ReplyRun {
                 _ = wait_write(&mut self.checkpoint_write), if self.checkpoint_write.is_some() => {
                     self.checkpoint_write = None;
                     // A checkpoint that came due during the write goes now, with all since.
-                    if checkpoint_owed && self.checkpoint(&acc) {
+                    if checkpoint_owed && self.checkpoint(&acc, &mut telemetry) {
                         checkpoint_owed = false;
                         unsaved = 0;
                     }
@@ -108,6 +130,7 @@ impl ReplyRun {
                 item = upstream.next() => match item {
                     Some(Ok(delta)) => {
                         acc.push(&delta);
+                        telemetry.delta(&delta);
                         if unsaved == 0 {
                             checkpoint_due
                                 .as_mut()
@@ -118,7 +141,7 @@ impl ReplyRun {
                             tracing::warn!(chat_id = %self.message.chat_id, error = %e, "hub publish failed");
                         }
                         if unsaved >= settings.checkpoint_deltas && !checkpoint_owed {
-                            if self.checkpoint(&acc) {
+                            if self.checkpoint(&acc, &mut telemetry) {
                                 unsaved = 0;
                             } else {
                                 checkpoint_owed = true;
@@ -139,7 +162,7 @@ impl ReplyRun {
         // Closes the upstream connection now, before anything else.
         drop(upstream);
         // Boxed: the ending's state is only needed at the end, not for the whole live reply.
-        Box::pin(self.finish(acc, end)).await;
+        Box::pin(self.finish(acc, end, telemetry)).await;
     }
 
     async fn unwatched_for_too_long(&self, since: &mut Option<Instant>) -> bool {
@@ -162,7 +185,7 @@ impl ReplyRun {
 
     /// Starts writing the reply so far, unless a write is still in flight (then returns
     /// `false`, and the caller tries again when it is done).
-    fn checkpoint(&mut self, acc: &Accumulator) -> bool {
+    fn checkpoint(&mut self, acc: &Accumulator, telemetry: &mut ReplyTelemetry) -> bool {
         if self
             .checkpoint_write
             .as_ref()
@@ -173,9 +196,11 @@ impl ReplyRun {
         let mut snapshot = self.message.clone();
         acc.apply_to(&mut snapshot);
         snapshot.updated_at = Utc::now();
+        telemetry.checkpoint();
         let store = self.service.store.clone();
         self.checkpoint_write = Some(tokio::spawn(async move {
-            if let Err(e) = store.update(&snapshot).await {
+            let write = store.update(&snapshot);
+            if let Err(e) = timed_write(store.backend(), "checkpoint", write).await {
                 tracing::warn!(
                     chat_id = %snapshot.chat_id,
                     message_id = %snapshot.id,
@@ -187,7 +212,7 @@ impl ReplyRun {
         true
     }
 
-    async fn finish(self, acc: Accumulator, end: End) {
+    async fn finish(self, acc: Accumulator, end: End, telemetry: ReplyTelemetry) {
         let ReplyRun {
             service,
             mut publisher,
@@ -206,6 +231,7 @@ impl ReplyRun {
             End::Failed(e) => (MessageStatus::Failed, Some(e)),
             End::Interrupted => (MessageStatus::Interrupted, Some(Error::ShuttingDown)),
         };
+        let failure = error.as_ref().filter(|_| status == MessageStatus::Failed);
         if let Some(e) = &error
             && let Err(hub_error) = publisher.publish(EventPayload::error(e)).await
         {
@@ -215,9 +241,16 @@ impl ReplyRun {
         let usage = acc.usage();
         let mut message = acc.into_message(message);
         message.status = status;
-        message.error = error.map(|e| e.to_string());
+        message.error = error.as_ref().map(ToString::to_string);
         message.updated_at = Utc::now();
         persist_final(&service, &message).await;
+        // Before `done`, so that whoever saw the reply end sees it counted.
+        telemetry.finish(Outcome {
+            status,
+            failure,
+            finish_reason,
+            usage,
+        });
         finished.store(true, Ordering::Release);
         let done = EventPayload::Done {
             message_id: message.id,
@@ -236,7 +269,8 @@ pub(super) async fn persist_final(service: &Inner, message: &Message) {
     const ATTEMPTS: u32 = 4;
     let mut wait = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
-        match service.store.update(message).await {
+        let write = service.store.update(message);
+        match timed_write(service.store.backend(), "final", write).await {
             Ok(()) => return,
             Err(e) if attempt < ATTEMPTS => {
                 tracing::warn!(message_id = %message.id, attempt, error = %e, "final write failed; retrying");

@@ -19,12 +19,15 @@ use crate::{
     store::{DynMessageStore, MemoryStore},
 };
 
-use super::{ContextBudget, Session};
+use super::{ContextBudget, SendOptions, Session};
 
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) system_prompt: Option<String>,
     pub(super) model: Option<String>,
+    /// The other defaults of every send; its model and system prompt are always unset, kept in
+    /// the two fields above.
+    pub(super) defaults: SendOptions,
     pub(super) budget: ContextBudget,
     pub(super) checkpoint_every: Duration,
     pub(super) checkpoint_deltas: u64,
@@ -36,6 +39,7 @@ impl Default for Settings {
         Settings {
             system_prompt: None,
             model: None,
+            defaults: SendOptions::default(),
             budget: ContextBudget::Unlimited,
             checkpoint_every: Duration::from_millis(250),
             checkpoint_deltas: 64,
@@ -162,6 +166,33 @@ impl ChatServiceBuilder {
         self
     }
 
+    /// The options of every send unless the send sets its own, field by field (see
+    /// [`SendOptions::over`]): sampling, token limit, reasoning, tools, response format, extra
+    /// fields. Its model and system prompt are the same settings as [`model`](Self::model) and
+    /// [`system_prompt`](Self::system_prompt): whichever is called last wins.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use chatstream::{ChatService, SendOptions, provider::DemoProvider};
+    ///
+    /// let service = ChatService::builder()
+    ///     .provider(Arc::new(DemoProvider::new()))
+    ///     .system_prompt("Be brief.")
+    ///     .default_options(SendOptions::default().with_temperature(0.3).with_max_output_tokens(600))
+    ///     .build()?;
+    /// # Ok::<(), chatstream::Error>(())
+    /// ```
+    pub fn default_options(mut self, mut options: SendOptions) -> Self {
+        if let Some(model) = options.model.take() {
+            self.settings.model = Some(model);
+        }
+        if let Some(system) = options.system.take() {
+            self.settings.system_prompt = Some(system);
+        }
+        self.settings.defaults = options;
+        self
+    }
+
     /// How much history a request may carry (default: all of it).
     pub fn context_budget(mut self, budget: ContextBudget) -> Self {
         self.settings.budget = budget;
@@ -188,11 +219,16 @@ impl ChatServiceBuilder {
         self
     }
 
-    /// Builds the service. Fails with [`Error::Config`] without a provider.
+    /// Builds the service. Fails with [`Error::Config`] without a provider or with default
+    /// options that do not [validate](SendOptions::validate).
     pub fn build(self) -> Result<ChatService> {
         let provider = self
             .provider
             .ok_or_else(|| Error::Config("a chat service needs a provider".into()))?;
+        self.settings
+            .defaults
+            .validate()
+            .map_err(|e| Error::Config(format!("default send options: {e}")))?;
         let service = ChatService {
             inner: Arc::new(Inner {
                 provider,

@@ -2,10 +2,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
-    ChatRequest, Error, FinishReason,
-    provider::{DemoProvider, OpenAiProvider},
+    ChatRequest, Error, FinishReason, RequestMessage, Role, SendOptions, ToolSpec,
+    provider::{
+        DemoProvider, JsonSchema, OpenAiProvider, ReasoningEffort, Script, ScriptedProvider,
+        TokenLimitField, ToolChoice,
+    },
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -238,7 +240,254 @@ async fn openai_compatible_maps_upstream_failure_to_502() {
     assert_eq!(error_of(resp).await, (502, "upstream".into()));
 }
 
+#[tokio::test]
+async fn openai_compatible_forwards_what_it_does_not_interpret() {
+    let upstream = wiremock::MockServer::start().await;
+    let body = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/fixtures/openai/text.sse"),
+    )
+    .unwrap();
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"))
+        .mount(&upstream)
+        .await;
+    let provider = OpenAiProvider::builder()
+        .base_url(upstream.uri())
+        .build()
+        .unwrap();
+    let s = serve(Arc::new(provider), ServerOptions::default()).await;
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+                        "required": ["city"], "additionalProperties": false});
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "The weather", "parameters": {"type": "object"}}}]);
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({
+            "model": "o4-mini",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "Weather?"},
+            ],
+            "max_completion_tokens": 50,
+            "reasoning_effort": "low",
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "w", "strict": true, "schema": schema}},
+            "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "seed": 7,
+            "user": "u-1",
+            "logit_bias": {"50256": -100},
+            "parallel_tool_calls": false,
+            "metadata": {"app": "test"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(sse_data(resp).await.last().unwrap(), "[DONE]");
+    let requests = upstream.received_requests().await.unwrap();
+    let sent: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(
+        sent,
+        json!({
+            "model": "o4-mini",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather?"},
+            ],
+            "max_completion_tokens": 50,
+            "reasoning_effort": "low",
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "w", "strict": true, "schema": schema}},
+            "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "seed": 7,
+            "user": "u-1",
+            "logit_bias": {"50256": -100},
+            "parallel_tool_calls": false,
+            "metadata": {"app": "test"},
+        })
+    );
+
+    // `max_tokens` stays `max_tokens`; shapes the server does not model go upstream unchanged.
+    let allowed = json!({"type": "allowed_tools", "mode": "auto",
+                         "tools": [{"type": "function", "name": "get_weather"}]});
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 20,
+            "tool_choice": allowed,
+            "reasoning_effort": "maximal",
+            "response_format": {"type": "text"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let requests = upstream.received_requests().await.unwrap();
+    let sent: Value = serde_json::from_slice(&requests[1].body).unwrap();
+    assert_eq!(sent["max_tokens"], 20);
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
+    assert_eq!(sent["tool_choice"], allowed);
+    assert_eq!(sent["reasoning_effort"], "maximal");
+    assert!(sent.get("response_format").is_none(), "{sent}");
+}
+
 // ---- the stateful endpoints ----
+
+/// A server whose service has a system prompt and default options, on `provider`.
+async fn serve_with_defaults(provider: ScriptedProvider) -> Server {
+    let service = chatstream::ChatService::builder()
+        .provider(Arc::new(provider))
+        .system_prompt("Service prompt.")
+        .default_options(
+            SendOptions::default()
+                .with_temperature(0.3)
+                .with_extra("seed", 1),
+        )
+        .build()
+        .unwrap();
+    serve_app(chatstream::server::router(
+        service,
+        ServerOptions::default(),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn send_options_reach_the_upstream_over_the_service_defaults() {
+    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
+    let s = serve_with_defaults(provider.clone()).await;
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+    let resp = s
+        .client
+        .post(s.url("/api/messages"))
+        .json(&json!({
+            "chatId": "opts",
+            "content": "Weather?",
+            "model": "m-2",
+            "options": {
+                "system": "Per send.",
+                "topP": 0.9,
+                "maxOutputTokens": 4096,
+                "stop": ["END"],
+                "reasoningEffort": "high",
+                "thinkingBudget": 2048,
+                "tools": [{"name": "get_weather", "description": "The weather",
+                           "parameters": {"type": "object"}}],
+                "toolChoice": {"name": "get_weather"},
+                "responseFormat": {"type": "jsonSchema", "name": "w", "schema": schema},
+                "extra": {"user": "u-1"},
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    s.settled_history("opts").await;
+    // Without options, the service's prompt and defaults.
+    assert_eq!(s.send("opts", "Again", None).await.status(), 202);
+    s.settled_history("opts").await;
+
+    let requests = provider.requests();
+    let first = &requests[0];
+    assert_eq!(first.model.as_deref(), Some("m-2"));
+    assert_eq!(
+        first.messages,
+        [
+            RequestMessage::new(Role::System, "Per send."),
+            RequestMessage::new(Role::User, "Weather?"),
+        ]
+    );
+    assert_eq!(first.temperature, Some(0.3), "the service's default");
+    assert_eq!(first.top_p, Some(0.9));
+    assert_eq!(first.max_tokens, Some(4096));
+    assert_eq!(first.stop, ["END"]);
+    assert_eq!(first.reasoning_effort, Some(ReasoningEffort::High));
+    assert_eq!(first.thinking_budget, Some(2048));
+    assert_eq!(
+        first.tools,
+        [ToolSpec::new(
+            "get_weather",
+            "The weather",
+            json!({"type": "object"})
+        )]
+    );
+    assert_eq!(first.tool_choice, Some(ToolChoice::tool("get_weather")));
+    assert_eq!(
+        first.response_format,
+        Some(JsonSchema::new("w", schema).into())
+    );
+    assert_eq!(
+        Value::Object(first.extra.clone()),
+        json!({"seed": 1, "user": "u-1"})
+    );
+    assert_eq!(first.token_limit_field, None::<TokenLimitField>);
+
+    let second = &requests[1];
+    assert_eq!(second.model, None);
+    assert_eq!(
+        second.messages[0],
+        RequestMessage::new(Role::System, "Service prompt.")
+    );
+    assert_eq!(second.temperature, Some(0.3));
+    assert_eq!((second.top_p, second.max_tokens), (None, None));
+    assert!(second.tools.is_empty() && second.tool_choice.is_none());
+    assert_eq!(Value::Object(second.extra.clone()), json!({"seed": 1}));
+}
+
+#[tokio::test]
+async fn bad_send_options_are_422_and_write_nothing() {
+    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
+    let s = serve_with_defaults(provider.clone()).await;
+    let tool = json!({"name": "get_weather", "parameters": {"type": "object"}});
+    let cases = [
+        (json!({"temperature": 3}), "invalid_options"),
+        (json!({"topP": 1.5}), "invalid_options"),
+        (json!({"maxOutputTokens": 0}), "invalid_options"),
+        (json!({"stop": ["", "x"]}), "invalid_options"),
+        (json!({"thinkingBudget": 100}), "invalid_options"),
+        (
+            json!({"tools": [{"name": "bad name", "parameters": {}}]}),
+            "invalid_options",
+        ),
+        (
+            json!({"tools": [tool], "toolChoice": {"name": "other"}}),
+            "invalid_options",
+        ),
+        (json!({"extra": {"stream": false}}), "invalid_options"),
+        (
+            json!({"responseFormat": {"type": "jsonSchema", "name": "w", "schema": 1}}),
+            "invalid_options",
+        ),
+        (json!({"reasoningEffort": "lots"}), "invalid_body"),
+        (json!({"toolChoice": "any"}), "invalid_body"),
+        (json!({"temperature": "hot"}), "invalid_body"),
+        (json!({"model": "m"}), "invalid_body"),
+        (json!({"unknown": 1}), "invalid_body"),
+        (json!([]), "invalid_body"),
+    ];
+    for (options, code) in cases {
+        let resp = s
+            .client
+            .post(s.url("/api/messages"))
+            .json(&json!({"chatId": "bad-options", "content": "x", "options": options}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(resp).await, (422, code.into()), "{options}");
+    }
+    assert!(s.history("bad-options").await.is_empty());
+    assert_eq!(provider.started(), 0);
+}
 
 #[tokio::test]
 async fn chats_are_created_listed_and_deleted() {

@@ -1,6 +1,6 @@
-//! The server example: its HTTP contract served in-process on port 0, a server stopped or
-//! killed and started again, several instances on one PostgreSQL and one Redis, and its
-//! configuration.
+//! The server example: its HTTP contract served in-process on port 0 (also over the OpenAI
+//! Responses provider), a server stopped or killed and started again, several instances on one
+//! PostgreSQL and one Redis, and its configuration.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // A test, example or bench crate is its own root: `pub` marks what its modules share.
 #![allow(unreachable_pub)]
@@ -15,6 +15,8 @@ mod configuration;
 mod contract;
 mod instances;
 mod mongodb;
+mod observability;
 mod rejections;
+mod responses;
 mod restart;
 mod support;

@@ -56,6 +56,9 @@ struct ContentBlock<'a> {
     text: Option<Str<'a>>,
     #[serde(borrow, default)]
     thinking: Option<Str<'a>>,
+    /// A `redacted_thinking` block's encrypted thinking.
+    #[serde(borrow, default)]
+    data: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +71,8 @@ struct EventDelta<'a> {
     thinking: Option<Str<'a>>,
     #[serde(borrow, default)]
     partial_json: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    signature: Option<Str<'a>>,
     #[serde(borrow, default)]
     stop_reason: Option<Str<'a>>,
 }
@@ -152,7 +157,12 @@ impl EventParser for Parser {
                             }));
                         }
                     }
-                    // `signature_delta` (a thinking block's signature) and future kinds.
+                    Some("signature_delta") => {
+                        if let Some(signature) = non_empty(delta.signature) {
+                            out.push_back(Delta::ThinkingSignature { signature });
+                        }
+                    }
+                    // Kinds added later.
                     _ => {}
                 }
             }
@@ -179,6 +189,11 @@ impl EventParser for Parser {
                     "thinking" => {
                         if let Some(text) = non_empty(block.thinking) {
                             out.push_back(Delta::Reasoning { text });
+                        }
+                    }
+                    "redacted_thinking" => {
+                        if let Some(data) = non_empty(block.data) {
+                            out.push_back(Delta::RedactedThinking { data });
                         }
                     }
                     _ => {}

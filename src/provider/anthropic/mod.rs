@@ -14,6 +14,7 @@ use super::{
     ChatRequest, DeltaStream,
     http::{self, Auth, HttpApi, HttpProvider, HttpProviderBuilder},
 };
+use crate::Result;
 
 /// The default base URL (`/v1/messages` is appended).
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -30,8 +31,16 @@ pub const API_VERSION: &str = "2023-06-01";
 ///
 /// System messages are collected into the request's `system` prompt, consecutive messages of
 /// one role are merged, tool calls become `tool_use` blocks and tool results `tool_result`
-/// blocks. A conversation that ends with an assistant message is sent as is, so the model
-/// continues that message (what mid-stream recovery relies on).
+/// blocks, and an assistant message's [thinking blocks](crate::RequestMessage::thinking) go
+/// first, unchanged. A conversation that ends with an assistant message is sent as is, so the
+/// model continues that message (what mid-stream recovery relies on).
+///
+/// A request's [`thinking_budget`](crate::ChatRequest::thinking_budget) switches extended thinking
+/// on (`thinking: {"type":"enabled","budget_tokens":N}`); without a token limit of its own, such a
+/// request gets the default limit plus the budget. A [`ToolChoice`](super::ToolChoice) of
+/// `Required` is Anthropic's `any`; a JSON-schema [`ResponseFormat`](super::ResponseFormat) is
+/// sent as `output_config.format`. Its [`reasoning_effort`](crate::ChatRequest::reasoning_effort)
+/// is not sent.
 ///
 /// ```no_run
 /// use chatstream::{Accumulator, ChatRequest, LlmProvider, provider::AnthropicProvider};
@@ -76,6 +85,7 @@ impl Default for Messages {
 
 impl HttpApi for Messages {
     const NAME: &'static str = "anthropic";
+    const ENV_PREFIX: &'static str = "ANTHROPIC";
     const DEFAULT_BASE_URL: &'static str = DEFAULT_BASE_URL;
     const DEFAULT_MODEL: &'static str = DEFAULT_MODEL;
     const PATH: &'static str = "/v1/messages";
@@ -84,12 +94,9 @@ impl HttpApi for Messages {
 
     type Parser = Parser;
 
-    fn body(&self, request: &ChatRequest, default_model: &str) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(&request::request_body(
-            request,
-            default_model,
-            self.max_tokens,
-        ))
+    fn body(&self, request: &ChatRequest, default_model: &str) -> Result<Vec<u8>> {
+        let wire = request::request_body(request, default_model, self.max_tokens)?;
+        http::encode(&wire, &request.extra)
     }
 }
 
@@ -97,8 +104,11 @@ impl HttpApi for Messages {
 /// on the HTTP response.
 ///
 /// Handles `message_start` (input tokens), `content_block_start` (a `tool_use` block's id and
-/// name), `content_block_delta` (`text_delta`, `thinking_delta` as reasoning, `input_json_delta`
-/// as tool-call arguments; `signature_delta` is skipped), `message_delta` (the stop reason as a
+/// name; a `redacted_thinking` block as a
+/// [`Delta::RedactedThinking`](crate::Delta::RedactedThinking)), `content_block_delta`
+/// (`text_delta`, `thinking_delta` as reasoning, `input_json_delta` as tool-call arguments,
+/// `signature_delta` as a [`Delta::ThinkingSignature`](crate::Delta::ThinkingSignature) closing
+/// its thinking block), `message_delta` (the stop reason as a
 /// [`Delta::Finish`](crate::Delta::Finish), then one [`Delta::Usage`](crate::Delta::Usage)),
 /// `message_stop`, `ping` and `error` events; unknown events are ignored. Tool calls are
 /// numbered 0, 1, … among the `tool_use` blocks, whatever their content block index. A body

@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use crate::{Role, provider::ChatRequest};
+use crate::{
+    Error, Result, Role,
+    provider::{ChatRequest, JsonSchema, ResponseFormat, ThinkingBlock, ToolChoice},
+};
 
 #[derive(Serialize)]
 pub(super) struct WireRequest<'a> {
@@ -21,6 +24,42 @@ pub(super) struct WireRequest<'a> {
     stop_sequences: &'a [String],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<WireThinking>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<WireOutputConfig<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireToolChoice<'a> {
+    Auto,
+    Any,
+    None,
+    Tool { name: &'a str },
+}
+
+/// `{"type":"enabled","budget_tokens":N}`.
+#[derive(Serialize)]
+struct WireThinking {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    budget_tokens: u32,
+}
+
+/// `{"format":{"type":"json_schema","schema":{…}}}`.
+#[derive(Serialize)]
+struct WireOutputConfig<'a> {
+    format: WireFormat<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFormat<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema: &'a serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -32,6 +71,13 @@ struct WireMessage<'a> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block<'a> {
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
     Text {
         text: &'a str,
     },
@@ -54,12 +100,15 @@ struct WireTool<'a> {
     input_schema: &'a serde_json::Value,
 }
 
-/// `request` on the wire, with `default_model` and `max_tokens` when it sets none.
+/// `request` on the wire, with `default_model` and `max_tokens` when it sets none (with thinking
+/// on, `max_tokens` plus the thinking budget, so that the answer keeps its room).
+///
+/// Fails for a [`ResponseFormat::JsonObject`]: Anthropic takes a schema only.
 pub(super) fn request_body<'a>(
     request: &'a ChatRequest,
     default_model: &'a str,
     max_tokens: u32,
-) -> WireRequest<'a> {
+) -> Result<WireRequest<'a>> {
     let mut system = Vec::new();
     let mut messages: Vec<WireMessage<'_>> = Vec::new();
     for m in &request.messages {
@@ -70,7 +119,15 @@ pub(super) fn request_body<'a>(
             }
             Role::User => ("user", vec![Block::Text { text: &m.content }]),
             Role::Assistant => {
-                let mut blocks = Vec::with_capacity(1 + m.tool_calls.len());
+                let mut blocks = Vec::with_capacity(1 + m.thinking.len() + m.tool_calls.len());
+                // The API wants a reply's thinking first, exactly as it was signed.
+                blocks.extend(m.thinking.iter().map(|block| match block {
+                    ThinkingBlock::Thinking { text, signature } => Block::Thinking {
+                        thinking: text,
+                        signature,
+                    },
+                    ThinkingBlock::Redacted { data } => Block::RedactedThinking { data },
+                }));
                 // The API rejects empty text blocks; a message of tool calls only has none.
                 if !m.content.is_empty() || m.tool_calls.is_empty() {
                     blocks.push(Block::Text { text: &m.content });
@@ -105,9 +162,27 @@ pub(super) fn request_body<'a>(
             }),
         }
     }
-    WireRequest {
+    let output_config = match &request.response_format {
+        None => None,
+        Some(ResponseFormat::JsonSchema(JsonSchema { schema, .. })) => Some(WireOutputConfig {
+            format: WireFormat {
+                kind: "json_schema",
+                schema,
+            },
+        }),
+        Some(ResponseFormat::JsonObject) => {
+            return Err(Error::invalid(
+                "request",
+                "Anthropic has no JSON object mode: give the response format a JSON schema",
+            ));
+        }
+    };
+    let budget = request.thinking_budget;
+    Ok(WireRequest {
         model: request.model.as_deref().unwrap_or(default_model),
-        max_tokens: request.max_tokens.unwrap_or(max_tokens),
+        max_tokens: request
+            .max_tokens
+            .unwrap_or_else(|| max_tokens.saturating_add(budget.unwrap_or(0))),
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages,
         stream: true,
@@ -123,7 +198,18 @@ pub(super) fn request_body<'a>(
                 input_schema: &t.parameters,
             })
             .collect(),
-    }
+        tool_choice: request.tool_choice.as_ref().map(|choice| match choice {
+            ToolChoice::Auto => WireToolChoice::Auto,
+            ToolChoice::None => WireToolChoice::None,
+            ToolChoice::Required => WireToolChoice::Any,
+            ToolChoice::Tool { name } => WireToolChoice::Tool { name },
+        }),
+        thinking: budget.map(|budget_tokens| WireThinking {
+            kind: "enabled",
+            budget_tokens,
+        }),
+        output_config,
+    })
 }
 
 #[cfg(test)]
@@ -144,7 +230,7 @@ mod tests {
             RequestMessage::new(Role::Assistant, "It is"),
         ]);
         let body: serde_json::Value =
-            serde_json::to_value(request_body(&request, "claude", 512)).unwrap();
+            serde_json::to_value(request_body(&request, "claude", 512).unwrap()).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
@@ -168,5 +254,45 @@ mod tests {
                 "tools": [{"name": "get_time", "input_schema": {"type": "object"}}],
             })
         );
+    }
+
+    #[test]
+    fn options_on_the_wire() {
+        let mut assistant = RequestMessage::new(Role::Assistant, "Done.");
+        assistant.thinking = vec![
+            ThinkingBlock::Thinking {
+                text: "hm".into(),
+                signature: "sig".into(),
+            },
+            ThinkingBlock::Redacted { data: "enc".into() },
+        ];
+        let mut request = ChatRequest::new(vec![RequestMessage::new(Role::User, "Go"), assistant])
+            .with_thinking_budget(2048)
+            .with_tool_choice(ToolChoice::Required)
+            .with_response_format(JsonSchema::new("n", serde_json::json!({"type": "object"})));
+        let body = serde_json::to_value(request_body(&request, "c", 1000).unwrap()).unwrap();
+        assert_eq!(body["max_tokens"], 3048);
+        assert_eq!(
+            body["thinking"],
+            serde_json::json!({"type": "enabled", "budget_tokens": 2048})
+        );
+        assert_eq!(body["tool_choice"], serde_json::json!({"type": "any"}));
+        assert_eq!(
+            body["output_config"],
+            serde_json::json!({"format": {"type": "json_schema", "schema": {"type": "object"}}})
+        );
+        assert_eq!(
+            body["messages"][1]["content"],
+            serde_json::json!([
+                {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                {"type": "redacted_thinking", "data": "enc"},
+                {"type": "text", "text": "Done."},
+            ])
+        );
+        request.response_format = Some(ResponseFormat::JsonObject);
+        assert!(matches!(
+            request_body(&request, "c", 1000),
+            Err(Error::Invalid { .. })
+        ));
     }
 }

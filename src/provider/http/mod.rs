@@ -12,11 +12,12 @@ use reqwest::{
     Url,
     header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue},
 };
+use serde::Serialize;
 
 use self::error::{connect_error, status_error};
 pub(crate) use self::{
     decode::{EventParser, Step, Str, decode_with, non_empty},
-    error::{bad_json, midstream_error},
+    error::{ErrorObject, bad_json, midstream_error},
 };
 use super::{ChatRequest, DeltaStream, LlmProvider};
 use crate::{Error, Result};
@@ -27,9 +28,10 @@ use crate::{Error, Result};
 /// Public in name only, so that it can bound [`HttpProvider`]; nothing outside the crate can
 /// name it, so the set of APIs stays the crate's.
 pub trait HttpApi: Default + fmt::Debug + Send + Sync + 'static {
-    /// The provider's name in logs and errors unless the builder sets one; in capitals, the
-    /// prefix of the environment variables `from_env` reads (`OPENAI_API_KEY`).
+    /// The provider's name in logs and errors unless the builder sets one.
     const NAME: &'static str;
+    /// The prefix of the environment variables `from_env` reads (`OPENAI` for `OPENAI_API_KEY`).
+    const ENV_PREFIX: &'static str;
     /// The base URL unless the builder or the environment sets one.
     const DEFAULT_BASE_URL: &'static str;
     /// The model unless the request, the builder or `CHATSTREAM_MODEL` names one.
@@ -44,8 +46,39 @@ pub trait HttpApi: Default + fmt::Debug + Send + Sync + 'static {
     /// The wire format's parser.
     type Parser: EventParser + Unpin;
 
-    /// Encodes `request` for the wire, with `default_model` when it names none.
-    fn body(&self, request: &ChatRequest, default_model: &str) -> serde_json::Result<Vec<u8>>;
+    /// Encodes `request` for the wire, with `default_model` when it names none (usually with
+    /// [`encode`], which merges the request's extra fields).
+    ///
+    /// Fails with [`Error::Invalid`] for an option the API cannot express.
+    fn body(&self, request: &ChatRequest, default_model: &str) -> Result<Vec<u8>>;
+}
+
+/// `wire` as a JSON body with `extra` merged into its top level: each extra field replaces the
+/// one `wire` wrote, and a `null` removes it.
+///
+/// Written by hand rather than with a JSON merge-patch crate: only the top level is merged, and
+/// the plain serialization stays a single pass when there is nothing to merge. The merge reads
+/// the serialized body back rather than going through `serde_json::to_value`, which would widen
+/// an `f32` such as a temperature of 0.2 to 0.20000000298023224.
+pub(crate) fn encode(
+    wire: &impl Serialize,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<u8>> {
+    let invalid = |e: serde_json::Error| Error::invalid("request", e.to_string());
+    let body = serde_json::to_vec(wire).map_err(invalid)?;
+    if extra.is_empty() {
+        return Ok(body);
+    }
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&body).map_err(invalid)?;
+    for (key, value) in extra {
+        if value.is_null() {
+            body.remove(key);
+        } else {
+            body.insert(key.clone(), value.clone());
+        }
+    }
+    serde_json::to_vec(&body).map_err(invalid)
 }
 
 /// How an API takes its key.
@@ -68,7 +101,8 @@ impl Auth {
     }
 }
 
-/// A provider that speaks one HTTP API: [`OpenAiProvider`](super::OpenAiProvider) or
+/// A provider that speaks one HTTP API: [`OpenAiProvider`](super::OpenAiProvider),
+/// [`OpenAiResponsesProvider`](super::OpenAiResponsesProvider) or
 /// [`AnthropicProvider`](super::AnthropicProvider), which document each API.
 ///
 /// A cheap-clone handle: clones share one HTTP client and its connection pool.
@@ -123,8 +157,9 @@ impl<A: HttpApi> HttpProvider<A> {
     }
 
     /// A provider configured from the environment: the API's key and base URL
-    /// (`OPENAI_API_KEY` and `OPENAI_BASE_URL` for [`OpenAiProvider`](super::OpenAiProvider),
-    /// `ANTHROPIC_API_KEY` and `ANTHROPIC_BASE_URL` for
+    /// (`OPENAI_API_KEY` and `OPENAI_BASE_URL` for [`OpenAiProvider`](super::OpenAiProvider)
+    /// and [`OpenAiResponsesProvider`](super::OpenAiResponsesProvider), `ANTHROPIC_API_KEY` and
+    /// `ANTHROPIC_BASE_URL` for
     /// [`AnthropicProvider`](super::AnthropicProvider); the base URL defaults to the API's
     /// `DEFAULT_BASE_URL`) and `CHATSTREAM_MODEL` (default the API's `DEFAULT_MODEL`).
     ///
@@ -134,7 +169,7 @@ impl<A: HttpApi> HttpProvider<A> {
     /// themselves need a key; a local server, or a proxy that adds the key, needs its URL), or
     /// when a value is invalid.
     pub fn from_env() -> Result<Self> {
-        let prefix = A::NAME.to_ascii_uppercase();
+        let prefix = A::ENV_PREFIX;
         let (key_var, base_var) = (format!("{prefix}_API_KEY"), format!("{prefix}_BASE_URL"));
         let key = env(&key_var);
         let base = env(&base_var);
@@ -173,10 +208,7 @@ impl<A: HttpApi> LlmProvider for HttpProvider<A> {
 
     fn stream(&self, request: ChatRequest) -> DeltaStream {
         let inner = &self.inner;
-        let body = inner
-            .api
-            .body(&request, &inner.model)
-            .map_err(|e| Error::invalid("request", e.to_string()));
+        let body = inner.api.body(&request, &inner.model);
         let builder = inner
             .client
             .post(inner.url.clone())
@@ -227,8 +259,8 @@ impl<A: HttpApi> HttpProviderBuilder<A> {
     }
 
     /// The base URL, with or without a trailing slash; the API's path (`/chat/completions` for
-    /// OpenAI, `/v1/messages` for Anthropic) is appended to its path and its query (Azure's
-    /// `api-version`) is kept.
+    /// OpenAI, `/responses` for the Responses API, `/v1/messages` for Anthropic) is appended to
+    /// its path and its query (Azure's `api-version`) is kept.
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
         self.base_url = Some(url.into());
         self
@@ -240,8 +272,8 @@ impl<A: HttpApi> HttpProviderBuilder<A> {
         self
     }
 
-    /// The provider's name in logs and errors (default `openai` or `anthropic`), e.g. `ollama`
-    /// or `groq`.
+    /// The provider's name in logs and errors (default `openai`, `openai-responses` or
+    /// `anthropic`), e.g. `ollama` or `groq`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self

@@ -1,8 +1,15 @@
 //! [`OpenAiProvider`]: OpenAI chat completions, and every server that speaks them.
 //!
-//! Works with OpenAI itself, Azure-style base URLs (their `api-version` query is kept; send the
-//! key with `.header("api-key", key)`), Ollama, vLLM, llama.cpp server, LM Studio, Groq,
-//! DeepSeek, OpenRouter and LiteLLM. The key is optional, for local servers that need none.
+//! Works with OpenAI itself, Azure OpenAI (the `api-version` query of its base URL is kept; send
+//! the key with `.header("api-key", key)`), Google Gemini's OpenAI-compatible endpoint (base URL
+//! `https://generativelanguage.googleapis.com/v1beta/openai/`), Ollama, vLLM, llama.cpp server,
+//! LM Studio, Groq, DeepSeek, OpenRouter and LiteLLM. The key is optional, for local servers that
+//! need none.
+//!
+//! OpenAI's reasoning models want the token limit as `max_completion_tokens`: set
+//! [`token_limit_field`](OpenAiProviderBuilder::token_limit_field) (or a request's
+//! [`token_limit_field`](crate::ChatRequest::token_limit_field)); `max_tokens`, which every
+//! compatible server knows, is the default.
 //!
 //! The wire format is parsed by [`decode`], which is public so that recorded bodies can be
 //! replayed through exactly the code the provider runs.
@@ -15,9 +22,10 @@ use futures::Stream;
 
 use self::decode::Parser;
 use super::{
-    ChatRequest, DeltaStream,
+    ChatRequest, DeltaStream, TokenLimitField,
     http::{self, Auth, HttpApi, HttpProvider, HttpProviderBuilder},
 };
+use crate::Result;
 
 /// The default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -51,13 +59,26 @@ pub type OpenAiProvider = HttpProvider<ChatCompletions>;
 /// Builds an [`OpenAiProvider`]; see [`OpenAiProvider::builder`].
 pub type OpenAiProviderBuilder = HttpProviderBuilder<ChatCompletions>;
 
-/// The OpenAI chat-completions API, as [`OpenAiProvider`] speaks it.
+impl OpenAiProviderBuilder {
+    /// Which field carries the token limit when a request does not say (default
+    /// [`TokenLimitField::MaxTokens`]; OpenAI's reasoning models need
+    /// [`TokenLimitField::MaxCompletionTokens`]).
+    pub fn token_limit_field(mut self, field: TokenLimitField) -> Self {
+        self.api.token_limit = field;
+        self
+    }
+}
+
+/// The OpenAI chat-completions API, as [`OpenAiProvider`] speaks it, with its token-limit field.
 #[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]
-pub struct ChatCompletions;
+pub struct ChatCompletions {
+    token_limit: TokenLimitField,
+}
 
 impl HttpApi for ChatCompletions {
     const NAME: &'static str = "openai";
+    const ENV_PREFIX: &'static str = "OPENAI";
     const DEFAULT_BASE_URL: &'static str = DEFAULT_BASE_URL;
     const DEFAULT_MODEL: &'static str = DEFAULT_MODEL;
     const PATH: &'static str = "/chat/completions";
@@ -65,8 +86,11 @@ impl HttpApi for ChatCompletions {
 
     type Parser = Parser;
 
-    fn body(&self, request: &ChatRequest, default_model: &str) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(&request::request_body(request, default_model))
+    fn body(&self, request: &ChatRequest, default_model: &str) -> Result<Vec<u8>> {
+        http::encode(
+            &request::request_body(request, default_model, self.token_limit),
+            &request.extra,
+        )
     }
 }
 

@@ -4,7 +4,10 @@ use serde::Serialize;
 
 use crate::{
     Role,
-    provider::{ChatRequest, RequestMessage, ToolSpec},
+    provider::{
+        ChatRequest, JsonSchema, ReasoningEffort, RequestMessage, ResponseFormat, TokenLimitField,
+        ToolChoice, ToolSpec,
+    },
 };
 
 #[derive(Serialize)]
@@ -19,10 +22,42 @@ pub(super) struct WireRequest<'a> {
     top_p: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     stop: &'a [String],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<WireResponseFormat<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<ReasoningEffort>,
+}
+
+/// `"auto"`, `"none"`, `"required"` or `{"type":"function","function":{"name":…}}`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireToolChoice<'a> {
+    Mode(&'static str),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: WireName<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct WireName<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireResponseFormat<'a> {
+    JsonObject,
+    JsonSchema { json_schema: &'a JsonSchema },
 }
 
 #[derive(Serialize)]
@@ -102,11 +137,34 @@ fn wire_tool(t: &ToolSpec) -> WireTool<'_> {
     }
 }
 
-/// `request` on the wire, with `default_model` when it names none.
+fn wire_tool_choice(choice: &ToolChoice) -> WireToolChoice<'_> {
+    match choice {
+        ToolChoice::Auto => WireToolChoice::Mode("auto"),
+        ToolChoice::None => WireToolChoice::Mode("none"),
+        ToolChoice::Required => WireToolChoice::Mode("required"),
+        ToolChoice::Tool { name } => WireToolChoice::Function {
+            kind: "function",
+            function: WireName { name },
+        },
+    }
+}
+
+fn wire_response_format(format: &ResponseFormat) -> WireResponseFormat<'_> {
+    match format {
+        ResponseFormat::JsonObject => WireResponseFormat::JsonObject,
+        ResponseFormat::JsonSchema(json_schema) => WireResponseFormat::JsonSchema { json_schema },
+    }
+}
+
+/// `request` on the wire, with `default_model` when it names none and the token limit in the
+/// request's field, else in `token_limit`.
 pub(super) fn request_body<'a>(
     request: &'a ChatRequest,
     default_model: &'a str,
+    token_limit: TokenLimitField,
 ) -> WireRequest<'a> {
+    let completion_field =
+        request.token_limit_field.unwrap_or(token_limit) == TokenLimitField::MaxCompletionTokens;
     WireRequest {
         model: request.model.as_deref().unwrap_or(default_model),
         messages: request.messages.iter().map(wire_message).collect(),
@@ -116,9 +174,13 @@ pub(super) fn request_body<'a>(
         },
         temperature: request.temperature,
         top_p: request.top_p,
-        max_tokens: request.max_tokens,
+        max_tokens: request.max_tokens.filter(|_| !completion_field),
+        max_completion_tokens: request.max_tokens.filter(|_| completion_field),
         stop: &request.stop,
         tools: request.tools.iter().map(wire_tool).collect(),
+        tool_choice: request.tool_choice.as_ref().map(wire_tool_choice),
+        response_format: request.response_format.as_ref().map(wire_response_format),
+        reasoning_effort: request.reasoning_effort,
     }
 }
 
@@ -131,7 +193,8 @@ mod tests {
     #[test]
     fn request_body_shape() {
         let request = tool_round("", "call_1", "{}", Some("Current time")).with_temperature(0.5);
-        let body: serde_json::Value = serde_json::to_value(request_body(&request, "m")).unwrap();
+        let body: serde_json::Value =
+            serde_json::to_value(request_body(&request, "m", TokenLimitField::MaxTokens)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
@@ -154,5 +217,36 @@ mod tests {
                     "parameters": {"type": "object"}}}],
             })
         );
+    }
+
+    #[test]
+    fn options_on_the_wire() {
+        let body = |request: &ChatRequest, limit| {
+            serde_json::to_value(request_body(request, "m", limit)).unwrap()
+        };
+        let request = ChatRequest::user("hi")
+            .with_max_tokens(9)
+            .with_tool_choice(ToolChoice::tool("f"))
+            .with_response_format(ResponseFormat::JsonObject)
+            .with_reasoning_effort(ReasoningEffort::Minimal);
+        let wire = body(&request, TokenLimitField::MaxCompletionTokens);
+        assert_eq!(wire["max_completion_tokens"], 9);
+        assert!(wire.get("max_tokens").is_none());
+        assert_eq!(
+            wire["tool_choice"],
+            serde_json::json!({"type": "function", "function": {"name": "f"}})
+        );
+        assert_eq!(
+            wire["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        assert_eq!(wire["reasoning_effort"], "minimal");
+        // The request's own field wins over the provider's.
+        let mut request = request.with_tool_choice(ToolChoice::None);
+        request.token_limit_field = Some(TokenLimitField::MaxTokens);
+        let wire = body(&request, TokenLimitField::MaxCompletionTokens);
+        assert_eq!(wire["max_tokens"], 9);
+        assert!(wire.get("max_completion_tokens").is_none());
+        assert_eq!(wire["tool_choice"], "none");
     }
 }

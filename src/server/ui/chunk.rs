@@ -160,8 +160,12 @@ impl Encoder {
                 Delta::Reasoning { text } => self.content(Kind::Reasoning, text, out),
                 Delta::ToolCall(call) => self.tool_call(call, out),
                 // The `done` event carries the final usage and finish reason; a retry notice
-                // repeats nothing.
-                Delta::Usage(_) | Delta::Finish { .. } | Delta::Retry(_) => {}
+                // repeats nothing; thinking signatures are opaque, for the provider only.
+                Delta::Usage(_)
+                | Delta::Finish { .. }
+                | Delta::Retry(_)
+                | Delta::ThinkingSignature { .. }
+                | Delta::RedactedThinking { .. } => {}
             },
             EventPayload::Error { message, .. } => self.error = Some(message.clone()),
             EventPayload::Done {
