@@ -64,6 +64,7 @@
 mod accumulate;
 mod delta;
 mod error;
+mod forward;
 pub mod hub;
 mod id;
 mod message;
