@@ -67,6 +67,7 @@
 mod accumulate;
 mod delta;
 mod error;
+mod forward;
 pub mod hub;
 mod id;
 mod message;
