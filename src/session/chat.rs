@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::{
-    ChatId, ChatKey, Error, Message, MessageStatus, MessageStoreExt, Result, Role,
+    ChatKey, Error, Message, MessageStatus, MessageStoreExt, Result, Role,
     hub::{EventPayload, HubEventStream, LiveReply},
     store::HistoryPage,
 };
@@ -29,10 +29,6 @@ pub struct Session {
 impl ChatSession for Session {
     fn key(&self) -> &ChatKey {
         &self.key
-    }
-
-    fn chat_id(&self) -> &ChatId {
-        &self.key.id
     }
 
     async fn send(&self, input: UserInput) -> Result<ReplyHandle> {
