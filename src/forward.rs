@@ -44,3 +44,43 @@ macro_rules! forward_impls {
 }
 
 pub(crate) use forward_impls;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::{
+        ChatId, ChatKey, LlmProvider, MessageId, MessageStore, StreamHub, UserId, hub::LocalHub,
+        provider::DemoProvider, store::MemoryStore,
+    };
+
+    async fn generic_store(store: impl MessageStore) -> usize {
+        store
+            .create_chat(&UserId::anonymous(), None, None)
+            .await
+            .unwrap();
+        store
+            .list_chats(&UserId::anonymous(), Default::default())
+            .await
+            .unwrap()
+            .len()
+    }
+
+    async fn generic_hub(hub: impl StreamHub) -> bool {
+        let key = ChatKey::from(ChatId::generate());
+        let _live = hub.start(&key, MessageId::generate()).await.unwrap();
+        // A provided method of the trait: the wrapper hands it to the hub inside.
+        hub.is_live(&key).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn arc_and_box_forward_to_the_value_inside() {
+        assert_eq!(generic_store(Arc::new(MemoryStore::new())).await, 1);
+        assert_eq!(generic_store(Box::new(MemoryStore::new())).await, 1);
+        assert!(generic_hub(Arc::new(LocalHub::new())).await);
+        assert!(generic_hub(Box::new(LocalHub::new())).await);
+        let provider: Box<dyn LlmProvider> = Box::new(DemoProvider::new());
+        assert_eq!(Arc::new(provider).name(), "demo");
+    }
+}

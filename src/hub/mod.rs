@@ -410,6 +410,24 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
     }
 }
 
+crate::forward::forward_impls!(StreamHub,
+    sync {
+        fn backend(&self) -> &'static str;
+        fn recovery_interval(&self) -> Option<Duration>;
+    }
+    async {
+        fn start(&self, chat: &ChatKey, message_id: MessageId) -> Result<LiveReply>;
+        fn live_reply(&self, chat: &ChatKey) -> Result<Option<LiveReplyInfo>>;
+        fn subscribe(&self, chat: &ChatKey, after: Option<u64>) -> Result<Option<HubEventStream>>;
+        fn terminate(&self, chat: &ChatKey) -> Result<bool>;
+        fn terminate_reply(&self, chat: &ChatKey, message_id: &MessageId) -> Result<bool>;
+        fn is_live(&self, chat: &ChatKey) -> Result<bool>;
+        fn watchers(&self, chat: &ChatKey) -> Result<Option<usize>>;
+        fn live_replies(&self, chats: &[ChatKey]) -> Result<Vec<Option<LiveReplyInfo>>>;
+        fn ping(&self) -> Result<()>;
+    }
+);
+
 /// Marks `interrupted` every stored reply left `streaming` whose generating process is gone,
 /// keeping its checkpointed content; returns how many it marked. Replies that some instance is
 /// still generating are never touched, on this instance or another one sharing the hub.

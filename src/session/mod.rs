@@ -501,6 +501,22 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
     async fn is_live(&self) -> Result<bool>;
 }
 
+crate::forward::forward_impls!(ChatSession,
+    sync {
+        fn key(&self) -> &ChatKey;
+        fn chat_id(&self) -> &ChatId;
+    }
+    async {
+        fn send(&self, input: UserInput) -> Result<ReplyHandle>;
+        fn regenerate(&self) -> Result<ReplyHandle>;
+        fn regenerate_with(&self, options: SendOptions) -> Result<ReplyHandle>;
+        fn cancel(&self) -> Result<bool>;
+        fn history(&self, page: HistoryPage) -> Result<Vec<Message>>;
+        fn subscribe(&self, after: Option<u64>) -> Result<Option<HubEventStream>>;
+        fn is_live(&self) -> Result<bool>;
+    }
+);
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -321,6 +321,29 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+crate::forward::forward_impls!(MessageStore,
+    sync {
+        fn backend(&self) -> &'static str;
+    }
+    async {
+        fn create_chat(&self, owner: &UserId, id: Option<ChatId>, title: Option<String>) -> Result<Chat>;
+        fn get_chat(&self, chat: &ChatKey) -> Result<Option<Chat>>;
+        fn list_chats(&self, owner: &UserId, page: ChatPage) -> Result<Vec<Chat>>;
+        fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> Result<Chat>;
+        fn delete_chat(&self, chat: &ChatKey) -> Result<bool>;
+        fn append(&self, message: &Message) -> Result<()>;
+        fn append_idempotent(&self, message: &Message) -> Result<Appended>;
+        fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended>;
+        fn update(&self, message: &Message) -> Result<()>;
+        fn get_message(&self, owner: &UserId, id: &MessageId) -> Result<Option<Message>>;
+        fn history(&self, chat: &ChatKey, page: HistoryPage) -> Result<Vec<Message>>;
+        fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64>;
+        fn streaming_replies(&self) -> Result<Vec<Message>>;
+        fn interrupt_reply(&self, id: &MessageId) -> Result<bool>;
+        fn ping(&self) -> Result<()>;
+    }
+);
+
 /// The check every [`MessageStore::append_turn`] makes first.
 pub(crate) fn same_chat(user: &Message, reply: &Message) -> Result<()> {
     if reply.chat_id != user.chat_id || reply.owner != user.owner {
