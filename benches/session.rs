@@ -11,8 +11,8 @@ use std::{alloc::System, hint::black_box, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
-    Accumulator, Chat, ChatId, ChatRequest, ChatService, ChatSession, Delta, DeltaStream,
-    FinishReason, LlmProvider, Message, MessageId, MessageStore, Result,
+    Accumulator, Chat, ChatId, ChatKey, ChatRequest, ChatService, ChatSession, Delta, DeltaStream,
+    FinishReason, LlmProvider, Message, MessageId, MessageStore, Result, UserId,
     store::{Appended, ChatPage, DynMessageStore, HistoryPage, MemoryStore},
 };
 use chrono::{DateTime, Utc};
@@ -111,25 +111,32 @@ impl MessageStore for Discard {
     fn backend(&self) -> &'static str {
         "discard"
     }
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
+    async fn create_chat(
+        &self,
+        owner: &UserId,
+        id: Option<ChatId>,
+        title: Option<String>,
+    ) -> Result<Chat> {
         let now = Utc::now();
         Ok(Chat {
+            owner: owner.clone(),
             id: id.unwrap_or_else(ChatId::generate),
             title,
             created_at: now,
             updated_at: now,
         })
     }
-    async fn get_chat(&self, _: &ChatId) -> Result<Option<Chat>> {
+    async fn get_chat(&self, _: &ChatKey) -> Result<Option<Chat>> {
         Ok(None)
     }
-    async fn list_chats(&self, _: ChatPage) -> Result<Vec<Chat>> {
+    async fn list_chats(&self, _: &UserId, _: ChatPage) -> Result<Vec<Chat>> {
         Ok(Vec::new())
     }
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
-        self.create_chat(Some(id.clone()), title).await
+    async fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> Result<Chat> {
+        self.create_chat(&chat.owner, Some(chat.id.clone()), title)
+            .await
     }
-    async fn delete_chat(&self, _: &ChatId) -> Result<bool> {
+    async fn delete_chat(&self, _: &ChatKey) -> Result<bool> {
         Ok(false)
     }
     async fn append(&self, _: &Message) -> Result<()> {
@@ -144,14 +151,17 @@ impl MessageStore for Discard {
     async fn update(&self, _: &Message) -> Result<()> {
         Ok(())
     }
-    async fn get_message(&self, _: &MessageId) -> Result<Option<Message>> {
+    async fn get_message(&self, _: &UserId, _: &MessageId) -> Result<Option<Message>> {
         Ok(None)
     }
-    async fn history(&self, _: &ChatId, _: HistoryPage) -> Result<Vec<Message>> {
+    async fn history(&self, _: &ChatKey, _: HistoryPage) -> Result<Vec<Message>> {
         Ok(Vec::new())
     }
     async fn recover_streaming(&self, _: Option<DateTime<Utc>>) -> Result<u64> {
         Ok(0)
+    }
+    async fn streaming_replies(&self) -> Result<Vec<Message>> {
+        Ok(Vec::new())
     }
 }
 
@@ -180,7 +190,7 @@ fn live_reply_memory(store_name: &str, store: DynMessageStore) {
         let region = Region::new(GLOBAL);
         let mut handles = Vec::with_capacity(REPLIES);
         for i in 0..REPLIES {
-            let session = service.session(format!("live-{i}").parse().expect("id"));
+            let session = service.session(format!("live-{i}").parse::<ChatId>().expect("id"));
             handles.push(session.send("go".into()).await.expect("send"));
         }
         // Every reply has all its 100 deltas (event 101); each handle is its one subscriber.

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use chatstream::{
-    ChatId, FinishReason, Message, MessageStatus, MessageStore, Usage,
+    ChatId, ChatKey, FinishReason, Message, MessageStatus, MessageStore, Usage, UserId,
     store::{HistoryPage, MemoryStore, MongoStore, SqliteStore},
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -71,7 +71,12 @@ impl Backends {
     }
 }
 
-async fn one_reply(store: &dyn MessageStore, chat: &ChatId) {
+/// The owner of the benchmarks' chats: a user's, as on a server with authentication.
+fn owner() -> UserId {
+    UserId::new("bench-user").expect("a valid user id")
+}
+
+async fn one_reply(store: &dyn MessageStore, chat: &ChatKey) {
     let mut reply = Message::assistant_streaming(chat.clone());
     store.append(&reply).await.unwrap();
     for _ in 0..CHECKPOINTS {
@@ -95,9 +100,12 @@ fn reply(c: &mut Criterion) {
     let mut group = c.benchmark_group("reply_append_20_checkpoints_final");
     for (name, store) in &backends.stores {
         let store = &**store;
-        let chat = rt.block_on(store.create_chat(None, None)).unwrap();
+        let chat = rt
+            .block_on(store.create_chat(&owner(), None, None))
+            .unwrap()
+            .key();
         group.bench_function(*name, |b| {
-            b.to_async(&rt).iter(|| one_reply(store, &chat.id));
+            b.to_async(&rt).iter(|| one_reply(store, &chat));
         });
     }
     group.finish();
@@ -110,8 +118,10 @@ fn checkpoint(c: &mut Criterion) {
     let mut group = c.benchmark_group("checkpoint_update");
     for (name, store) in &backends.stores {
         let store = &**store;
-        let chat = rt.block_on(store.create_chat(None, None)).unwrap();
-        let mut reply = Message::assistant_streaming(chat.id.clone());
+        let chat = rt
+            .block_on(store.create_chat(&owner(), None, None))
+            .unwrap();
+        let mut reply = Message::assistant_streaming(chat.key());
         reply.content = CHUNK.repeat(CHECKPOINTS / 2);
         rt.block_on(store.append(&reply)).unwrap();
         group.bench_function(*name, |b| {
@@ -136,18 +146,18 @@ fn turn(c: &mut Criterion) {
         let store = &**store;
         group.bench_function(BenchmarkId::new("append_turn", name), |b| {
             b.to_async(&rt).iter(|| async {
-                let chat = ChatId::generate();
-                let user = Message::user(chat.clone(), CHUNK);
-                let reply = Message::assistant_streaming(chat.clone()).replying_to(user.id);
+                let chat = ChatKey::new(owner(), ChatId::generate());
+                let user = Message::user(&chat, CHUNK);
+                let reply = Message::assistant_streaming(&chat).replying_to(user.id);
                 assert!(store.append_turn(&user, &reply).await.unwrap().created);
                 store.history(&chat, HistoryPage::newest(64)).await.unwrap()
             });
         });
         group.bench_function(BenchmarkId::new("one_by_one", name), |b| {
             b.to_async(&rt).iter(|| async {
-                let chat = ChatId::generate();
-                let user = Message::user(chat.clone(), CHUNK);
-                let reply = Message::assistant_streaming(chat.clone()).replying_to(user.id);
+                let chat = ChatKey::new(owner(), ChatId::generate());
+                let user = Message::user(&chat, CHUNK);
+                let reply = Message::assistant_streaming(&chat).replying_to(user.id);
                 store.get_or_create_chat(&chat).await.unwrap();
                 store.append(&user).await.unwrap();
                 store.append(&reply).await.unwrap();
@@ -166,17 +176,19 @@ fn history(c: &mut Criterion) {
     for (name, store) in &backends.stores {
         let store = &**store;
         for size in [100usize, 10_000] {
-            let chat = rt.block_on(store.create_chat(None, None)).unwrap();
+            let chat = rt
+                .block_on(store.create_chat(&owner(), None, None))
+                .unwrap();
             rt.block_on(async {
                 for i in 0..size {
-                    let mut m = Message::user(chat.id.clone(), format!("message {i}: {CHUNK}"));
+                    let mut m = Message::user(chat.key(), format!("message {i}: {CHUNK}"));
                     if i % 2 == 1 {
                         m.role = chatstream::Role::Assistant;
                     }
                     store.append(&m).await.unwrap();
                 }
             });
-            group.bench_with_input(BenchmarkId::new(*name, size), &chat.id, |b, chat| {
+            group.bench_with_input(BenchmarkId::new(*name, size), &chat.key(), |b, chat| {
                 b.to_async(&rt).iter(|| async {
                     let page = store.history(chat, HistoryPage::newest(50)).await.unwrap();
                     assert_eq!(page.len(), 50);

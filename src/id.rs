@@ -220,6 +220,15 @@ impl UserId {
         UserId(ANONYMOUS.into())
     }
 
+    /// An owner the crate wrote itself (a stored chat's), where the anonymous owner's reserved
+    /// name stands for [`UserId::anonymous`].
+    pub(crate) fn from_stored(id: &str) -> Result<Self> {
+        if id == ANONYMOUS {
+            return Ok(UserId::anonymous());
+        }
+        UserId::new(id)
+    }
+
     /// Whether this is the [anonymous](Self::anonymous) owner.
     pub fn is_anonymous(&self) -> bool {
         &*self.0 == ANONYMOUS
@@ -272,10 +281,7 @@ impl Serialize for UserId {
 impl<'de> Deserialize<'de> for UserId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if s == ANONYMOUS {
-            return Ok(UserId::anonymous());
-        }
-        UserId::new(&*s).map_err(serde::de::Error::custom)
+        UserId::from_stored(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -313,6 +319,12 @@ impl ChatKey {
 impl From<ChatId> for ChatKey {
     fn from(id: ChatId) -> Self {
         ChatKey::new(UserId::anonymous(), id)
+    }
+}
+
+impl From<&ChatKey> for ChatKey {
+    fn from(key: &ChatKey) -> Self {
+        key.clone()
     }
 }
 

@@ -24,8 +24,10 @@
 //!
 //! ## Concepts
 //!
-//! - [`ChatId`], [`MessageId`], [`UserId`], [`ChatKey`], [`Message`], [`Chat`]: the data model
-//!   (serde, camelCase JSON); every chat belongs to an owner.
+//! - [`ChatId`], [`MessageId`], [`Message`], [`Chat`]: the data model (serde, camelCase JSON).
+//! - [`UserId`] and [`ChatKey`]: owners. Every chat belongs to a user (the
+//!   [anonymous](UserId::anonymous) one when there are none) and is named by its key, its owner
+//!   and id; stores, the hub and sessions keep two owners' chats of one id apart.
 //! - [`Delta`]: the item of every reply stream; [`Accumulator`] folds deltas into a reply.
 //! - [`LlmProvider`]: a cancellable stream of deltas from a model API — [`provider`] has the
 //!   OpenAI-compatible, OpenAI Responses, Anthropic, demo and scripted providers, the request
@@ -33,20 +35,21 @@
 //!   standard provider stack from the environment.
 //! - [`resilience`]: retry with backoff, timeouts, mid-stream recovery and fallback, as
 //!   decorators around any provider.
-//! - [`MessageStore`]: persistence — [`store`] has the memory, SQLite, PostgreSQL and MongoDB
-//!   backends, and (feature `conformance`) the suite every backend passes.
+//! - [`MessageStore`]: persistence, scoped by owner — [`store`] has the memory, SQLite,
+//!   PostgreSQL and MongoDB backends, and (feature `conformance`) the suite every backend passes.
 //! - [`ChatService`] and [`ChatSession`]: conversations — send a message, get the reply's events
 //!   and a cancel handle, regenerate, read history; replies run detached and are checkpointed as
 //!   they grow ([`session`]: the service, the session, the context window and the reply task,
 //!   one file each).
 //! - [`StreamHub`]: live replies as numbered events, replayable after any event id, followed by
-//!   any number of subscribers, terminated by chat — [`hub`] has the in-process [`LocalHub`]
-//!   and, with the `redis` feature, `RedisHub` for several instances sharing live replies, and
-//!   (feature `conformance`) the suite every hub passes; the service recovers the replies of a
-//!   dead instance on the hub's lease.
+//!   any number of subscribers, terminated by chat key — [`hub`] has the in-process
+//!   [`LocalHub`] and, with the `redis` feature, `RedisHub` for several instances sharing live
+//!   replies, and (feature `conformance`) the suite every hub passes; the service recovers the
+//!   replies of a dead instance on the hub's lease.
 //! - `server` (feature `server`): the HTTP surface — the whole contract as an axum router to
 //!   serve or to mount beside an app's own routes, with the OpenAI-compatible and AI SDK
-//!   dialects, health probes and, with `metrics`, `GET /metrics`.
+//!   dialects, health probes and, with `metrics`, `GET /metrics`. Every route scopes by the
+//!   request's owner.
 //!
 //! ## Feature flags
 //!
@@ -64,6 +67,7 @@
 mod accumulate;
 mod delta;
 mod error;
+mod forward;
 pub mod hub;
 mod id;
 mod message;

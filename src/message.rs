@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{ChatId, MessageId};
+use crate::{ChatId, ChatKey, MessageId, UserId};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -171,13 +171,19 @@ pub struct ToolCall {
 ///
 /// In JSON (camelCase): `{"id","chatId","role","content","status","createdAt","updatedAt"}` plus,
 /// when present, `"reasoning"`, `"toolCalls"`, `"toolCallId"`, `"finishReason"`, `"usage"`,
-/// `"error"`, `"clientMessageId"` and `"replyTo"`.
+/// `"error"`, `"clientMessageId"` and `"replyTo"`. The [`owner`](Self::owner) is not in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     /// The message's id.
     pub id: MessageId,
-    /// The conversation it belongs to.
+    /// Who owns its chat: with `chat_id`, the chat's [key](Self::key).
+    ///
+    /// Never in JSON, either way: an owner is established by whoever asks (authentication),
+    /// never read from a body, so a message read from JSON belongs to the anonymous owner.
+    #[serde(skip)]
+    pub owner: UserId,
+    /// The conversation it belongs to, among its owner's.
     pub chat_id: ChatId,
     /// Who wrote it.
     pub role: Role,
@@ -216,11 +222,16 @@ pub struct Message {
 }
 
 impl Message {
-    /// A new message with a fresh id, status `complete` and the current time.
-    pub fn new(chat_id: ChatId, role: Role, content: impl Into<String>) -> Self {
+    /// A new message of `chat` with a fresh id, status `complete` and the current time.
+    ///
+    /// `chat` is a [`ChatKey`], or a [`ChatId`] for the [anonymous](UserId::anonymous) owner's
+    /// chat.
+    pub fn new(chat: impl Into<ChatKey>, role: Role, content: impl Into<String>) -> Self {
+        let ChatKey { owner, id: chat_id } = chat.into();
         let now = Utc::now();
         Message {
             id: MessageId::generate(),
+            owner,
             chat_id,
             role,
             content: content.into(),
@@ -239,21 +250,26 @@ impl Message {
     }
 
     /// A new user message.
-    pub fn user(chat_id: ChatId, content: impl Into<String>) -> Self {
-        Message::new(chat_id, Role::User, content)
+    pub fn user(chat: impl Into<ChatKey>, content: impl Into<String>) -> Self {
+        Message::new(chat, Role::User, content)
     }
 
     /// A new system message.
-    pub fn system(chat_id: ChatId, content: impl Into<String>) -> Self {
-        Message::new(chat_id, Role::System, content)
+    pub fn system(chat: impl Into<ChatKey>, content: impl Into<String>) -> Self {
+        Message::new(chat, Role::System, content)
     }
 
     /// A new, empty assistant message with status `streaming`, ready to be filled by an
     /// [`Accumulator`](crate::Accumulator).
-    pub fn assistant_streaming(chat_id: ChatId) -> Self {
-        let mut m = Message::new(chat_id, Role::Assistant, String::new());
+    pub fn assistant_streaming(chat: impl Into<ChatKey>) -> Self {
+        let mut m = Message::new(chat, Role::Assistant, String::new());
         m.status = MessageStatus::Streaming;
         m
+    }
+
+    /// The key of the message's chat: its owner and chat id.
+    pub fn key(&self) -> ChatKey {
+        ChatKey::new(self.owner.clone(), self.chat_id.clone())
     }
 
     /// Records which user message this assistant message answers.
@@ -270,10 +286,18 @@ impl Message {
 }
 
 /// A conversation.
+///
+/// In JSON (camelCase): `{"id","createdAt","updatedAt"}` plus `"title"` when it has one; the
+/// [`owner`](Self::owner) is not in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Chat {
-    /// The chat's id.
+    /// Who the chat belongs to: with `id`, its [key](Self::key).
+    ///
+    /// Never in JSON, either way (see [`Message::owner`]).
+    #[serde(skip)]
+    pub owner: UserId,
+    /// The chat's id, unique among its owner's chats.
     pub id: ChatId,
     /// Its title, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,6 +306,13 @@ pub struct Chat {
     pub created_at: DateTime<Utc>,
     /// When a message was last added or changed (chats are listed most recent first).
     pub updated_at: DateTime<Utc>,
+}
+
+impl Chat {
+    /// The chat's key: its owner and id.
+    pub fn key(&self) -> ChatKey {
+        ChatKey::new(self.owner.clone(), self.id.clone())
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +342,39 @@ mod tests {
         assert_eq!(v["status"], "complete");
         let back: Message = serde_json::from_value(v).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn owners_stay_out_of_json() {
+        let alice = ChatKey::new("alice".parse().unwrap(), "c1".parse().unwrap());
+        let m = Message::user(alice.clone(), "hi");
+        assert_eq!(m.key(), alice);
+        let mut v = serde_json::to_value(&m).unwrap();
+        assert!(v.get("owner").is_none(), "{v}");
+        v["owner"] = "alice".into();
+        let back: Message = serde_json::from_value(v).unwrap();
+        assert!(
+            back.owner.is_anonymous(),
+            "an owner is never read from JSON"
+        );
+
+        let chat = Chat {
+            owner: alice.owner.clone(),
+            id: alice.id.clone(),
+            title: None,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        };
+        assert_eq!(chat.key(), alice);
+        let mut v = serde_json::to_value(&chat).unwrap();
+        assert!(v.get("owner").is_none(), "{v}");
+        v["owner"] = "alice".into();
+        assert!(
+            serde_json::from_value::<Chat>(v)
+                .unwrap()
+                .owner
+                .is_anonymous()
+        );
     }
 
     #[test]

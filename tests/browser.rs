@@ -25,8 +25,8 @@ use std::{
 use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::server::ServerOptions;
 use chatstream::{
-    ChatId, ChatRequest, ChatService, Delta, DeltaStream, DynLlmProvider, Error, FinishReason,
-    LlmProvider, Message, Role, ToolCallDelta, provider::DemoProvider,
+    ChatId, ChatKey, ChatRequest, ChatService, Delta, DeltaStream, DynLlmProvider, Error,
+    FinishReason, LlmProvider, Message, Role, ToolCallDelta, UserId, provider::DemoProvider,
 };
 use fantoccini::{Client, ClientBuilder, Locator, key::Key};
 use serde_json::{Value, json};
@@ -758,7 +758,11 @@ async fn scrolling_up_loads_older_pages_once_each_in_order() {
     let chat = ChatId::new("long-chat").unwrap();
     let store = page.service.store();
     store
-        .create_chat(Some(chat.clone()), Some("Long chat".into()))
+        .create_chat(
+            &UserId::anonymous(),
+            Some(chat.clone()),
+            Some("Long chat".into()),
+        )
         .await
         .unwrap();
     let total = 150;
@@ -1254,7 +1258,7 @@ async fn the_use_chat_example_sends_stops_reloads_and_resumes() {
         .click()
         .await
         .unwrap();
-    let chat: ChatId = "react-1".parse().unwrap();
+    let chat = ChatKey::from("react-1".parse::<ChatId>().unwrap());
     for _ in 0..200 {
         if !service.hub().is_live(&chat).await.unwrap() {
             break;

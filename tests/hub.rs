@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use chatstream::{
-    ChatId, MessageId,
+    ChatId, ChatKey, MessageId,
     hub::{
         LocalHub, StreamHub,
         conformance::{pieces, publish_reply},
@@ -48,13 +48,14 @@ local_hub_suite!(
     abandoned_replies_do_not_hang,
     mixed_deltas_replay_intact,
     live_replies_answer_each_chat,
+    owners_are_independent,
     ping_answers,
 );
 
 #[tokio::test(start_paused = true)]
 async fn local_finished_replies_expire_after_the_grace_period() {
     let hub = LocalHub::with_grace(Duration::from_secs(10));
-    let chat = ChatId::generate();
+    let chat = ChatKey::from(ChatId::generate());
     let id = MessageId::generate();
     let mut live = hub.start(&chat, id).await.unwrap();
     publish_reply(&mut *live.publisher, &chat, id, &pieces(3)).await;
@@ -69,7 +70,7 @@ async fn local_finished_replies_expire_after_the_grace_period() {
 #[tokio::test]
 async fn local_watchers_are_counted() {
     let hub = LocalHub::new();
-    let chat = ChatId::generate();
+    let chat = ChatKey::from(ChatId::generate());
     assert_eq!(hub.watchers(&chat).await.unwrap(), Some(0));
     let _live = hub.start(&chat, MessageId::generate()).await.unwrap();
     let a = hub.subscribe(&chat, None).await.unwrap().unwrap();
@@ -93,8 +94,8 @@ mod redis_hub {
 
     use chatstream::provider::{Script, ScriptedProvider};
     use chatstream::{
-        ChatId, ChatService, ChatSession, Delta, Error, FinishReason, Message, MessageId,
-        MessageStatus, MessageStore, UserInput,
+        ChatId, ChatKey, ChatService, ChatSession, Delta, Error, FinishReason, Message, MessageId,
+        MessageStatus, MessageStore, UserId, UserInput,
         hub::{EventPayload, LiveReplyInfo, RedisHub, StreamHub, recover_orphans},
         store::MemoryStore,
     };
@@ -133,6 +134,7 @@ mod redis_hub {
         abandoned_replies_do_not_hang,
         mixed_deltas_replay_intact,
         live_replies_answer_each_chat,
+        owners_are_independent,
         ping_answers,
     );
 
@@ -140,7 +142,7 @@ mod redis_hub {
     async fn started_on_one_instance_followed_and_replayed_on_another() {
         with_redis("redis_hub::followed_on_another", |t| async move {
             let (a, b) = (t.hub("a").await, t.hub("b").await);
-            let chat = ChatId::generate();
+            let chat = ChatKey::from(ChatId::generate());
             let id = MessageId::generate();
             let mut live = a.start(&chat, id).await.unwrap();
             assert!(b.is_live(&chat).await.unwrap());
@@ -171,7 +173,7 @@ mod redis_hub {
     async fn busy_across_instances() {
         with_redis("redis_hub::busy_across_instances", |t| async move {
             let (a, b) = (t.hub("a").await, t.hub("b").await);
-            let chat = ChatId::generate();
+            let chat = ChatKey::from(ChatId::generate());
             let id = MessageId::generate();
             let mut live = a.start(&chat, id).await.unwrap();
             assert!(matches!(
@@ -183,7 +185,7 @@ mod redis_hub {
                 Err(Error::Busy { .. })
             ));
             // Many instances racing for one chat: exactly one wins.
-            let other = ChatId::generate();
+            let other = ChatKey::from(ChatId::generate());
             let hubs = [a.clone(), b.clone(), t.hub("c").await, t.hub("d").await];
             let mut tries = Vec::new();
             for hub in &hubs {
@@ -221,14 +223,18 @@ mod redis_hub {
             // The default lease (renewed every 3.3 s): a cancel seen within a second came by
             // pub/sub, not by the renewal's fallback check.
             let (a, b) = (t.hub("a").await, t.hub("b").await);
-            let chat = ChatId::generate();
+            let chat = ChatKey::from(ChatId::generate());
             let id = MessageId::generate();
             let mut live = a.start(&chat, id).await.unwrap();
             live.publisher
                 .publish(start_payload(&chat, id))
                 .await
                 .unwrap();
-            assert!(!b.terminate(&ChatId::generate()).await.unwrap());
+            assert!(
+                !b.terminate(&ChatKey::from(ChatId::generate()))
+                    .await
+                    .unwrap()
+            );
             let asked = Instant::now();
             assert!(b.terminate(&chat).await.unwrap());
             tokio::time::timeout(Duration::from_secs(1), live.cancel.cancelled())
@@ -265,7 +271,7 @@ mod redis_hub {
         with_redis("redis_hub::dead_instance", |t| async move {
             let lease = Duration::from_millis(500);
             let store = Arc::new(MemoryStore::new());
-            let chat = store.create_chat(None, None).await.unwrap();
+            let chat = store.create_chat(&UserId::anonymous(), None, None).await.unwrap();
             let b = t.builder("b").lease(lease).connect().await.unwrap();
 
             // Instance A runs on a runtime of its own, which is then shut down: its renewals
@@ -275,7 +281,7 @@ mod redis_hub {
                 .enable_all()
                 .build()
                 .unwrap();
-            let (a_chat, a_store, a_redis) = (chat.id.clone(), store.clone(), t.clone());
+            let (a_chat, a_store, a_redis) = (chat.key(), store.clone(), t.clone());
             let message_id = a_runtime
                 .spawn(async move {
                     let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
@@ -300,22 +306,22 @@ mod redis_hub {
                 })
                 .await
                 .unwrap();
-            let follower = b.subscribe(&chat.id, None).await.unwrap().unwrap();
+            let follower = b.subscribe(&chat.key(), None).await.unwrap().unwrap();
             a_runtime.shutdown_background();
             let died = Instant::now();
 
             // Within the lease, B leaves the reply alone.
-            assert!(b.is_live(&chat.id).await.unwrap());
+            assert!(b.is_live(&chat.key()).await.unwrap());
             assert_eq!(recover_orphans(&*store, &b).await.unwrap(), 0);
-            let m = store.get_message(&message_id).await.unwrap().unwrap();
+            let m = store.get_message(&UserId::anonymous(), &message_id).await.unwrap().unwrap();
             assert_eq!(m.status, MessageStatus::Streaming);
             assert!(matches!(
-                b.start(&chat.id, MessageId::generate()).await,
+                b.start(&chat.key(), MessageId::generate()).await,
                 Err(Error::Busy { .. })
             ));
 
             // Once it expired, the follower ends and recovery marks the reply.
-            while b.is_live(&chat.id).await.unwrap() {
+            while b.is_live(&chat.key()).await.unwrap() {
                 assert!(died.elapsed() < Duration::from_secs(10), "the lease never expired");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -330,12 +336,12 @@ mod redis_hub {
                 EventPayload::Done { status: MessageStatus::Interrupted, message_id, .. } if *message_id == message_id_of(&events)
             ));
             assert_eq!(recover_orphans(&*store, &b).await.unwrap(), 1);
-            let m = store.get_message(&message_id).await.unwrap().unwrap();
+            let m = store.get_message(&UserId::anonymous(), &message_id).await.unwrap().unwrap();
             assert_eq!(m.status, MessageStatus::Interrupted);
             assert_eq!(m.content, "checkpointed text");
             assert_eq!(recover_orphans(&*store, &b).await.unwrap(), 0);
             // The chat is free again.
-            b.start(&chat.id, MessageId::generate())
+            b.start(&chat.key(), MessageId::generate())
                 .await
                 .unwrap()
                 .publisher
@@ -367,7 +373,9 @@ mod redis_hub {
         with_redis("redis_hub::many_live_replies", |t| async move {
             let lease = Duration::from_secs(1);
             let b = t.builder("b").lease(lease).connect().await.unwrap();
-            let chats: Vec<ChatId> = (0..200).map(|_| ChatId::generate()).collect();
+            let chats: Vec<ChatKey> = (0..200)
+                .map(|_| ChatKey::from(ChatId::generate()))
+                .collect();
             let (a_chats, a_redis) = (chats.clone(), t.clone());
             let (a_runtime, ids) = on_instance_a(async move {
                 let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
@@ -437,7 +445,7 @@ mod redis_hub {
         with_redis("redis_hub::missed_terminate", |t| async move {
             let lease = Duration::from_secs(2);
             let a = t.builder("a").lease(lease).connect().await.unwrap();
-            let chat = ChatId::generate();
+            let chat = ChatKey::from(ChatId::generate());
             let id = MessageId::generate();
             let mut live = a.start(&chat, id).await.unwrap();
             // What a terminate writes, without its message to the owner.
@@ -467,7 +475,7 @@ mod redis_hub {
         with_redis("redis_hub::service_recovers", |t| async move {
             let lease = Duration::from_millis(1000);
             let store = Arc::new(MemoryStore::new());
-            let chat = store.create_chat(None, None).await.unwrap();
+            let chat = store.create_chat(&UserId::anonymous(), None, None).await.unwrap();
             let b = Arc::new(t.builder("b").lease(lease).connect().await.unwrap());
             assert_eq!(
                 b.recovery_interval(),
@@ -480,7 +488,7 @@ mod redis_hub {
                 .hub(b.clone())
                 .build()
                 .unwrap();
-            let (a_chat, a_store, a_redis) = (chat.id.clone(), store.clone(), t.clone());
+            let (a_chat, a_store, a_redis) = (chat.key(), store.clone(), t.clone());
             let (a_runtime, message_id) = on_instance_a(async move {
                 let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
                 let message = Message::assistant_streaming(a_chat.clone());
@@ -496,13 +504,13 @@ mod redis_hub {
             })
             .await;
             let follower = tokio::spawn(async move {
-                let events = collect(b.subscribe(&chat.id, None).await.unwrap().unwrap()).await;
+                let events = collect(b.subscribe(&chat.key(), None).await.unwrap().unwrap()).await;
                 (events, Instant::now())
             });
             a_runtime.shutdown_background();
             let died = Instant::now();
             let status = |store: Arc<MemoryStore>| async move {
-                store.get_message(&message_id).await.unwrap().unwrap().status
+                store.get_message(&UserId::anonymous(), &message_id).await.unwrap().unwrap().status
             };
             let marked = loop {
                 if status(store.clone()).await != MessageStatus::Streaming {
@@ -548,14 +556,17 @@ mod redis_hub {
                 t.builder("b").lease(lease).connect().await.unwrap(),
             );
             let store = MemoryStore::new();
-            let chat = store.create_chat(None, None).await.unwrap();
-            let message = Message::assistant_streaming(chat.id.clone());
-            let mut live = a.start(&chat.id, message.id).await.unwrap();
+            let chat = store
+                .create_chat(&UserId::anonymous(), None, None)
+                .await
+                .unwrap();
+            let message = Message::assistant_streaming(chat.key());
+            let mut live = a.start(&chat.key(), message.id).await.unwrap();
             store.append(&message).await.unwrap();
             // Before its start event and after it, over three leases: never touched.
             assert_eq!(recover_orphans(&store, &b).await.unwrap(), 0);
             live.publisher
-                .publish(start_payload(&chat.id, message.id))
+                .publish(start_payload(&chat.key(), message.id))
                 .await
                 .unwrap();
             for _ in 0..9 {
@@ -564,13 +575,13 @@ mod redis_hub {
             }
             // An orphan in the same chat (an older reply whose owner died) is recovered even
             // while the chat is busy with this one.
-            let mut orphan = Message::assistant_streaming(chat.id.clone());
+            let mut orphan = Message::assistant_streaming(chat.key());
             orphan.created_at = message.created_at - chrono::Duration::seconds(5);
             store.append(&orphan).await.unwrap();
             assert_eq!(recover_orphans(&store, &b).await.unwrap(), 1);
             assert_eq!(
                 store
-                    .get_message(&message.id)
+                    .get_message(&UserId::anonymous(), &message.id)
                     .await
                     .unwrap()
                     .unwrap()
@@ -590,7 +601,7 @@ mod redis_hub {
         with_redis("redis_hub::grace", |t| async move {
             let grace = Duration::from_millis(1500);
             let hub = t.builder("a").grace(grace).connect().await.unwrap();
-            let chat = ChatId::generate();
+            let chat = ChatKey::from(ChatId::generate());
             let id = MessageId::generate();
             let mut live = hub.start(&chat, id).await.unwrap();
             publish_reply(&mut *live.publisher, &chat, id, &pieces(3)).await;
@@ -707,7 +718,7 @@ mod redis_hub {
                 .connect()
                 .await
                 .unwrap();
-            let chat = ChatId::generate();
+            let chat = ChatKey::from(ChatId::generate());
             let id = MessageId::generate();
             let mut live = hub.start(&chat, id).await.unwrap();
             live.publisher
@@ -782,9 +793,9 @@ mod redis_hub {
                 .hub(Arc::new(a))
                 .build()
                 .unwrap();
-            let session = service.session(ChatId::generate());
+            let session = service.session(ChatKey::from(ChatId::generate()));
             let reply = session.send(UserInput::new("Hi")).await.unwrap();
-            let chat = reply.chat_id.clone();
+            let chat = reply.user_message.key();
             let on_b = b.subscribe(&chat, None).await.unwrap().unwrap();
             let events = collect(reply.events).await;
             assert_eq!(text(&events), "Hello world");
@@ -826,7 +837,7 @@ mod redis_hub {
                 .build()
                 .unwrap();
             let reply = service
-                .session(ChatId::generate())
+                .session(ChatKey::from(ChatId::generate()))
                 .send(UserInput::new("Hi"))
                 .await
                 .unwrap();
@@ -858,7 +869,11 @@ mod redis_hub {
     async fn wait_final(store: &dyn MessageStore, id: MessageId) -> Message {
         let began = Instant::now();
         loop {
-            let m = store.get_message(&id).await.unwrap().expect("stored");
+            let m = store
+                .get_message(&UserId::anonymous(), &id)
+                .await
+                .unwrap()
+                .expect("stored");
             if m.status.is_final() {
                 return m;
             }

@@ -12,9 +12,10 @@ use std::{
 use async_trait::async_trait;
 use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
-    Chat, ChatId, ChatRequest, ChatService, ChatSession, ContextBudget, Delta, DeltaStream, Error,
-    EventPayload, FinishReason, HubEvent, HubEventStream, LlmProvider, LocalHub, Message,
-    MessageId, MessageStatus, MessageStore, RetryNotice, Role, UserInput,
+    Chat, ChatId, ChatKey, ChatRequest, ChatService, ChatSession, ContextBudget, Delta,
+    DeltaStream, Error, EventPayload, FinishReason, HubEvent, HubEventStream, LlmProvider,
+    LocalHub, Message, MessageId, MessageStatus, MessageStore, RetryNotice, Role, UserId,
+    UserInput,
     store::{Appended, ChatPage, DynMessageStore, HistoryPage, MemoryStore},
 };
 use chrono::{DateTime, Utc};
@@ -95,7 +96,11 @@ async fn read_texts(events: &mut HubEventStream, n: u64) -> Drained {
 }
 
 async fn message(store: &DynMessageStore, id: MessageId) -> Message {
-    store.get_message(&id).await.unwrap().expect("stored")
+    store
+        .get_message(&UserId::anonymous(), &id)
+        .await
+        .unwrap()
+        .expect("stored")
 }
 
 /// Waits (on tokio's clock) until the message is no longer streaming.
@@ -315,8 +320,8 @@ async fn an_old_handle_never_cancels_a_newer_reply(store: DynMessageStore) {
         .then(Script::reply(["slow", " third"]).per_delta_delay(Duration::from_millis(50)));
     let service = self::service(&provider, store.clone());
     let session = service.session(chat());
-    let user = Message::user(session.chat_id().clone(), "lost").with_client_message_id("k9");
-    let left = Message::assistant_streaming(session.chat_id().clone()).replying_to(user.id);
+    let user = Message::user(session.key(), "lost").with_client_message_id("k9");
+    let left = Message::assistant_streaming(session.key()).replying_to(user.id);
     store.append_turn(&user, &left).await.unwrap();
     let repeat = session
         .send(UserInput::new("lost").with_client_message_id("k9"))
@@ -451,7 +456,7 @@ async fn two_hundred_chats_stream_at_once(store: DynMessageStore) {
         .unwrap();
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let session = service.session(format!("chat-{i}").parse().unwrap());
+        let session = service.session(format!("chat-{i}").parse::<ChatId>().unwrap());
         tasks.push(tokio::spawn(async move {
             let content = format!("reply number {i} for this chat");
             let reply = session.send(UserInput::new(content.clone())).await.unwrap();
@@ -519,22 +524,23 @@ impl MessageStore for Recording {
     }
     async fn create_chat(
         &self,
+        owner: &UserId,
         id: Option<ChatId>,
         title: Option<String>,
     ) -> chatstream::Result<Chat> {
-        self.inner.create_chat(id, title).await
+        self.inner.create_chat(owner, id, title).await
     }
-    async fn get_chat(&self, id: &ChatId) -> chatstream::Result<Option<Chat>> {
-        self.inner.get_chat(id).await
+    async fn get_chat(&self, chat: &ChatKey) -> chatstream::Result<Option<Chat>> {
+        self.inner.get_chat(chat).await
     }
-    async fn list_chats(&self, page: ChatPage) -> chatstream::Result<Vec<Chat>> {
-        self.inner.list_chats(page).await
+    async fn list_chats(&self, owner: &UserId, page: ChatPage) -> chatstream::Result<Vec<Chat>> {
+        self.inner.list_chats(owner, page).await
     }
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> chatstream::Result<Chat> {
-        self.inner.rename_chat(id, title).await
+    async fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> chatstream::Result<Chat> {
+        self.inner.rename_chat(chat, title).await
     }
-    async fn delete_chat(&self, id: &ChatId) -> chatstream::Result<bool> {
-        self.inner.delete_chat(id).await
+    async fn delete_chat(&self, chat: &ChatKey) -> chatstream::Result<bool> {
+        self.inner.delete_chat(chat).await
     }
     async fn append(&self, message: &Message) -> chatstream::Result<()> {
         self.inner.append(message).await
@@ -561,10 +567,14 @@ impl MessageStore for Recording {
         ));
         self.inner.update(message).await
     }
-    async fn get_message(&self, id: &MessageId) -> chatstream::Result<Option<Message>> {
-        self.inner.get_message(id).await
+    async fn get_message(
+        &self,
+        owner: &UserId,
+        id: &MessageId,
+    ) -> chatstream::Result<Option<Message>> {
+        self.inner.get_message(owner, id).await
     }
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> chatstream::Result<Vec<Message>> {
+    async fn history(&self, chat: &ChatKey, page: HistoryPage) -> chatstream::Result<Vec<Message>> {
         {
             let mut fail = self.fail_history.lock().unwrap();
             if *fail > 0 {
@@ -580,6 +590,9 @@ impl MessageStore for Recording {
     }
     async fn recover_streaming(&self, before: Option<DateTime<Utc>>) -> chatstream::Result<u64> {
         self.inner.recover_streaming(before).await
+    }
+    async fn streaming_replies(&self) -> chatstream::Result<Vec<Message>> {
+        self.inner.streaming_replies().await
     }
 }
 
@@ -707,7 +720,7 @@ async fn a_send_that_cannot_start_leaves_a_failed_reply(store: DynMessageStore) 
         ),
     }
     let stored = store
-        .history(session.chat_id(), HistoryPage::default())
+        .history(session.key(), HistoryPage::default())
         .await
         .unwrap();
     assert_eq!(stored.len(), 2, "the turn was stored: {stored:?}");
@@ -764,7 +777,7 @@ async fn retry_notices_pass_through_without_touching_the_text(store: DynMessageS
 async fn the_context_budget_drops_the_oldest_and_keeps_the_system_prompt(store: DynMessageStore) {
     let chat_id = chat();
     store
-        .create_chat(Some(chat_id.clone()), None)
+        .create_chat(&UserId::anonymous(), Some(chat_id.clone()), None)
         .await
         .unwrap();
     for (role, text) in [
@@ -1029,6 +1042,131 @@ async fn shutdown_interrupts_replies_after_the_grace_period(store: DynMessageSto
     ));
 }
 
+/// Two owners' chats of one id are two chats to the sessions: sends, replies and their streams,
+/// histories, client keys, terminates and deletes of one never reach the other.
+async fn two_owners_chats_of_one_id_never_meet(store: DynMessageStore) {
+    let provider = ScriptedProvider::new()
+        .then(Script::new().text("for alice").stall())
+        .then(Script::reply(["for bob"]));
+    let service = service(&provider, store.clone());
+    let id = chat();
+    let (alice_id, bob_id): (UserId, UserId) = ("alice".parse().unwrap(), "bob".parse().unwrap());
+    let alice = service.session(ChatKey::new(alice_id.clone(), id.clone()));
+    let bob = service.session(ChatKey::new(bob_id.clone(), id.clone()));
+    let nobody = service.session(id.clone());
+    assert_eq!((alice.chat_id(), bob.chat_id()), (&id, &id));
+
+    let mut alices = alice
+        .send(UserInput::new("alice asks").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    let seen = read_texts(&mut alices.events, 1).await;
+    assert!(alice.is_live().await.unwrap());
+    for other in [&bob, &nobody] {
+        assert!(!other.is_live().await.unwrap(), "{:?}", other.key());
+        assert!(other.subscribe(None).await.unwrap().is_none());
+        assert!(
+            other
+                .history(HistoryPage::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!other.cancel().await.unwrap(), "nothing of theirs is live");
+        assert!(!service.terminate(other.key()).await.unwrap());
+    }
+    assert!(
+        alice.is_live().await.unwrap(),
+        "the others' terminates spare alice's reply"
+    );
+
+    // Bob's chat is not busy with Alice's reply, and her client key is not his.
+    let bobs = bob
+        .send(UserInput::new("bob asks").with_client_message_id("k1"))
+        .await
+        .unwrap();
+    assert!(bobs.is_new());
+    assert_eq!(bobs.user_message.key(), *bob.key());
+    assert_ne!(bobs.user_message.id, alices.user_message.id);
+    let bob_reply = bobs.assistant_message_id;
+    let d = drain(bobs.events).await;
+    assert_eq!(d.text, "for bob");
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Complete));
+    let texts = |history: Vec<Message>| {
+        history
+            .into_iter()
+            .map(|m| (m.owner, m.content))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        texts(bob.history(HistoryPage::default()).await.unwrap()),
+        [
+            (bob_id.clone(), "bob asks".to_string()),
+            (bob_id.clone(), "for bob".to_string())
+        ]
+    );
+    assert_eq!(
+        provider.requests()[1].messages.len(),
+        1,
+        "bob's request carries his message only"
+    );
+    assert!(
+        alice.is_live().await.unwrap(),
+        "bob's reply ended, not alice's"
+    );
+    let following = alice.subscribe(None).await.unwrap().unwrap();
+
+    // Alice's reply stops for her terminate only, and her chat keeps her messages only.
+    assert!(service.terminate(alice.key()).await.unwrap());
+    let d = drain(alices.events).await;
+    assert_eq!(seen.text + &d.text, "for alice");
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Cancelled));
+    assert_eq!(drain(following).await.text, "for alice");
+    // Persisted before its `done`.
+    let alice_reply = store
+        .get_message(&alice_id, &alices.assistant_message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice_reply.status, MessageStatus::Cancelled);
+    assert_eq!(
+        texts(alice.history(HistoryPage::default()).await.unwrap()),
+        [
+            (alice_id.clone(), "alice asks".to_string()),
+            (alice_id.clone(), "for alice".to_string())
+        ]
+    );
+    assert!(
+        store
+            .get_message(&bob_id, &alices.assistant_message_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Deleting Bob's chat leaves Alice's.
+    assert!(!service.delete_chat(nobody.key()).await.unwrap());
+    assert!(service.delete_chat(bob.key()).await.unwrap());
+    assert!(
+        bob.history(HistoryPage::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .get_message(&bob_id, &bob_reply)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        alice.history(HistoryPage::default()).await.unwrap().len(),
+        2
+    );
+    assert!(store.get_chat(alice.key()).await.unwrap().is_some());
+}
+
 macro_rules! for_every_store {
     ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         $(
@@ -1066,6 +1204,8 @@ mod every_store {
         the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
         #[tokio::test]
         regenerate_replaces_the_last_reply_in_the_context,
+        #[tokio::test]
+        two_owners_chats_of_one_id_never_meet,
     );
 
     #[test]

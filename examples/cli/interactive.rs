@@ -154,7 +154,7 @@ async fn first_chat(app: &App, args: &Args) -> Result<ChatId, String> {
         if args.new {
             return app
                 .store
-                .create_chat(Some(id.clone()), None)
+                .create_chat(&app.owner, Some(id.clone()), None)
                 .await
                 .map(|c| c.id)
                 .map_err(|e| e.to_string());
@@ -169,10 +169,13 @@ async fn first_chat(app: &App, args: &Args) -> Result<ChatId, String> {
     }
     let recent = app
         .store
-        .list_chats(ChatPage {
-            limit: 1,
-            offset: 0,
-        })
+        .list_chats(
+            &app.owner,
+            ChatPage {
+                limit: 1,
+                offset: 0,
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(recent
@@ -202,11 +205,12 @@ impl Repl {
 
     /// One line about the current chat.
     async fn describe_chat(&self) {
-        let chat = self.app.store.get_chat(&self.chat).await.ok().flatten();
+        let key = self.app.chat(&self.chat);
+        let chat = self.app.store.get_chat(&key).await.ok().flatten();
         let count = self
             .app
             .store
-            .history(&self.chat, HistoryPage::newest(1000))
+            .history(&key, HistoryPage::newest(1000))
             .await
             .map_or(0, |h| h.len());
         let title = chat
@@ -249,7 +253,7 @@ impl Repl {
 
     async fn send(&mut self, text: String) -> Result<(), String> {
         self.interrupts.clear();
-        let session = self.service.session(self.chat.clone());
+        let session = self.service.session(self.app.chat(&self.chat));
         let handle = session
             .send(UserInput::new(text).with_options(self.send_options()))
             .await
@@ -280,7 +284,7 @@ impl Repl {
         let chat = self
             .app
             .store
-            .create_chat(None, title)
+            .create_chat(&self.app.owner, None, title)
             .await
             .map_err(|e| e.to_string())?;
         self.enter(chat.id).await;
@@ -297,7 +301,7 @@ impl Repl {
         self.listed = self
             .app
             .store
-            .list_chats(ChatPage::default())
+            .list_chats(&self.app.owner, ChatPage::default())
             .await
             .map_err(|e| e.to_string())?;
         if self.listed.is_empty() {
@@ -343,7 +347,7 @@ impl Repl {
         let store = &self.app.store;
         if let Ok(id) = target.parse::<ChatId>()
             && store
-                .get_chat(&id)
+                .get_chat(&self.app.chat(&id))
                 .await
                 .map_err(|e| e.to_string())?
                 .is_some()
@@ -353,7 +357,7 @@ impl Repl {
         }
         if self.listed.is_empty() {
             self.listed = store
-                .list_chats(ChatPage::default())
+                .list_chats(&self.app.owner, ChatPage::default())
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -392,7 +396,7 @@ impl Repl {
         let messages = self
             .app
             .store
-            .history(&self.chat, HistoryPage::newest(limit))
+            .history(&self.app.chat(&self.chat), HistoryPage::newest(limit))
             .await
             .map_err(|e| e.to_string())?;
         if messages.is_empty() {
@@ -436,7 +440,7 @@ impl Repl {
         self.interrupts.clear();
         let handle = self
             .service
-            .session(self.chat.clone())
+            .session(self.app.chat(&self.chat))
             .regenerate_with(self.send_options())
             .await
             .map_err(|e| match e {

@@ -19,7 +19,9 @@ use std::{
     time::Duration,
 };
 
-use chatstream::{ChatId, ChatService, DynLlmProvider, DynMessageStore, provider::ProviderKind};
+use chatstream::{
+    ChatId, ChatKey, ChatService, DynLlmProvider, DynMessageStore, UserId, provider::ProviderKind,
+};
 use clap::{Parser, ValueEnum};
 
 /// A terminal chat with large language models, on the chatstream library.
@@ -112,6 +114,9 @@ const EXIT_INTERRUPTED: u8 = 130;
 struct App {
     provider: DynLlmProvider,
     store: DynMessageStore,
+    /// Whose chats the CLI makes and reads: one local owner, the anonymous one, whose chats a
+    /// server without authentication on the same database shows too.
+    owner: UserId,
     system: Option<String>,
     /// Where line history and the current chat are remembered (none: nothing is remembered).
     data_dir: Option<PathBuf>,
@@ -132,11 +137,21 @@ impl App {
         builder.build()
     }
 
+    /// The key of the local owner's chat `id`.
+    fn chat(&self, id: &ChatId) -> ChatKey {
+        ChatKey::new(self.owner.clone(), id.clone())
+    }
+
     /// The chat the interactive mode was in when it last ran, if it still exists.
     async fn remembered_chat(&self) -> Option<ChatId> {
         let path = self.data_dir.as_ref()?.join(CURRENT_CHAT_FILE);
         let id: ChatId = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-        self.store.get_chat(&id).await.ok().flatten().map(|c| c.id)
+        self.store
+            .get_chat(&self.chat(&id))
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.id)
     }
 
     /// Remembers the current chat for the next run; failing to is not worth stopping for.
@@ -214,6 +229,7 @@ async fn setup(args: &Args) -> Result<App, String> {
     Ok(App {
         provider: build_provider(args).map_err(|e| e.to_string())?,
         store,
+        owner: UserId::anonymous(),
         system: args.system.clone().filter(|s| !s.trim().is_empty()),
         data_dir,
     })

@@ -39,7 +39,7 @@ async fn send(app: App, args: &Args) -> Result<ExitCode, String> {
     let service = app
         .service(args.model.as_deref())
         .map_err(|e| e.to_string())?;
-    let session = service.session(chat);
+    let session = service.session(app.chat(&chat));
     let mut interrupts = Interrupts::install().map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
     let handle = session
         .send(UserInput::new(prompt))
@@ -52,7 +52,7 @@ async fn send(app: App, args: &Args) -> Result<ExitCode, String> {
     if args.json {
         let message = app
             .store
-            .get_message(&outcome.message_id)
+            .get_message(&app.owner, &outcome.message_id)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the reply is missing from the store")?;
@@ -77,7 +77,7 @@ async fn pick_chat(app: &App, args: &Args) -> Result<ChatId, String> {
     match (&args.chat, args.new, args.continue_last) {
         (Some(id), true, _) => app
             .store
-            .create_chat(Some(id.clone()), None)
+            .create_chat(&app.owner, Some(id.clone()), None)
             .await
             .map(|c| c.id)
             .map_err(|e| e.to_string()),
@@ -86,10 +86,13 @@ async fn pick_chat(app: &App, args: &Args) -> Result<ChatId, String> {
             Some(id) => Ok(id),
             None => app
                 .store
-                .list_chats(ChatPage {
-                    limit: 1,
-                    offset: 0,
-                })
+                .list_chats(
+                    &app.owner,
+                    ChatPage {
+                        limit: 1,
+                        offset: 0,
+                    },
+                )
                 .await
                 .map_err(|e| e.to_string())?
                 .into_iter()

@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::{EventPayload, HubEvent, HubEventStream, ReplyPublisher, StreamHub};
-use crate::{ChatId, Delta, Error, FinishReason, MessageId, MessageStatus, Usage};
+use crate::{ChatId, ChatKey, Delta, Error, FinishReason, MessageId, MessageStatus, Usage, UserId};
 
 /// Runs every check, one after the other.
 pub async fn run_all(hub: &dyn StreamHub) {
@@ -39,13 +39,19 @@ pub async fn run_all(hub: &dyn StreamHub) {
     abandoned_replies_do_not_hang(hub).await;
     mixed_deltas_replay_intact(hub).await;
     live_replies_answer_each_chat(hub).await;
+    owners_are_independent(hub).await;
     ping_answers(hub).await;
 }
 
+/// A chat no other check uses: the anonymous owner's, with a generated id.
+pub fn fresh_chat() -> ChatKey {
+    ChatKey::from(ChatId::generate())
+}
+
 /// The `start` event of a reply filling `message_id`.
-pub fn start_payload(chat: &ChatId, message_id: MessageId) -> EventPayload {
+pub fn start_payload(chat: &ChatKey, message_id: MessageId) -> EventPayload {
     EventPayload::Start {
-        chat_id: chat.clone(),
+        chat_id: chat.id.clone(),
         message_id,
         user_message_id: MessageId::generate(),
     }
@@ -98,7 +104,7 @@ pub fn assert_increasing_after(events: &[HubEvent], after: u64) {
 /// `done` event's number.
 pub async fn publish_reply(
     publisher: &mut dyn ReplyPublisher,
-    chat: &ChatId,
+    chat: &ChatKey,
     id: MessageId,
     words: &[String],
 ) -> u64 {
@@ -115,8 +121,8 @@ pub async fn publish_reply(
 
 /// One live reply per chat; a finished one frees the chat; other chats are independent.
 pub async fn one_live_reply_per_chat(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
-    let other = ChatId::generate();
+    let chat = fresh_chat();
+    let other = fresh_chat();
     assert!(!hub.is_live(&chat).await.unwrap());
     let (id, other_id) = (MessageId::generate(), MessageId::generate());
     let mut live = hub.start(&chat, id).await.unwrap();
@@ -144,7 +150,7 @@ pub async fn one_live_reply_per_chat(hub: &dyn StreamHub) {
 /// Numbers start at 1 and increase; replay after every N gives exactly the rest; a subscriber
 /// that saw the end, or a chat with nothing, gets `None`.
 pub async fn replay_after_every_n(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     assert!(hub.subscribe(&chat, None).await.unwrap().is_none());
     let words = pieces(100);
     let id = MessageId::generate();
@@ -184,7 +190,7 @@ pub async fn replay_after_every_n(hub: &dyn StreamHub) {
 /// Subscribers that join before, during and after the live part all get exactly the reply, and
 /// their streams end after `done`.
 pub async fn follow_live_with_many_subscribers(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     let words = pieces(300);
     let id = MessageId::generate();
     let mut live = hub.start(&chat, id).await.unwrap();
@@ -226,7 +232,7 @@ pub async fn follow_live_with_many_subscribers(hub: &dyn StreamHub) {
 /// A subscriber that is never polled does not hold the publisher or other subscribers back, and
 /// later catches up exactly.
 pub async fn slow_subscriber_lags_without_blocking(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     let words = pieces(5_000);
     let id = MessageId::generate();
     let mut live = hub.start(&chat, id).await.unwrap();
@@ -247,7 +253,7 @@ pub async fn slow_subscriber_lags_without_blocking(hub: &dyn StreamHub) {
 
 /// Terminate fires the reply's token once; with nothing live it answers `false`.
 pub async fn terminate_fires_the_token(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     assert!(!hub.terminate(&chat).await.unwrap());
     let id = MessageId::generate();
     let mut live = hub.start(&chat, id).await.unwrap();
@@ -273,7 +279,7 @@ pub async fn terminate_fires_the_token(hub: &dyn StreamHub) {
 /// Aborting a reply that published nothing frees the chat as though it never started; dropping a
 /// publisher mid-reply ends the reply as interrupted, so no subscriber hangs.
 pub async fn abandoned_replies_do_not_hang(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     let live = hub.start(&chat, MessageId::generate()).await.unwrap();
     live.publisher.abort().await.unwrap();
     assert!(!hub.is_live(&chat).await.unwrap());
@@ -306,7 +312,7 @@ pub async fn abandoned_replies_do_not_hang(hub: &dyn StreamHub) {
 
 /// Every kind of delta survives replay (coalesced or not) with its content intact.
 pub async fn mixed_deltas_replay_intact(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     let id = MessageId::generate();
     let mut live = hub.start(&chat, id).await.unwrap();
     live.publisher
@@ -367,13 +373,13 @@ pub async fn mixed_deltas_replay_intact(hub: &dyn StreamHub) {
 /// start to the end; a reply abandoned before its `start` event still ends with a `done` for
 /// that message.
 pub async fn live_reply_names_its_message(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     assert_eq!(hub.live_reply(&chat).await.unwrap(), None);
     let id = MessageId::generate();
     let mut live = hub.start(&chat, id).await.unwrap();
     let named = |info: Option<super::LiveReplyInfo>| info.map(|i| i.message_id);
     assert_eq!(named(hub.live_reply(&chat).await.unwrap()), Some(id));
-    assert_eq!(hub.live_reply(&ChatId::generate()).await.unwrap(), None);
+    assert_eq!(hub.live_reply(&fresh_chat()).await.unwrap(), None);
     // Known before anything is published, and after.
     live.publisher
         .publish(start_payload(&chat, id))
@@ -410,7 +416,7 @@ pub async fn live_reply_names_its_message(hub: &dyn StreamHub) {
 /// `terminate_reply` stops the chat's live reply only if it fills the given message: a request
 /// meant for an older reply never stops a newer one.
 pub async fn terminate_reply_spares_newer_replies(hub: &dyn StreamHub) {
-    let chat = ChatId::generate();
+    let chat = fresh_chat();
     let old = MessageId::generate();
     assert!(
         !hub.terminate_reply(&chat, &old).await.unwrap(),
@@ -451,7 +457,7 @@ pub async fn terminate_reply_spares_newer_replies(hub: &dyn StreamHub) {
 /// their message, nothing for idle chats, finished replies or repeated chats alike.
 pub async fn live_replies_answer_each_chat(hub: &dyn StreamHub) {
     assert_eq!(hub.live_replies(&[]).await.unwrap(), Vec::new());
-    let chats: Vec<ChatId> = (0..5).map(|_| ChatId::generate()).collect();
+    let chats: Vec<ChatKey> = (0..5).map(|_| fresh_chat()).collect();
     let ids: Vec<MessageId> = chats.iter().map(|_| MessageId::generate()).collect();
     // Chats 0, 2 and 4 are live; 1 finished its reply; 3 never had one.
     let mut live = Vec::new();
@@ -504,4 +510,104 @@ pub async fn ping_answers(hub: &dyn StreamHub) {
     for _ in 0..3 {
         hub.ping().await.unwrap();
     }
+}
+
+/// Two owners' chats of one id are two chats: a reply live in one leaves the other free to start
+/// its own, and lookups, subscriptions, terminates and watcher counts reach only their own
+/// owner's reply.
+pub async fn owners_are_independent(hub: &dyn StreamHub) {
+    let id = ChatId::generate();
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    // Characters a backend's key layout might split on: '|', '/', ':' and non-ASCII.
+    let alice = ChatKey::new(
+        UserId::new(format!("auth0|älice/{unique}:x")).unwrap(),
+        id.clone(),
+    );
+    let bob = ChatKey::new(UserId::new(format!("bob-{unique}")).unwrap(), id.clone());
+    let nobody = ChatKey::from(id);
+    let (a, b) = (MessageId::generate(), MessageId::generate());
+    let mut alice_live = hub.start(&alice, a).await.unwrap();
+    alice_live
+        .publisher
+        .publish(start_payload(&alice, a))
+        .await
+        .unwrap();
+    for other in [&bob, &nobody] {
+        assert!(!hub.is_live(other).await.unwrap(), "{other} is not live");
+        assert_eq!(hub.live_reply(other).await.unwrap(), None, "{other}");
+        assert!(
+            hub.subscribe(other, None).await.unwrap().is_none(),
+            "{other}"
+        );
+        assert!(!hub.terminate(other).await.unwrap(), "{other}");
+        assert!(!hub.terminate_reply(other, &a).await.unwrap(), "{other}");
+    }
+    let watching_alice = hub.subscribe(&alice, None).await.unwrap().unwrap();
+    if let Some(watchers) = hub.watchers(&alice).await.unwrap() {
+        assert!(watchers >= 1, "alice's reply has a watcher");
+        assert_eq!(hub.watchers(&bob).await.unwrap(), Some(0), "bob's has none");
+    }
+    assert!(!alice_live.cancel.is_cancelled(), "untouched by the others");
+
+    // Bob's chat of the same id is not busy with Alice's reply.
+    let mut bob_live = hub.start(&bob, b).await.unwrap();
+    assert!(matches!(
+        hub.start(&alice, MessageId::generate()).await,
+        Err(Error::Busy { .. })
+    ));
+    bob_live
+        .publisher
+        .publish(start_payload(&bob, b))
+        .await
+        .unwrap();
+    let named: Vec<Option<MessageId>> = hub
+        .live_replies(&[alice.clone(), bob.clone(), nobody.clone()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|live| live.map(|i| i.message_id))
+        .collect();
+    assert_eq!(named, [Some(a), Some(b), None]);
+    let watching_bob = hub.subscribe(&bob, None).await.unwrap().unwrap();
+    for (live, word) in [(&mut alice_live, "alice "), (&mut bob_live, "bob ")] {
+        live.publisher
+            .publish(EventPayload::Delta(Delta::text(word)))
+            .await
+            .unwrap();
+    }
+
+    // Stopping Bob's reply leaves Alice's running.
+    assert!(hub.terminate(&bob).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(1), bob_live.cancel.cancelled())
+        .await
+        .expect("bob's cancel token fired");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !alice_live.cancel.is_cancelled(),
+        "bob's terminate stopped alice's reply"
+    );
+    assert!(hub.is_live(&alice).await.unwrap());
+    bob_live
+        .publisher
+        .publish(EventPayload::done(b, MessageStatus::Cancelled))
+        .await
+        .unwrap();
+    assert!(
+        hub.is_live(&alice).await.unwrap(),
+        "bob's done ends only bob's reply"
+    );
+    alice_live.publisher.publish(done_payload(a)).await.unwrap();
+
+    let alice_events = collect(watching_alice).await;
+    let bob_events = collect(watching_bob).await;
+    assert_eq!(text(&alice_events), "alice ");
+    assert_eq!(text(&bob_events), "bob ");
+    let done_of = |events: &[HubEvent]| match events.last().map(|e| &*e.payload) {
+        Some(EventPayload::Done {
+            message_id, status, ..
+        }) => (*message_id, *status),
+        other => panic!("a reply ends with its done: {other:?}"),
+    };
+    assert_eq!(done_of(&alice_events), (a, MessageStatus::Complete));
+    assert_eq!(done_of(&bob_events), (b, MessageStatus::Cancelled));
 }

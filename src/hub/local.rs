@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     EventPayload, HubEvent, HubEventStream, LiveReply, LiveReplyInfo, ReplyPublisher, StreamHub,
 };
-use crate::{ChatId, Delta, Error, MessageId, MessageStatus, Result, ToolCallDelta};
+use crate::{ChatKey, Delta, Error, MessageId, MessageStatus, Result, ToolCallDelta};
 
 /// How long a finished reply stays replayable by default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
@@ -52,7 +52,7 @@ pub struct LocalHub {
 }
 
 struct Inner {
-    replies: Mutex<HashMap<ChatId, Arc<Reply>>>,
+    replies: Mutex<HashMap<ChatKey, Arc<Reply>>>,
     grace: Duration,
     live_window: usize,
 }
@@ -112,9 +112,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     /// Fires the cancel token of the chat's live reply (only if it fills `only`, when given);
     /// `true` if this call stopped it.
-    fn terminate(&self, chat_id: &ChatId, only: Option<&MessageId>) -> bool {
+    fn terminate(&self, chat: &ChatKey, only: Option<&MessageId>) -> bool {
         let replies = lock(&self.replies);
-        let Some(reply) = replies.get(chat_id) else {
+        let Some(reply) = replies.get(chat) else {
             return false;
         };
         if only.is_some_and(|id| *id != reply.message_id)
@@ -127,27 +127,27 @@ impl Inner {
         true
     }
 
-    fn remove_if(&self, chat_id: &ChatId, reply: *const Reply) {
+    fn remove_if(&self, chat: &ChatKey, reply: *const Reply) {
         let mut replies = lock(&self.replies);
         if replies
-            .get(chat_id)
+            .get(chat)
             .is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), reply))
         {
-            replies.remove(chat_id);
+            replies.remove(chat);
         }
     }
 
     /// The chat's reply if it is live or within its grace period; drops an expired one.
-    fn current(&self, chat_id: &ChatId) -> Option<Arc<Reply>> {
+    fn current(&self, chat: &ChatKey) -> Option<Arc<Reply>> {
         let mut replies = lock(&self.replies);
-        let reply = replies.get(chat_id)?;
+        let reply = replies.get(chat)?;
         let expired = match lock(&reply.buffer).state {
             State::Live => false,
             State::Finished { at } => at + self.grace <= Instant::now(),
             State::Discarded => true,
         };
         if expired {
-            replies.remove(chat_id);
+            replies.remove(chat);
             return None;
         }
         Some(reply.clone())
@@ -156,7 +156,7 @@ impl Inner {
 
 /// Drops a finished reply after the grace period (a lookup also drops it once expired, so this
 /// is only about freeing memory of chats nobody asks about again).
-fn schedule_removal(inner: &Arc<Inner>, chat_id: ChatId, reply: &Arc<Reply>) {
+fn schedule_removal(inner: &Arc<Inner>, chat: ChatKey, reply: &Arc<Reply>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -164,7 +164,7 @@ fn schedule_removal(inner: &Arc<Inner>, chat_id: ChatId, reply: &Arc<Reply>) {
     runtime.spawn(async move {
         tokio::time::sleep(grace).await;
         if let Some(hub) = hub.upgrade() {
-            hub.remove_if(&chat_id, Weak::as_ptr(&reply));
+            hub.remove_if(&chat, Weak::as_ptr(&reply));
         }
     });
 }
@@ -391,21 +391,21 @@ impl StreamHub for LocalHub {
         "local"
     }
 
-    async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply> {
+    async fn start(&self, chat: &ChatKey, message_id: MessageId) -> Result<LiveReply> {
         let mut replies = lock(&self.inner.replies);
-        if replies.get(chat_id).is_some_and(|r| r.is_live()) {
+        if replies.get(chat).is_some_and(|r| r.is_live()) {
             return Err(Error::Busy {
-                chat_id: chat_id.to_string(),
+                chat_id: chat.id.to_string(),
             });
         }
         let reply = Arc::new(Reply::new(message_id, self.inner.live_window));
-        replies.insert(chat_id.clone(), reply.clone());
+        replies.insert(chat.clone(), reply.clone());
         drop(replies);
         let cancel = reply.cancel.clone();
         Ok(LiveReply {
             publisher: Box::new(LocalPublisher {
                 hub: self.inner.clone(),
-                chat_id: chat_id.clone(),
+                chat: chat.clone(),
                 reply,
                 published: false,
                 finished: false,
@@ -416,10 +416,10 @@ impl StreamHub for LocalHub {
 
     async fn subscribe(
         &self,
-        chat_id: &ChatId,
+        chat: &ChatKey,
         after: Option<u64>,
     ) -> Result<Option<HubEventStream>> {
-        let Some(reply) = self.inner.current(chat_id) else {
+        let Some(reply) = self.inner.current(chat) else {
             return Ok(None);
         };
         let after = after.unwrap_or(0);
@@ -432,32 +432,32 @@ impl StreamHub for LocalHub {
         Ok(Some(subscription(reply, after)))
     }
 
-    async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>> {
+    async fn live_reply(&self, chat: &ChatKey) -> Result<Option<LiveReplyInfo>> {
         let replies = lock(&self.inner.replies);
         Ok(replies
-            .get(chat_id)
+            .get(chat)
             .filter(|r| r.is_live())
             .map(|r| LiveReplyInfo::new(r.message_id, None)))
     }
 
-    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
-        Ok(self.inner.terminate(chat_id, None))
+    async fn terminate(&self, chat: &ChatKey) -> Result<bool> {
+        Ok(self.inner.terminate(chat, None))
     }
 
-    async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool> {
-        Ok(self.inner.terminate(chat_id, Some(message_id)))
+    async fn terminate_reply(&self, chat: &ChatKey, message_id: &MessageId) -> Result<bool> {
+        Ok(self.inner.terminate(chat, Some(message_id)))
     }
 
-    async fn is_live(&self, chat_id: &ChatId) -> Result<bool> {
+    async fn is_live(&self, chat: &ChatKey) -> Result<bool> {
         let replies = lock(&self.inner.replies);
-        Ok(replies.get(chat_id).is_some_and(|r| r.is_live()))
+        Ok(replies.get(chat).is_some_and(|r| r.is_live()))
     }
 
-    async fn watchers(&self, chat_id: &ChatId) -> Result<Option<usize>> {
+    async fn watchers(&self, chat: &ChatKey) -> Result<Option<usize>> {
         let replies = lock(&self.inner.replies);
         Ok(Some(
             replies
-                .get(chat_id)
+                .get(chat)
                 .map_or(0, |r| r.watchers.load(Ordering::Relaxed)),
         ))
     }
@@ -538,7 +538,7 @@ fn subscription(reply: Arc<Reply>, after: u64) -> HubEventStream {
 /// The writer of one reply of a [`LocalHub`].
 struct LocalPublisher {
     hub: Arc<Inner>,
-    chat_id: ChatId,
+    chat: ChatKey,
     reply: Arc<Reply>,
     published: bool,
     finished: bool,
@@ -547,7 +547,7 @@ struct LocalPublisher {
 impl fmt::Debug for LocalPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalPublisher")
-            .field("chat_id", &self.chat_id)
+            .field("chat", &self.chat)
             .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
@@ -564,7 +564,7 @@ impl LocalPublisher {
             buffer.state = State::Finished { at: Instant::now() };
         }
         self.reply.wake();
-        schedule_removal(&self.hub, self.chat_id.clone(), &self.reply);
+        schedule_removal(&self.hub, self.chat.clone(), &self.reply);
     }
 
     fn give_up(&mut self) {
@@ -574,7 +574,7 @@ impl LocalPublisher {
         if !self.published {
             self.finished = true;
             lock(&self.reply.buffer).state = State::Discarded;
-            self.hub.remove_if(&self.chat_id, Arc::as_ptr(&self.reply));
+            self.hub.remove_if(&self.chat, Arc::as_ptr(&self.reply));
             self.reply.wake();
             return;
         }

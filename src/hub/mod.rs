@@ -18,6 +18,9 @@
 //! the server sends as SSE `id:`s, so a client that reconnects with `Last-Event-ID: N` calls
 //! [`StreamHub::subscribe`] with `after: Some(N)` and gets exactly what it missed.
 //!
+//! A chat is named by its [`ChatKey`], its owner and id: two users' chats `demo` are two chats
+//! to the hub too, each with its own live reply, subscribers and terminate.
+//!
 //! There is at most one live reply per chat. The hub is told which assistant message a reply
 //! fills when it starts ([`StreamHub::start`]) and answers who is generating a chat's reply
 //! ([`StreamHub::live_reply`]): nothing downstream reads it back out of the events. The hub keeps
@@ -25,18 +28,21 @@
 //! subscribers can still replay it.
 //!
 //! ```
-//! use chatstream::{ChatId, Delta, MessageId, MessageStatus};
+//! use chatstream::{ChatKey, Delta, MessageId, MessageStatus};
 //! use chatstream::hub::{EventPayload, LocalHub, StreamHub};
 //! use futures::StreamExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
 //! let hub = LocalHub::new();
-//! let chat: ChatId = "demo".parse()?;
+//! let chat = ChatKey::new("alice".parse()?, "demo".parse()?);
 //! let message_id = MessageId::generate(); // the assistant message the reply fills
 //! let mut live = hub.start(&chat, message_id).await?;
 //! assert_eq!(hub.live_reply(&chat).await?.map(|r| r.message_id), Some(message_id));
+//! // Bob's chat `demo` is another chat.
+//! let bob = ChatKey::new("bob".parse()?, "demo".parse()?);
+//! assert!(hub.live_reply(&bob).await?.is_none());
 //! live.publisher.publish(EventPayload::Start {
-//!     chat_id: chat.clone(),
+//!     chat_id: chat.id.clone(),
 //!     message_id,
 //!     user_message_id: MessageId::generate(),
 //! }).await?;
@@ -60,8 +66,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ChatId, Delta, Error, FinishReason, Message, MessageId, MessageStatus, MessageStore, Result,
-    Usage,
+    ChatId, ChatKey, Delta, Error, FinishReason, Message, MessageId, MessageStatus, MessageStore,
+    Result, Usage,
 };
 
 #[cfg(feature = "conformance")]
@@ -290,9 +296,13 @@ impl LiveReplyInfo {
 /// replay after any sequence number, fan-out to any number of subscribers, terminate from
 /// anywhere.
 ///
+/// A chat is named by its [`ChatKey`] (owner and id): two owners' chats of one id never share a
+/// reply, a subscription or a terminate. The hub trusts the key it is given; who may ask about
+/// a chat is decided before (the server takes the owner from the request).
+///
 /// Implementations are shared as `Arc<dyn StreamHub>` ([`DynStreamHub`]); every method may be
 /// called concurrently. Nothing in the trait is tied to one process: events are plain data
-/// ([`EventPayload::from_sse`] parses them back), cancellation is a request by chat id, and
+/// ([`EventPayload::from_sse`] parses them back), cancellation is a request by chat key, and
 /// subscriptions are `'static` streams.
 ///
 /// The conformance suite (`hub::conformance`, feature `conformance`) states the contract as
@@ -302,17 +312,17 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
     /// The backend's name: `local`, `redis`.
     fn backend(&self) -> &'static str;
 
-    /// Starts the reply that fills the assistant message `message_id` in `chat_id`. Fails with
+    /// Starts the reply that fills the assistant message `message_id` in `chat`. Fails with
     /// [`Error::Busy`] while another reply is live there. A finished reply of that chat still
     /// kept for replay is replaced.
     ///
     /// From this call on, [`live_reply`](Self::live_reply) names `message_id` (on every instance
     /// sharing the hub), and a reply abandoned by its publisher ends with a `done` for it.
-    async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply>;
+    async fn start(&self, chat: &ChatKey, message_id: MessageId) -> Result<LiveReply>;
 
     /// The chat's live reply (started and not finished): which message it fills and, for a
     /// shared hub, which instance generates it. `None` when nothing is live in the chat.
-    async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>>;
+    async fn live_reply(&self, chat: &ChatKey) -> Result<Option<LiveReplyInfo>>;
 
     /// Follows the chat's live (or recently finished) reply: first every event numbered after
     /// `after` (all of them with `None` or `Some(0)`), then new events as they come, ending after
@@ -324,33 +334,30 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
     /// Consecutive deltas of a reply may come back coalesced for a subscriber that replays or
     /// lags: one event carrying several deltas' text, numbered with the last of them. The text is
     /// always exact: nothing lost, nothing doubled, whatever `after` is.
-    async fn subscribe(
-        &self,
-        chat_id: &ChatId,
-        after: Option<u64>,
-    ) -> Result<Option<HubEventStream>>;
+    async fn subscribe(&self, chat: &ChatKey, after: Option<u64>)
+    -> Result<Option<HubEventStream>>;
 
     /// Asks the chat's live reply to stop (its [`LiveReply::cancel`] token fires). Returns `true`
     /// when this call stopped a running reply, `false` when nothing was live or it was already
     /// being stopped.
-    async fn terminate(&self, chat_id: &ChatId) -> Result<bool>;
+    async fn terminate(&self, chat: &ChatKey) -> Result<bool>;
 
     /// Like [`terminate`](Self::terminate), but only if the chat's live reply fills
     /// `message_id`: a newer reply in the same chat is never stopped by a request meant for an
     /// older one.
-    async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool>;
+    async fn terminate_reply(&self, chat: &ChatKey, message_id: &MessageId) -> Result<bool>;
 
     /// Whether a reply is live (started and not finished) in this chat.
     ///
     /// The default asks [`live_reply`](Self::live_reply); a backend may answer more cheaply.
-    async fn is_live(&self, chat_id: &ChatId) -> Result<bool> {
-        Ok(self.live_reply(chat_id).await?.is_some())
+    async fn is_live(&self, chat: &ChatKey) -> Result<bool> {
+        Ok(self.live_reply(chat).await?.is_some())
     }
 
     /// How many subscriptions currently follow the chat's live reply, when the backend knows
     /// (`None` otherwise, and by default). Sessions use it to cancel replies nobody watches.
-    async fn watchers(&self, chat_id: &ChatId) -> Result<Option<usize>> {
-        let _ = chat_id;
+    async fn watchers(&self, chat: &ChatKey) -> Result<Option<usize>> {
+        let _ = chat;
         Ok(None)
     }
 
@@ -365,10 +372,10 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
     ///
     /// The default asks `live_reply` chat by chat; a hub behind a network overrides it to answer
     /// in one round trip (the `RedisHub` pipelines its lookups).
-    async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
-        let mut live = Vec::with_capacity(chat_ids.len());
-        for chat_id in chat_ids {
-            live.push(self.live_reply(chat_id).await?);
+    async fn live_replies(&self, chats: &[ChatKey]) -> Result<Vec<Option<LiveReplyInfo>>> {
+        let mut live = Vec::with_capacity(chats.len());
+        for chat in chats {
+            live.push(self.live_reply(chat).await?);
         }
         Ok(live)
     }
@@ -397,9 +404,29 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
     /// exist: a real round trip to any backend. The crate's hubs answer more cheaply (the
     /// `RedisHub` sends `PING`; the [`LocalHub`] lives in memory and always answers).
     async fn ping(&self) -> Result<()> {
-        self.live_reply(&ChatId::generate()).await.map(drop)
+        self.live_reply(&ChatKey::from(ChatId::generate()))
+            .await
+            .map(drop)
     }
 }
+
+crate::forward::forward_impls!(StreamHub,
+    sync {
+        fn backend(&self) -> &'static str;
+        fn recovery_interval(&self) -> Option<Duration>;
+    }
+    async {
+        fn start(&self, chat: &ChatKey, message_id: MessageId) -> Result<LiveReply>;
+        fn live_reply(&self, chat: &ChatKey) -> Result<Option<LiveReplyInfo>>;
+        fn subscribe(&self, chat: &ChatKey, after: Option<u64>) -> Result<Option<HubEventStream>>;
+        fn terminate(&self, chat: &ChatKey) -> Result<bool>;
+        fn terminate_reply(&self, chat: &ChatKey, message_id: &MessageId) -> Result<bool>;
+        fn is_live(&self, chat: &ChatKey) -> Result<bool>;
+        fn watchers(&self, chat: &ChatKey) -> Result<Option<usize>>;
+        fn live_replies(&self, chats: &[ChatKey]) -> Result<Vec<Option<LiveReplyInfo>>>;
+        fn ping(&self) -> Result<()>;
+    }
+);
 
 /// Marks `interrupted` every stored reply left `streaming` whose generating process is gone,
 /// keeping its checkpointed content; returns how many it marked. Replies that some instance is
@@ -434,15 +461,17 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
 /// publisher finishes, after the final write.
 ///
 /// ```
-/// use chatstream::{Message, MessageStatus, MessageStore, hub::{LocalHub, recover_orphans}, store::MemoryStore};
+/// use chatstream::{Message, MessageStatus, MessageStore, UserId};
+/// use chatstream::{hub::{LocalHub, recover_orphans}, store::MemoryStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
 /// let store = MemoryStore::new();
-/// let chat = store.create_chat(None, None).await?;
-/// let left_behind = Message::assistant_streaming(chat.id.clone());
+/// let alice: UserId = "alice".parse()?;
+/// let chat = store.create_chat(&alice, None, None).await?;
+/// let left_behind = Message::assistant_streaming(chat.key());
 /// store.append(&left_behind).await?;
 /// assert_eq!(recover_orphans(&store, &LocalHub::new()).await?, 1);
-/// let message = store.get_message(&left_behind.id).await?.expect("stored");
+/// let message = store.get_message(&alice, &left_behind.id).await?.expect("stored");
 /// assert_eq!(message.status, MessageStatus::Interrupted);
 /// # Ok(()) }
 /// ```
@@ -455,11 +484,11 @@ pub async fn recover_orphans(store: &dyn MessageStore, hub: &dyn StreamHub) -> R
     let live = live_messages(hub, &streaming).await?;
     let mut marked = 0;
     for message in streaming {
-        if live.get(&message.chat_id) == Some(&message.id) {
+        if live.get(&message.key()) == Some(&message.id) {
             continue;
         }
         if store.interrupt_reply(&message.id).await? {
-            tracing::info!(chat_id = %message.chat_id, message_id = %message.id, "marked a reply whose process is gone as interrupted");
+            tracing::info!(chat_id = %message.chat_id, owner = %message.owner, message_id = %message.id, "marked a reply whose process is gone as interrupted");
             marked += 1;
             #[cfg(feature = "metrics")]
             crate::metrics::orphans_recovered(1);
@@ -472,8 +501,8 @@ pub async fn recover_orphans(store: &dyn MessageStore, hub: &dyn StreamHub) -> R
 async fn live_messages(
     hub: &dyn StreamHub,
     messages: &[Message],
-) -> Result<HashMap<ChatId, MessageId>> {
-    let mut chats: Vec<ChatId> = messages.iter().map(|m| m.chat_id.clone()).collect();
+) -> Result<HashMap<ChatKey, MessageId>> {
+    let mut chats: Vec<ChatKey> = messages.iter().map(Message::key).collect();
     chats.sort_unstable();
     chats.dedup();
     let answers = hub.live_replies(&chats).await?;

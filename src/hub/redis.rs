@@ -6,14 +6,21 @@
 //!
 //! ## How it is kept in Redis
 //!
-//! For each chat (`P` is the prefix, `C` the chat id, `R` a reply id; the braces are a Redis
-//! Cluster hash tag, so one chat's keys share a slot):
+//! For each chat (`P` is the prefix, `U/C` the chat's key: its owner's user id, a `/` and its
+//! chat id; `R` a reply id; the braces are a Redis Cluster hash tag, so one chat's keys share a
+//! slot):
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:{C}:lease` | string, expires after the lease | the id of the chat's live reply, while its owner is alive |
-//! | `P:{C}:reply` | hash | the current reply: `reply` (its id), `owner` (instance id), `message` (the assistant message id, given at start), `cancel` (set by a terminate) |
-//! | `P:{C}:events:R` | stream | the reply's events: entry id `SEQ-0`, fields `e` (event name) and `d` (JSON data) |
+//! | `P:{U/C}:lease` | string, expires after the lease | the id of the chat's live reply, while its owner is alive |
+//! | `P:{U/C}:reply` | hash | the current reply: `reply` (its id), `owner` (instance id), `message` (the assistant message id, given at start), `cancel` (set by a terminate) |
+//! | `P:{U/C}:events:R` | stream | the reply's events: entry id `SEQ-0`, fields `e` (event name) and `d` (JSON data) |
+//!
+//! The tag `{U/C}` names one chat of one user, so one user's chat `demo` never meets another's:
+//! a chat id has no `/` (so the last `/` of the tag ends the user id), and a user id has no `{`
+//! or `}` (so the tag ends where the chat id does). The anonymous owner's chats are
+//! `{anonymous/C}`. (Here "owner" in the `reply` hash is the instance generating the reply, not
+//! the chat's owner.)
 //!
 //! - **Start** is one script: `SET lease NX PX` and, only if that won, the new `reply` hash
 //!   (naming the owner and the message). Two instances can never both start a reply in one chat:
@@ -76,7 +83,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     EventPayload, HubEvent, HubEventStream, LiveReply, LiveReplyInfo, ReplyPublisher, StreamHub,
 };
-use crate::{ChatId, Error, MessageId, MessageStatus, Result};
+use crate::{ChatKey, Error, MessageId, MessageStatus, Result};
 
 /// The key prefix by default.
 pub const DEFAULT_PREFIX: &str = "chatstream";
@@ -137,7 +144,7 @@ struct Inner {
 
 /// A live reply this instance generates.
 struct Owned {
-    chat_id: ChatId,
+    chat: ChatKey,
     message_id: MessageId,
     keys: Keys,
     /// Fires when the reply is terminated.
@@ -389,8 +396,9 @@ struct Keys {
 }
 
 impl Inner {
-    fn chat_keys(&self, chat: &ChatId, reply_id: &str) -> Keys {
-        let base = format!("{}:{{{}}}", self.prefix, chat.as_str());
+    /// The keys of `chat` (see the [module documentation](self) for why its tag is unambiguous).
+    fn chat_keys(&self, chat: &ChatKey, reply_id: &str) -> Keys {
+        let base = format!("{}:{{{}/{}}}", self.prefix, chat.owner, chat.id);
         Keys {
             lease: format!("{base}:lease"),
             reply: format!("{base}:reply"),
@@ -440,7 +448,7 @@ impl Inner {
                 1 => reply.cancel.cancel(),
                 -1 => {
                     reply.lost = true;
-                    tracing::warn!(chat_id = %reply.chat_id, reply = %reply_id, "lost the lease of a live reply; other instances may recover it");
+                    tracing::warn!(chat_id = %reply.chat.id, reply = %reply_id, "lost the lease of a live reply; other instances may recover it");
                 }
                 _ => {}
             }
@@ -449,8 +457,8 @@ impl Inner {
 
     /// Stops the chat's live reply (only if it fills `only`, when given); `true` if this call
     /// stopped it.
-    async fn terminate(&self, chat_id: &ChatId, only: Option<&MessageId>) -> Result<bool> {
-        let keys = self.chat_keys(chat_id, "");
+    async fn terminate(&self, chat: &ChatKey, only: Option<&MessageId>) -> Result<bool> {
+        let keys = self.chat_keys(chat, "");
         let stopped: Option<String> = Script::new(TERMINATE)
             .key(&keys.lease)
             .key(&keys.reply)
@@ -656,10 +664,10 @@ impl StreamHub for RedisHub {
         BACKEND
     }
 
-    async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply> {
+    async fn start(&self, chat: &ChatKey, message_id: MessageId) -> Result<LiveReply> {
         let hub = &self.inner;
         let reply_id = uuid::Uuid::now_v7().simple().to_string();
-        let keys = hub.chat_keys(chat_id, &reply_id);
+        let keys = hub.chat_keys(chat, &reply_id);
         let started: i64 = Script::new(START)
             .key(&keys.lease)
             .key(&keys.reply)
@@ -673,14 +681,14 @@ impl StreamHub for RedisHub {
             .map_err(|e| hub_error("start a reply", e))?;
         if started != 1 {
             return Err(Error::Busy {
-                chat_id: chat_id.to_string(),
+                chat_id: chat.id.to_string(),
             });
         }
         let cancel = CancellationToken::new();
         lock(&hub.owned).insert(
             reply_id.clone(),
             Owned {
-                chat_id: chat_id.clone(),
+                chat: chat.clone(),
                 message_id,
                 keys: keys.clone(),
                 cancel: cancel.clone(),
@@ -690,7 +698,7 @@ impl StreamHub for RedisHub {
         Ok(LiveReply {
             publisher: Box::new(RedisPublisher {
                 hub: hub.clone(),
-                chat_id: chat_id.clone(),
+                chat: chat.clone(),
                 keys,
                 reply_id,
                 message_id,
@@ -704,11 +712,11 @@ impl StreamHub for RedisHub {
 
     async fn subscribe(
         &self,
-        chat_id: &ChatId,
+        chat: &ChatKey,
         after: Option<u64>,
     ) -> Result<Option<HubEventStream>> {
         let hub = &self.inner;
-        let keys = hub.chat_keys(chat_id, "");
+        let keys = hub.chat_keys(chat, "");
         let mut conn = hub.conn.clone();
         let (reply_id, message): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(&keys.reply)
@@ -721,7 +729,7 @@ impl StreamHub for RedisHub {
             return Ok(None);
         };
         let message_id = parse_message_id(message.as_deref())?;
-        let keys = hub.chat_keys(chat_id, &reply_id);
+        let keys = hub.chat_keys(chat, &reply_id);
         let top: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
             .arg(&keys.events)
             .arg("+")
@@ -757,9 +765,9 @@ impl StreamHub for RedisHub {
         ))
     }
 
-    async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>> {
+    async fn live_reply(&self, chat: &ChatKey) -> Result<Option<LiveReplyInfo>> {
         let hub = &self.inner;
-        let keys = hub.chat_keys(chat_id, "");
+        let keys = hub.chat_keys(chat, "");
         let live: Option<(String, String)> = Script::new(LIVE)
             .key(&keys.lease)
             .key(&keys.reply)
@@ -769,17 +777,17 @@ impl StreamHub for RedisHub {
         live.map(live_info).transpose()
     }
 
-    async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
-        self.inner.terminate(chat_id, None).await
+    async fn terminate(&self, chat: &ChatKey) -> Result<bool> {
+        self.inner.terminate(chat, None).await
     }
 
-    async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool> {
-        self.inner.terminate(chat_id, Some(message_id)).await
+    async fn terminate_reply(&self, chat: &ChatKey, message_id: &MessageId) -> Result<bool> {
+        self.inner.terminate(chat, Some(message_id)).await
     }
 
-    async fn is_live(&self, chat_id: &ChatId) -> Result<bool> {
+    async fn is_live(&self, chat: &ChatKey) -> Result<bool> {
         let hub = &self.inner;
-        let keys = hub.chat_keys(chat_id, "");
+        let keys = hub.chat_keys(chat, "");
         redis::cmd("EXISTS")
             .arg(&keys.lease)
             .query_async(&mut hub.conn.clone())
@@ -789,30 +797,28 @@ impl StreamHub for RedisHub {
 
     /// The replies this instance generates are answered from memory (they are live until their
     /// publisher finishes); the others with one pipelined round trip per 512 chats.
-    async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
+    async fn live_replies(&self, chats: &[ChatKey]) -> Result<Vec<Option<LiveReplyInfo>>> {
         let hub = &self.inner;
-        let mine: HashMap<ChatId, MessageId> = lock(&hub.owned)
+        let mine: HashMap<ChatKey, MessageId> = lock(&hub.owned)
             .values()
             .filter(|owned| !owned.lost)
-            .map(|owned| (owned.chat_id.clone(), owned.message_id))
+            .map(|owned| (owned.chat.clone(), owned.message_id))
             .collect();
-        let mut answers: Vec<Option<LiveReplyInfo>> = chat_ids
+        let mut answers: Vec<Option<LiveReplyInfo>> = chats
             .iter()
             .map(|chat| {
                 mine.get(chat)
                     .map(|id| LiveReplyInfo::new(*id, Some(hub.instance_id.clone())))
             })
             .collect();
-        let ask: Vec<usize> = (0..chat_ids.len())
-            .filter(|i| answers[*i].is_none())
-            .collect();
+        let ask: Vec<usize> = (0..chats.len()).filter(|i| answers[*i].is_none()).collect();
         let script = Script::new(LIVE);
         for batch in ask.chunks(READ_BATCH) {
             let mut pipe = redis::pipe();
             // A pipeline does not load a script that Redis lost (a restart, `SCRIPT FLUSH`).
             pipe.load_script(&script).ignore();
             for i in batch {
-                let keys = hub.chat_keys(&chat_ids[*i], "");
+                let keys = hub.chat_keys(&chats[*i], "");
                 pipe.invoke_script(script.key(&keys.lease).key(&keys.reply));
             }
             let live: Vec<Option<(String, String)>> = pipe
@@ -1061,7 +1067,7 @@ impl Follow {
 /// The writer of one reply of a [`RedisHub`].
 struct RedisPublisher {
     hub: Arc<Inner>,
-    chat_id: ChatId,
+    chat: ChatKey,
     keys: Keys,
     reply_id: String,
     message_id: MessageId,
@@ -1075,7 +1081,7 @@ struct RedisPublisher {
 impl fmt::Debug for RedisPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisPublisher")
-            .field("chat_id", &self.chat_id)
+            .field("chat", &self.chat)
             .field("reply_id", &self.reply_id)
             .field("seq", &self.seq)
             .field("finished", &self.finished)
@@ -1157,7 +1163,7 @@ impl RedisPublisher {
                     return Ok(seq);
                 }
                 Err(e) => {
-                    tracing::warn!(chat_id = %self.chat_id, error = %e, "hub: cannot publish the end of a reply; sealing it");
+                    tracing::warn!(chat_id = %self.chat.id, error = %e, "hub: cannot publish the end of a reply; sealing it");
                 }
             }
         }

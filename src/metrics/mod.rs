@@ -9,14 +9,14 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use chatstream::{ChatService, ChatSession, provider::{Script, ScriptedProvider}};
+//! use chatstream::{ChatId, ChatService, ChatSession, provider::{Script, ScriptedProvider}};
 //! use futures::StreamExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
 //! let metrics = chatstream::metrics::install()?; // once per process; again gives the same handle
 //! let provider = ScriptedProvider::new().named("doc").then(Script::reply(["Hi"]));
 //! let service = ChatService::builder().provider(Arc::new(provider)).build()?;
-//! let reply = service.session("metrics-doc".parse()?).send("Hello".into()).await?;
+//! let reply = service.session(ChatId::new("metrics-doc")?).send("Hello".into()).await?;
 //! reply.events.for_each(|_| async {}).await; // the reply's events, to its end
 //! let text = metrics.render(); // the Prometheus text format
 //! assert!(text.contains(r#"chatstream_replies_total{provider="doc",status="complete"} 1"#));

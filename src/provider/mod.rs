@@ -91,29 +91,14 @@ pub trait LlmProvider: Send + Sync + Debug + 'static {
     fn stream(&self, request: ChatRequest) -> DeltaStream;
 }
 
-impl<P: LlmProvider + ?Sized> LlmProvider for Arc<P> {
-    fn name(&self) -> &str {
-        (**self).name()
+crate::forward::forward_impls!(LlmProvider,
+    sync {
+        fn name(&self) -> &str;
+        fn default_model(&self) -> &str;
+        fn stream(&self, request: ChatRequest) -> DeltaStream;
     }
-    fn default_model(&self) -> &str {
-        (**self).default_model()
-    }
-    fn stream(&self, request: ChatRequest) -> DeltaStream {
-        (**self).stream(request)
-    }
-}
-
-impl<P: LlmProvider + ?Sized> LlmProvider for Box<P> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn default_model(&self) -> &str {
-        (**self).default_model()
-    }
-    fn stream(&self, request: ChatRequest) -> DeltaStream {
-        (**self).stream(request)
-    }
-}
+    async {}
+);
 
 /// A shared, type-erased provider.
 pub type DynLlmProvider = Arc<dyn LlmProvider>;

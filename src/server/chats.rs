@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{
     ApiError, AppState,
-    extract::{ApiJson, ApiQuery, ChatParam, chat_id},
+    extract::{ApiJson, ApiQuery, ChatParam, Owner, chat_id},
 };
 use crate::{Chat, ChatSession, ReplyHandle, store::ChatPage};
 
@@ -27,16 +27,17 @@ pub(crate) struct ListQuery {
     offset: Option<usize>,
 }
 
-/// `GET /api/chats?limit&offset`: chats, most recently active first.
+/// `GET /api/chats?limit&offset`: the owner's chats, most recently active first.
 pub(crate) async fn list(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Chat>>, ApiError> {
     let page = ChatPage {
         limit: q.limit.unwrap_or(100).clamp(1, MAX_PAGE),
         offset: q.offset.unwrap_or(0),
     };
-    Ok(Json(state.service.store().list_chats(page).await?))
+    Ok(Json(state.service.store().list_chats(&owner, page).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,14 +47,16 @@ pub(crate) struct NewChat {
     title: Option<String>,
 }
 
-/// `POST /api/chats` with `{"id"?, "title"?}`: 201 with the chat, 409 when the id is taken.
+/// `POST /api/chats` with `{"id"?, "title"?}`: 201 with the chat, 409 when the owner already
+/// has a chat with the id.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     ApiJson(body): ApiJson<NewChat>,
 ) -> Result<(StatusCode, Json<Chat>), ApiError> {
     let id = body.id.as_deref().map(chat_id).transpose()?;
     let title = body.title.filter(|t| !t.trim().is_empty());
-    let chat = state.service.store().create_chat(id, title).await?;
+    let chat = state.service.store().create_chat(&owner, id, title).await?;
     Ok((StatusCode::CREATED, Json(chat)))
 }
 
@@ -61,12 +64,12 @@ pub(crate) async fn create(
 /// is no such chat.
 pub(crate) async fn delete(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
 ) -> Result<StatusCode, ApiError> {
-    if state.service.delete_chat(&id).await? {
+    if state.service.delete_chat(&chat).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("no chat {id}")))
+        Err(ApiError::not_found(format!("no chat {}", chat.id)))
     }
 }
 
@@ -79,7 +82,7 @@ pub(crate) struct ChatUpdate {
 /// `PATCH /api/chats/{chatId}` with `{"title"}`: renames the chat and answers it.
 pub(crate) async fn rename(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
     ApiJson(body): ApiJson<ChatUpdate>,
 ) -> Result<Json<Chat>, ApiError> {
     let title = body.title.trim();
@@ -93,7 +96,7 @@ pub(crate) async fn rename(
     let chat = state
         .service
         .store()
-        .rename_chat(&id, Some(title.to_owned()))
+        .rename_chat(&chat, Some(title.to_owned()))
         .await?;
     Ok(Json(chat))
 }
@@ -102,13 +105,13 @@ pub(crate) async fn rename(
 /// earlier reply stays in history with the same `replyTo`; the new one follows it.
 pub(crate) async fn regenerate(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
 ) -> Result<Response, ApiError> {
     // A chat that does not exist has no user message either; say which of the two it is.
-    if state.service.store().get_chat(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no chat {id}")));
+    if state.service.store().get_chat(&chat).await?.is_none() {
+        return Err(ApiError::not_found(format!("no chat {}", chat.id)));
     }
-    let handle = state.service.session(id).regenerate().await?;
+    let handle = state.service.session(chat).regenerate().await?;
     Ok(accepted(&handle))
 }
 

@@ -1,6 +1,7 @@
 //! Extractors whose rejections are [`ApiError`]s, so that no malformed request gets axum's
 //! plain-text answer: bad JSON, a wrong content type, a body over the limit, a path or query that
-//! does not parse (invalid UTF-8 included), a bad chat id, a non-numeric `Last-Event-ID`.
+//! does not parse (invalid UTF-8 included), a bad chat id, a non-numeric `Last-Event-ID`; and
+//! [`Owner`], who asks, which every route scopes its chats by.
 
 use axum::{
     Json,
@@ -10,7 +11,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
-use crate::ChatId;
+use crate::{ChatId, ChatKey, UserId};
 
 /// [`axum::Json`] answering its rejections as JSON errors: 400 `bad_json`, 415
 /// `unsupported_media_type`, 413 `body_too_large`, 422 `invalid_body`.
@@ -65,16 +66,35 @@ where
     }
 }
 
-/// The route's one path parameter, a valid [`ChatId`] (400 `invalid_chat_id` otherwise).
+/// Who asks: the owner whose chats a request may see and change. Every route takes it (directly,
+/// or through [`ChatParam`]) and hands it to the store and the hub, which never go outside that
+/// owner's chats; so another owner's chat is simply not there (404), whatever the route.
+///
+/// This is the one place that says who a request's owner is. There is no authentication yet:
+/// every request is the anonymous owner's.
 #[derive(Debug, Clone)]
-pub(crate) struct ChatParam(pub(crate) ChatId);
+pub(crate) struct Owner(pub(crate) UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Owner(UserId::anonymous()))
+    }
+}
+
+/// The chat of the route's one path parameter, a valid [`ChatId`] (400 `invalid_chat_id`
+/// otherwise), among the chats of the request's [`Owner`].
+#[derive(Debug, Clone)]
+pub(crate) struct ChatParam(pub(crate) ChatKey);
 
 impl<S: Send + Sync> FromRequestParts<S> for ChatParam {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Owner(owner) = Owner::from_request_parts(parts, state).await?;
         let ApiPath(raw) = ApiPath::<String>::from_request_parts(parts, state).await?;
-        chat_id(&raw).map(ChatParam)
+        Ok(ChatParam(ChatKey::new(owner, chat_id(&raw)?)))
     }
 }
 

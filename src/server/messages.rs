@@ -15,11 +15,11 @@ use serde_json::json;
 use super::{
     ApiError, AppState,
     chats::{MAX_PAGE, accepted},
-    extract::{ApiJson, ApiQuery, ChatParam, LastEventId, chat_id},
+    extract::{ApiJson, ApiQuery, ChatParam, LastEventId, Owner, chat_id},
     sse::sse_response,
 };
 use crate::{
-    ChatSession, Message, MessageId, SendOptions, ToolSpec, UserInput,
+    ChatKey, ChatSession, Message, MessageId, SendOptions, ToolSpec, UserInput,
     provider::{ReasoningEffort, ResponseFormat, ToolChoice},
     store::HistoryPage,
 };
@@ -93,12 +93,14 @@ fn user_sender() -> String {
     "user".into()
 }
 
-/// `POST /api/messages`: stores the user message, starts the reply, answers 202.
+/// `POST /api/messages`: stores the user message in the owner's chat, starts the reply, answers
+/// 202.
 pub(crate) async fn send(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<Response, ApiError> {
-    let id = chat_id(&body.chat_id)?;
+    let chat = ChatKey::new(owner, chat_id(&body.chat_id)?);
     if body.sender != "user" {
         return Err(ApiError::unprocessable(
             "invalid_sender",
@@ -133,7 +135,7 @@ pub(crate) async fn send(
             .map_err(|e| ApiError::unprocessable("invalid_options", e.to_string()))?;
         input = input.with_options(options);
     }
-    let handle = state.service.session(id).send(input).await?;
+    let handle = state.service.session(chat).send(input).await?;
     Ok(accepted(&handle))
 }
 
@@ -146,7 +148,7 @@ pub(crate) struct HistoryQuery {
 /// `GET /api/messages/{chatId}?limit&before`: a page of history, oldest first.
 pub(crate) async fn history(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Vec<Message>>, ApiError> {
     let before = q
@@ -159,7 +161,7 @@ pub(crate) async fn history(
         limit: q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
         before,
     };
-    Ok(Json(state.service.session(id).history(page).await?))
+    Ok(Json(state.service.session(chat).history(page).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,12 +173,12 @@ pub(crate) struct StreamQuery {
 /// `Last-Event-ID` or `?after=N`; `204` when there is nothing more to send.
 pub(crate) async fn stream(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
     LastEventId(last_event_id): LastEventId,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
     let after = last_event_id.or(q.after);
-    let Some(events) = state.service.session(id).subscribe(after).await? else {
+    let Some(events) = state.service.session(chat).subscribe(after).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let events = events.map(|event| {
@@ -205,8 +207,8 @@ pub(crate) async fn stream(
 /// `POST /api/stream/{chatId}/terminate`: `{"terminated": true|false}`.
 pub(crate) async fn terminate(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let terminated = state.service.terminate(&id).await?;
+    let terminated = state.service.terminate(&chat).await?;
     Ok(Json(json!({ "terminated": terminated })))
 }

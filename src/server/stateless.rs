@@ -16,7 +16,11 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, extract::ApiJson, sse::sse_response};
+use super::{
+    ApiError, AppState,
+    extract::{ApiJson, Owner},
+    sse::sse_response,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,10 +38,11 @@ pub(crate) struct StatelessMessage {
 /// any other is read as the stateless request (422 `invalid_body` when it is neither).
 pub(crate) async fn chat(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     if super::ui::is_ui_request(&body) {
-        return super::ui::chat(state, body).await;
+        return super::ui::chat(state, owner, body).await;
     }
     let body: StatelessRequest = serde_json::from_value(body).map_err(|e| {
         ApiError::unprocessable(

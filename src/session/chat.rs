@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::{
-    ChatId, Error, Message, MessageStatus, MessageStoreExt, Result, Role,
+    ChatKey, Error, Message, MessageStatus, MessageStoreExt, Result, Role,
     hub::{EventPayload, HubEventStream, LiveReply},
     store::HistoryPage,
 };
@@ -22,13 +22,13 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct Session {
     pub(super) service: ChatService,
-    pub(super) chat_id: ChatId,
+    pub(super) key: ChatKey,
 }
 
 #[async_trait]
 impl ChatSession for Session {
-    fn chat_id(&self) -> &ChatId {
-        &self.chat_id
+    fn key(&self) -> &ChatKey {
+        &self.key
     }
 
     async fn send(&self, input: UserInput) -> Result<ReplyHandle> {
@@ -48,12 +48,12 @@ impl ChatSession for Session {
         {
             return self.existing_reply(user, &options).await;
         }
-        let mut user = Message::user(self.chat_id.clone(), input.content);
+        let mut user = Message::user(&self.key, input.content);
         if let Some(key) = key {
             user = user.with_client_message_id(key);
         }
-        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
-        let live = match inner.hub.start(&self.chat_id, assistant.id).await {
+        let assistant = Message::assistant_streaming(&self.key).replying_to(user.id);
+        let live = match inner.hub.start(&self.key, assistant.id).await {
             Ok(live) => live,
             Err(Error::Busy { chat_id }) => {
                 // Busy, perhaps with the very reply this send repeats.
@@ -97,19 +97,19 @@ impl ChatSession for Session {
     }
 
     async fn cancel(&self) -> Result<bool> {
-        self.service.inner.hub.terminate(&self.chat_id).await
+        self.service.inner.hub.terminate(&self.key).await
     }
 
     async fn history(&self, page: HistoryPage) -> Result<Vec<Message>> {
-        self.service.inner.store.history(&self.chat_id, page).await
+        self.service.inner.store.history(&self.key, page).await
     }
 
     async fn subscribe(&self, after: Option<u64>) -> Result<Option<HubEventStream>> {
-        self.service.inner.hub.subscribe(&self.chat_id, after).await
+        self.service.inner.hub.subscribe(&self.key, after).await
     }
 
     async fn is_live(&self) -> Result<bool> {
-        self.service.inner.hub.is_live(&self.chat_id).await
+        self.service.inner.hub.is_live(&self.key).await
     }
 }
 
@@ -127,7 +127,7 @@ impl Session {
             .service
             .inner
             .store
-            .history(&self.chat_id, HistoryPage::newest(PAGE))
+            .history(&self.key, HistoryPage::newest(PAGE))
             .await?;
         Ok(recent
             .into_iter()
@@ -137,7 +137,7 @@ impl Session {
 
     /// The assistant message answering `user`, searching back from the newest message.
     async fn find_reply(&self, user: &Message) -> Result<Option<Message>> {
-        let mut messages = self.service.inner.store.newest_first(&self.chat_id);
+        let mut messages = self.service.inner.store.newest_first(&self.key);
         while let Some(m) = messages.try_next().await? {
             // The newest reply wins: a regenerated one replaces the earlier ones.
             if m.reply_to == Some(user.id) {
@@ -162,18 +162,18 @@ impl Session {
             service: self.service.clone(),
         };
         if assistant.status == MessageStatus::Streaming
-            && let Some(events) = inner.hub.subscribe(&self.chat_id, None).await?
+            && let Some(events) = inner.hub.subscribe(&self.key, None).await?
             // Subscribed first, asked second: a reply the hub still names as live after the
             // subscription began is the one subscribed to (a newer reply could only have
             // replaced it after it finished).
             && inner
                 .hub
-                .live_reply(&self.chat_id)
+                .live_reply(&self.key)
                 .await?
                 .is_some_and(|live| live.message_id == assistant.id)
         {
             return Ok(ReplyHandle {
-                chat_id: self.chat_id.clone(),
+                chat_id: self.key.id.clone(),
                 user_message: user,
                 assistant_message_id: assistant.id,
                 events,
@@ -184,12 +184,12 @@ impl Session {
         // Finished (or not live here): re-read, it may have finished meanwhile.
         let assistant = inner
             .store
-            .get_message(&assistant.id)
+            .get_message(&self.key.owner, &assistant.id)
             .await?
             .unwrap_or(assistant);
         let events = summary_events(&user, &assistant);
         Ok(ReplyHandle {
-            chat_id: self.chat_id.clone(),
+            chat_id: self.key.id.clone(),
             assistant_message_id: assistant.id,
             user_message: user,
             events: stream::iter(events.into_iter().map(Ok)).boxed(),
@@ -200,7 +200,7 @@ impl Session {
 
     /// The newest user message of the chat.
     async fn last_user_message(&self) -> Result<Option<Message>> {
-        let mut messages = self.service.inner.store.newest_first(&self.chat_id);
+        let mut messages = self.service.inner.store.newest_first(&self.key);
         while let Some(m) = messages.try_next().await? {
             if m.role == Role::User {
                 return Ok(Some(m));
@@ -217,12 +217,12 @@ impl Session {
         replacing: bool,
         options: &SendOptions,
     ) -> Result<ReplyHandle> {
-        let assistant = Message::assistant_streaming(self.chat_id.clone()).replying_to(user.id);
+        let assistant = Message::assistant_streaming(&self.key).replying_to(user.id);
         let live = self
             .service
             .inner
             .hub
-            .start(&self.chat_id, assistant.id)
+            .start(&self.key, assistant.id)
             .await?;
         if let Err(e) = self.service.inner.store.append(&assistant).await {
             let _ = live.publisher.abort().await;
@@ -250,7 +250,7 @@ impl Session {
         let started = async {
             let mut request = build_request(
                 inner.store.as_ref(),
-                &self.chat_id,
+                &self.key,
                 &inner.settings,
                 replacing.then_some(user.id),
             )
@@ -258,14 +258,14 @@ impl Session {
             options.apply_to(&mut request, inner.settings.system_prompt.is_some());
             publisher
                 .publish(EventPayload::Start {
-                    chat_id: self.chat_id.clone(),
+                    chat_id: self.key.id.clone(),
                     message_id: assistant.id,
                     user_message_id: user.id,
                 })
                 .await?;
             let events = inner
                 .hub
-                .subscribe(&self.chat_id, None)
+                .subscribe(&self.key, None)
                 .await?
                 .ok_or_else(|| Error::Hub {
                     backend: inner.hub.backend(),
@@ -299,7 +299,7 @@ impl Session {
         };
         inner.tasks.spawn(run.run(request));
         Ok(ReplyHandle {
-            chat_id: self.chat_id.clone(),
+            chat_id: self.key.id.clone(),
             user_message: user,
             assistant_message_id: assistant.id,
             events,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use futures::TryStreamExt;
 
 use crate::{
-    ChatId, ChatRequest, MessageId, MessageStatus, MessageStore, MessageStoreExt, RequestMessage,
+    ChatKey, ChatRequest, MessageId, MessageStatus, MessageStore, MessageStoreExt, RequestMessage,
     Result, Role,
 };
 
@@ -55,7 +55,7 @@ impl ContextBudget {
 /// out (a regenerated reply replaces them).
 pub(super) async fn build_request(
     store: &dyn MessageStore,
-    chat: &ChatId,
+    chat: &ChatKey,
     settings: &Settings,
     superseded_replies_to: Option<MessageId>,
 ) -> Result<ChatRequest> {

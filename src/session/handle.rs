@@ -21,7 +21,7 @@ use super::ChatSession;
 
 /// A reply, as returned by [`ChatSession::send`]: its ids, its events and a way to stop it.
 pub struct ReplyHandle {
-    /// The chat.
+    /// The chat's id (its owner is the user message's, [`Message::owner`]).
     pub chat_id: ChatId,
     /// The user message, as stored.
     pub user_message: Message,
@@ -77,7 +77,7 @@ impl ReplyHandle {
                 service
                     .inner
                     .hub
-                    .terminate_reply(&self.chat_id, &self.assistant_message_id)
+                    .terminate_reply(&self.user_message.key(), &self.assistant_message_id)
                     .await
             }
         }

@@ -1,5 +1,6 @@
-//! Conversations: [`ChatService`] hands out [`ChatSession`]s by chat id; a session sends user
-//! messages and streams the replies.
+//! Conversations: [`ChatService`] hands out [`ChatSession`]s by chat key (an owner and a chat
+//! id, or a chat id alone for the anonymous owner); a session sends user messages and streams the
+//! replies. Sessions of two owners' chats of one id never meet: not in the store, not in the hub.
 //!
 //! One turn, as [`ChatSession::send`] does it:
 //!
@@ -18,7 +19,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use chatstream::{ChatService, ChatSession, HubEvent, EventPayload, Delta,
+//! use chatstream::{ChatId, ChatService, ChatSession, HubEvent, EventPayload, Delta,
 //!     provider::{Script, ScriptedProvider},
 //!     UserInput, store::{HistoryPage, MemoryStore}};
 //! use futures::StreamExt;
@@ -30,7 +31,7 @@
 //!     .store(Arc::new(MemoryStore::new()))
 //!     .system_prompt("Be brief.")
 //!     .build()?;
-//! let session = service.session("support-1".parse()?);
+//! let session = service.session(ChatId::new("support-1")?);
 //! let mut reply = session.send(UserInput::new("Hi")).await?;
 //! let mut text = String::new();
 //! while let Some(event) = reply.events.next().await {
@@ -56,7 +57,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::{
-    ChatId, ChatRequest, Error, Message, RequestMessage, Result, Role, ToolSpec,
+    ChatId, ChatKey, ChatRequest, Error, Message, RequestMessage, Result, Role, ToolSpec,
     hub::HubEventStream,
     provider::{ReasoningEffort, ResponseFormat, ToolChoice},
     store::HistoryPage,
@@ -453,8 +454,13 @@ impl From<String> for UserInput {
 /// [`ChatService::session`] hands out the default implementation, [`Session`].
 #[async_trait]
 pub trait ChatSession: Send + Sync + fmt::Debug {
-    /// The chat this session talks in.
-    fn chat_id(&self) -> &ChatId;
+    /// The chat this session talks in: its owner and id.
+    fn key(&self) -> &ChatKey;
+
+    /// The id of the chat this session talks in (among its owner's chats).
+    fn chat_id(&self) -> &ChatId {
+        &self.key().id
+    }
 
     /// Sends a user message and starts the reply (creating the chat if it does not exist yet).
     ///
@@ -494,6 +500,22 @@ pub trait ChatSession: Send + Sync + fmt::Debug {
     /// Whether a reply is live in the chat.
     async fn is_live(&self) -> Result<bool>;
 }
+
+crate::forward::forward_impls!(ChatSession,
+    sync {
+        fn key(&self) -> &ChatKey;
+        fn chat_id(&self) -> &ChatId;
+    }
+    async {
+        fn send(&self, input: UserInput) -> Result<ReplyHandle>;
+        fn regenerate(&self) -> Result<ReplyHandle>;
+        fn regenerate_with(&self, options: SendOptions) -> Result<ReplyHandle>;
+        fn cancel(&self) -> Result<bool>;
+        fn history(&self, page: HistoryPage) -> Result<Vec<Message>>;
+        fn subscribe(&self, after: Option<u64>) -> Result<Option<HubEventStream>>;
+        fn is_live(&self) -> Result<bool>;
+    }
+);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

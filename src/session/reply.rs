@@ -169,7 +169,7 @@ impl ReplyRun {
         let Some(timeout) = self.service.settings.unwatched_timeout else {
             return false;
         };
-        match self.service.hub.watchers(&self.message.chat_id).await {
+        match self.service.hub.watchers(&self.message.key()).await {
             Ok(Some(0)) => {
                 let since = *since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= timeout {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    ChatId, Error, Result,
+    ChatKey, Error, Result,
     hub::{self, DynStreamHub, LocalHub},
     provider::DynLlmProvider,
     store::{DynMessageStore, MemoryStore},
@@ -79,7 +79,8 @@ struct Recovery {
 const DELETE_WAIT: Duration = Duration::from_secs(5);
 
 /// The conversations of an application: owns the provider, the store, the hub and the settings,
-/// and hands out a [`Session`] per chat id. Many chats stream at once, each reply in its own task.
+/// and hands out a [`Session`] per chat ([`ChatKey`]: an owner and a chat id). Many chats stream
+/// at once, each reply in its own task.
 ///
 /// Cheap to clone (an `Arc` inside). Built with [`ChatService::builder`]; see the
 /// [module docs](crate::session) for an example.
@@ -250,12 +251,29 @@ impl ChatService {
         ChatServiceBuilder::default()
     }
 
-    /// The session of one chat (the chat is created when the first message is sent).
-    pub fn session(&self, chat_id: ChatId) -> Session {
+    /// The session of one chat (the chat is created when the first message is sent): `chat` is
+    /// a [`ChatKey`], or a [`ChatId`](crate::ChatId) for the anonymous owner's chat.
+    ///
+    /// The caller vouches for the owner: a server takes it from the request's authentication,
+    /// never from its body. Sessions of two owners' chats of one id are two chats.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
+    /// use chatstream::{ChatKey, ChatService, ChatSession, provider::DemoProvider};
+    /// use std::sync::Arc;
+    ///
+    /// let service = ChatService::builder().provider(Arc::new(DemoProvider::new())).build()?;
+    /// let alice = service.session(ChatKey::new("alice".parse()?, "demo".parse()?));
+    /// let bob = service.session(ChatKey::new("bob".parse()?, "demo".parse()?));
+    /// let reply = alice.send("Hello".into()).await?;
+    /// assert!(bob.subscribe(None).await?.is_none(), "bob's demo has no reply");
+    /// # drop(reply); Ok(()) }
+    /// ```
+    pub fn session(&self, chat: impl Into<ChatKey>) -> Session {
         self.start_recovery();
         Session {
             service: self.clone(),
-            chat_id,
+            key: chat.into(),
         }
     }
 
@@ -285,8 +303,8 @@ impl ChatService {
     }
 
     /// Stops the live reply of a chat (see [`ChatSession::cancel`](crate::ChatSession::cancel)).
-    pub async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
-        self.inner.hub.terminate(chat_id).await
+    pub async fn terminate(&self, chat: &ChatKey) -> Result<bool> {
+        self.inner.hub.terminate(chat).await
     }
 
     /// Deletes a chat and all its messages; returns whether it existed.
@@ -301,25 +319,24 @@ impl ChatService {
     /// use std::sync::Arc;
     ///
     /// let service = ChatService::builder().provider(Arc::new(DemoProvider::new())).build()?;
-    /// let chat = "to-delete".parse()?;
-    /// service.session(chat).send("Hello".into()).await?;
-    /// let chat = "to-delete".parse()?;
+    /// let chat = chatstream::ChatKey::new("alice".parse()?, "to-delete".parse()?);
+    /// service.session(chat.clone()).send("Hello".into()).await?;
     /// assert!(service.delete_chat(&chat).await?);
     /// assert!(!service.delete_chat(&chat).await?);
     /// # Ok(()) }
     /// ```
-    pub async fn delete_chat(&self, chat_id: &ChatId) -> Result<bool> {
+    pub async fn delete_chat(&self, chat: &ChatKey) -> Result<bool> {
         let hub = &self.inner.hub;
-        if hub.terminate(chat_id).await? || hub.is_live(chat_id).await? {
+        if hub.terminate(chat).await? || hub.is_live(chat).await? {
             // A reply's events end after its final write: wait for that, not for a guess.
-            if let Some(events) = hub.subscribe(chat_id, None).await? {
+            if let Some(events) = hub.subscribe(chat, None).await? {
                 let ended = tokio::time::timeout(DELETE_WAIT, events.for_each(|_| async {}));
                 if ended.await.is_err() {
-                    tracing::warn!(%chat_id, "deleting a chat whose reply did not stop in time");
+                    tracing::warn!(chat_id = %chat.id, "deleting a chat whose reply did not stop in time");
                 }
             }
         }
-        self.inner.store.delete_chat(chat_id).await
+        self.inner.store.delete_chat(chat).await
     }
 
     /// Shuts the service down: new sends are refused, live replies get `grace` to finish, and
@@ -375,15 +392,18 @@ impl ChatService {
     /// use std::sync::Arc;
     ///
     /// let store = MemoryStore::new();
-    /// let chat = store.create_chat(None, None).await?;
-    /// let left_behind = Message::assistant_streaming(chat.id.clone()); // by a crashed run
+    /// let chat = store.create_chat(&"alice".parse()?, None, None).await?;
+    /// let left_behind = Message::assistant_streaming(chat.key()); // by a crashed run
     /// store.append(&left_behind).await?;
     /// let service = ChatService::builder()
     ///     .provider(Arc::new(DemoProvider::new()))
     ///     .store(Arc::new(store.clone()))
     ///     .build()?;
     /// assert_eq!(service.recover_orphans().await?, 1);
-    /// let message = store.get_message(&left_behind.id).await?.expect("stored");
+    /// let message = store
+    ///     .get_message(&chat.owner, &left_behind.id)
+    ///     .await?
+    ///     .expect("stored");
     /// assert_eq!(message.status, MessageStatus::Interrupted);
     /// # Ok(()) }
     /// ```
@@ -472,7 +492,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        Message, MessageId, MessageStatus, MessageStore,
+        ChatId, Message, MessageId, MessageStatus, MessageStore, UserId,
         hub::{HubEventStream, LiveReply, LiveReplyInfo, StreamHub},
         provider::DemoProvider,
     };
@@ -498,31 +518,31 @@ mod tests {
             "shared"
         }
 
-        async fn start(&self, chat_id: &ChatId, message_id: MessageId) -> Result<LiveReply> {
-            self.local.start(chat_id, message_id).await
+        async fn start(&self, chat: &ChatKey, message_id: MessageId) -> Result<LiveReply> {
+            self.local.start(chat, message_id).await
         }
 
-        async fn live_reply(&self, chat_id: &ChatId) -> Result<Option<LiveReplyInfo>> {
-            self.local.live_reply(chat_id).await
+        async fn live_reply(&self, chat: &ChatKey) -> Result<Option<LiveReplyInfo>> {
+            self.local.live_reply(chat).await
         }
 
         async fn subscribe(
             &self,
-            chat_id: &ChatId,
+            chat: &ChatKey,
             after: Option<u64>,
         ) -> Result<Option<HubEventStream>> {
-            self.local.subscribe(chat_id, after).await
+            self.local.subscribe(chat, after).await
         }
 
-        async fn terminate(&self, chat_id: &ChatId) -> Result<bool> {
-            self.local.terminate(chat_id).await
+        async fn terminate(&self, chat: &ChatKey) -> Result<bool> {
+            self.local.terminate(chat).await
         }
 
-        async fn terminate_reply(&self, chat_id: &ChatId, message_id: &MessageId) -> Result<bool> {
-            self.local.terminate_reply(chat_id, message_id).await
+        async fn terminate_reply(&self, chat: &ChatKey, message_id: &MessageId) -> Result<bool> {
+            self.local.terminate_reply(chat, message_id).await
         }
 
-        async fn live_replies(&self, chat_ids: &[ChatId]) -> Result<Vec<Option<LiveReplyInfo>>> {
+        async fn live_replies(&self, chats: &[ChatKey]) -> Result<Vec<Option<LiveReplyInfo>>> {
             self.asked.fetch_add(1, Ordering::SeqCst);
             if self.failing.load(Ordering::SeqCst) {
                 return Err(Error::Hub {
@@ -531,7 +551,7 @@ mod tests {
                     source: None,
                 });
             }
-            self.local.live_replies(chat_ids).await
+            self.local.live_replies(chats).await
         }
 
         fn recovery_interval(&self) -> Option<Duration> {
@@ -541,8 +561,11 @@ mod tests {
 
     /// A reply left streaming in a new chat of `store`.
     async fn orphan_in(store: &MemoryStore) -> MessageId {
-        let chat = store.create_chat(None, None).await.unwrap();
-        let orphan = Message::assistant_streaming(chat.id.clone());
+        let chat = store
+            .create_chat(&UserId::anonymous(), None, None)
+            .await
+            .unwrap();
+        let orphan = Message::assistant_streaming(chat.key());
         store.append(&orphan).await.unwrap();
         orphan.id
     }
@@ -561,7 +584,12 @@ mod tests {
     }
 
     async fn status(store: &MemoryStore, id: MessageId) -> MessageStatus {
-        store.get_message(&id).await.unwrap().unwrap().status
+        store
+            .get_message(&UserId::anonymous(), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
     }
 
     #[tokio::test(start_paused = true)]
@@ -608,7 +636,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(hub.asked(), 1, "no pass after shutdown");
         // Nor does a later use start them again.
-        let _ = service.session("c".parse().unwrap());
+        let _ = service.session("c".parse::<ChatId>().unwrap());
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(hub.asked(), 1);
         // One pass on request still works.
@@ -637,8 +665,8 @@ mod tests {
         runtime.block_on(async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             assert_eq!(hub.asked(), 0, "not started outside a runtime");
-            let _ = service.session("c".parse().unwrap());
-            let _ = service.session("d".parse().unwrap());
+            let _ = service.session("c".parse::<ChatId>().unwrap());
+            let _ = service.session("d".parse::<ChatId>().unwrap());
             tokio::time::sleep(Duration::from_millis(1100)).await;
             assert_eq!(hub.asked(), 1, "one pass: the task started once");
         });

@@ -17,9 +17,9 @@
 //! # }
 //! ```
 //!
-//! The checks only touch chats they create (with generated ids), so they can run on a database
-//! that holds other data, but two checks should not run at once on one store: chat listing and
-//! crash recovery look at the whole store.
+//! The checks only touch chats they create (with generated ids, or of owners they make up), so
+//! they can run on a database that holds other data, but two checks should not run at once on
+//! one store: chat listing and crash recovery look at the whole store.
 //!
 //! Timestamps: the checks build messages whose timestamps are whole microseconds and expect them
 //! back exactly (PostgreSQL keeps microseconds; finer precision is not required).
@@ -31,8 +31,8 @@ use futures::future::join_all;
 
 use super::{Appended, ChatPage, DynMessageStore, HistoryPage, MessageStore};
 use crate::{
-    Chat, ChatId, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role, ToolCall,
-    Usage,
+    Chat, ChatId, ChatKey, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role,
+    ToolCall, Usage, UserId,
 };
 
 /// How many identical sends race in the idempotency checks.
@@ -52,6 +52,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     unicode_and_large(store).await;
     recovery(store).await;
     reply_recovery(store).await;
+    ownership(store).await;
     ping(store).await;
 }
 
@@ -68,18 +69,27 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn message_at(chat: &ChatId, role: Role, content: &str, at: DateTime<Utc>) -> Message {
+fn message_at(chat: &ChatKey, role: Role, content: &str, at: DateTime<Utc>) -> Message {
     let mut m = Message::new(chat.clone(), role, content);
     m.created_at = at;
     m.updated_at = at;
     m
 }
 
-async fn new_chat(store: &dyn MessageStore) -> Chat {
-    ok(store, store.create_chat(None, None).await, "create_chat")
+/// The key of a chat no check creates.
+fn unknown_chat() -> ChatKey {
+    ChatKey::from(ChatId::generate())
 }
 
-async fn all_history(store: &dyn MessageStore, chat: &ChatId) -> Vec<Message> {
+async fn new_chat(store: &dyn MessageStore) -> Chat {
+    ok(
+        store,
+        store.create_chat(&UserId::anonymous(), None, None).await,
+        "create_chat",
+    )
+}
+
+async fn all_history(store: &dyn MessageStore, chat: &ChatKey) -> Vec<Message> {
     ok(
         store,
         store.history(chat, HistoryPage::newest(usize::MAX)).await,
@@ -107,13 +117,13 @@ pub async fn ordering(store: &dyn MessageStore) {
         } else {
             Role::Assistant
         };
-        let mut m = message_at(&chat.id, role, &format!("message {i}"), at);
+        let mut m = message_at(&chat.key(), role, &format!("message {i}"), at);
         m.id = id;
         ok(store, store.append(&m).await, "append");
         appended.push(m);
     }
     let older = message_at(
-        &chat.id,
+        &chat.key(),
         Role::User,
         "clock went back",
         at - Duration::hours(1),
@@ -121,7 +131,7 @@ pub async fn ordering(store: &dyn MessageStore) {
     ok(store, store.append(&older).await, "append");
     appended.push(older);
 
-    let history = all_history(store, &chat.id).await;
+    let history = all_history(store, &chat.key()).await;
     assert_eq!(
         ids(&history),
         ids(&appended),
@@ -136,7 +146,11 @@ pub async fn ordering(store: &dyn MessageStore) {
     let mut walked: Vec<Message> = Vec::new();
     let mut page = HistoryPage::newest(7);
     loop {
-        let chunk = ok(store, store.history(&chat.id, page).await, "history page");
+        let chunk = ok(
+            store,
+            store.history(&chat.key(), page).await,
+            "history page",
+        );
         assert!(chunk.len() <= 7, "[{b}] a page must respect its limit");
         let Some(first) = chunk.first() else { break };
         page = HistoryPage::before(first.id, 7);
@@ -157,7 +171,7 @@ pub async fn pagination(store: &dyn MessageStore) {
     assert!(
         ok(
             store,
-            store.history(&empty.id, HistoryPage::default()).await,
+            store.history(&empty.key(), HistoryPage::default()).await,
             "history"
         )
         .is_empty(),
@@ -166,9 +180,7 @@ pub async fn pagination(store: &dyn MessageStore) {
     assert!(
         ok(
             store,
-            store
-                .history(&ChatId::generate(), HistoryPage::default())
-                .await,
+            store.history(&unknown_chat(), HistoryPage::default()).await,
             "history of an unknown chat"
         )
         .is_empty(),
@@ -179,13 +191,14 @@ pub async fn pagination(store: &dyn MessageStore) {
     let at = now();
     let mut m = Vec::new();
     for i in 0..5 {
-        let msg = message_at(&chat.id, Role::User, &format!("{i}"), at);
+        let msg = message_at(&chat.key(), Role::User, &format!("{i}"), at);
         ok(store, store.append(&msg).await, "append");
         m.push(msg);
     }
-    let chat_id = &chat.id;
+    let key = chat.key();
+    let chat_key = &key;
     let page =
-        |p: HistoryPage| async move { ok(store, store.history(chat_id, p).await, "history") };
+        |p: HistoryPage| async move { ok(store, store.history(chat_key, p).await, "history") };
     assert_eq!(
         page(HistoryPage::newest(5)).await,
         m,
@@ -229,13 +242,13 @@ pub async fn pagination(store: &dyn MessageStore) {
     let limit = HistoryPage::default().limit;
     let mut all = Vec::new();
     for i in 0..limit {
-        let msg = message_at(&exact.id, Role::User, &format!("{i}"), at);
+        let msg = message_at(&exact.key(), Role::User, &format!("{i}"), at);
         ok(store, store.append(&msg).await, "append");
         all.push(msg);
     }
     let first = ok(
         store,
-        store.history(&exact.id, HistoryPage::default()).await,
+        store.history(&exact.key(), HistoryPage::default()).await,
         "history",
     );
     assert_eq!(
@@ -245,7 +258,7 @@ pub async fn pagination(store: &dyn MessageStore) {
     let rest = ok(
         store,
         store
-            .history(&exact.id, HistoryPage::before(all[0].id, limit))
+            .history(&exact.key(), HistoryPage::before(all[0].id, limit))
             .await,
         "history",
     );
@@ -259,7 +272,7 @@ pub async fn pagination(store: &dyn MessageStore) {
         (MessageId::generate(), "an unknown message"),
     ] {
         match store
-            .history(&chat.id, HistoryPage::before(cursor, 10))
+            .history(&chat.key(), HistoryPage::before(cursor, 10))
             .await
         {
             Err(Error::NotFound {
@@ -270,7 +283,7 @@ pub async fn pagination(store: &dyn MessageStore) {
     }
 }
 
-fn duplicate_sends(chat: &ChatId, key: &str, at: DateTime<Utc>) -> Vec<Message> {
+fn duplicate_sends(chat: &ChatKey, key: &str, at: DateTime<Utc>) -> Vec<Message> {
     // Distinct message ids: every retry of a client builds its message anew.
     (0..DUPLICATE_SENDS)
         .map(|_| message_at(chat, Role::User, "only once", at).with_client_message_id(key))
@@ -305,17 +318,18 @@ fn assert_one_created(b: &str, results: &[Appended], history: &[Message]) {
 pub async fn idempotent_append(store: &dyn MessageStore) {
     let b = store.backend();
     let chat = new_chat(store).await;
-    let sends = duplicate_sends(&chat.id, "send-1", now());
+    let sends = duplicate_sends(&chat.key(), "send-1", now());
     let results: Vec<Appended> = join_all(sends.iter().map(|m| store.append_idempotent(m)))
         .await
         .into_iter()
         .map(|r| ok(store, r, "concurrent append_idempotent"))
         .collect();
-    let history = all_history(store, &chat.id).await;
+    let history = all_history(store, &chat.key()).await;
     assert_one_created(b, &results, &history);
     let original = history[0].clone();
 
-    let again = message_at(&chat.id, Role::User, "retry", now()).with_client_message_id("send-1");
+    let again =
+        message_at(&chat.key(), Role::User, "retry", now()).with_client_message_id("send-1");
     let repeat = ok(store, store.append_idempotent(&again).await, "repeat send");
     assert!(
         !repeat.created,
@@ -326,7 +340,8 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
         "[{b}] a repeat must return the original"
     );
 
-    let other = message_at(&chat.id, Role::User, "second", now()).with_client_message_id("send-2");
+    let other =
+        message_at(&chat.key(), Role::User, "second", now()).with_client_message_id("send-2");
     let second = ok(store, store.append_idempotent(&other).await, "new key");
     assert!(
         second.created && second.message == other,
@@ -334,8 +349,8 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
     );
 
     let elsewhere = new_chat(store).await;
-    let same_key =
-        message_at(&elsewhere.id, Role::User, "other chat", now()).with_client_message_id("send-1");
+    let same_key = message_at(&elsewhere.key(), Role::User, "other chat", now())
+        .with_client_message_id("send-1");
     assert!(
         ok(
             store,
@@ -346,17 +361,18 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
         "[{b}] client message ids are scoped to their chat"
     );
     assert_eq!(
-        all_history(store, &chat.id).await.len(),
+        all_history(store, &chat.key()).await.len(),
         2,
         "[{b}] a key in another chat must not touch this one"
     );
 
-    let keyless = message_at(&chat.id, Role::User, "no key", now());
+    let keyless = message_at(&chat.key(), Role::User, "no key", now());
     match store.append_idempotent(&keyless).await {
         Err(Error::Invalid { .. }) => {}
         other => panic!("[{b}] append_idempotent without a key must be Invalid, got {other:?}"),
     }
-    let taken = message_at(&chat.id, Role::User, "plain", now()).with_client_message_id("send-2");
+    let taken =
+        message_at(&chat.key(), Role::User, "plain", now()).with_client_message_id("send-2");
     match store.append(&taken).await {
         Err(Error::AlreadyExists { .. }) => {}
         other => panic!("[{b}] a plain append with a taken key must fail, got {other:?}"),
@@ -365,13 +381,13 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
         Err(Error::AlreadyExists { .. }) => {}
         other => panic!("[{b}] appending one message id twice must fail, got {other:?}"),
     }
-    let orphan = message_at(&ChatId::generate(), Role::User, "nowhere", now());
+    let orphan = message_at(&unknown_chat(), Role::User, "nowhere", now());
     match store.append(&orphan).await {
         Err(Error::NotFound { what: "chat", .. }) => {}
         other => panic!("[{b}] appending to a missing chat must be NotFound, got {other:?}"),
     }
     assert_eq!(
-        all_history(store, &chat.id).await.len(),
+        all_history(store, &chat.key()).await.len(),
         2,
         "[{b}] failed appends must store nothing"
     );
@@ -382,7 +398,7 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
 /// nothing, and [`DUPLICATE_SENDS`] identical turns at once store one user message and one reply.
 pub async fn turns(store: &dyn MessageStore) {
     let b = store.backend();
-    let turn = |chat: &ChatId, content: &str, key: Option<&str>| {
+    let turn = |chat: &ChatKey, content: &str, key: Option<&str>| {
         let mut user = message_at(chat, Role::User, content, now());
         if let Some(key) = key {
             user = user.with_client_message_id(key);
@@ -394,7 +410,7 @@ pub async fn turns(store: &dyn MessageStore) {
     };
 
     // A chat that does not exist yet is created by its first turn.
-    let chat = ChatId::generate();
+    let chat = unknown_chat();
     let (user, reply) = turn(&chat, "first", None);
     let first = ok(store, store.append_turn(&user, &reply).await, "append_turn");
     assert!(
@@ -446,7 +462,7 @@ pub async fn turns(store: &dyn MessageStore) {
     );
 
     // Identical turns at once: one user message and one reply.
-    let racing = ChatId::generate();
+    let racing = unknown_chat();
     let turns: Vec<(Message, Message)> = (0..DUPLICATE_SENDS)
         .map(|_| turn(&racing, "only once", Some("race")))
         .collect();
@@ -474,7 +490,7 @@ pub async fn turns(store: &dyn MessageStore) {
 
     // A reply in another chat is refused, and nothing is stored.
     let (stray, _) = turn(&chat, "stray", None);
-    let elsewhere = Message::assistant_streaming(ChatId::generate()).replying_to(stray.id);
+    let elsewhere = Message::assistant_streaming(unknown_chat()).replying_to(stray.id);
     match store.append_turn(&stray, &elsewhere).await {
         Err(Error::Invalid { .. }) => {}
         other => panic!("[{b}] a reply in another chat must be Invalid, got {other:?}"),
@@ -491,7 +507,7 @@ pub async fn turns(store: &dyn MessageStore) {
 pub async fn idempotent_append_spawned(store: DynMessageStore) {
     let b = store.backend();
     let chat = new_chat(&*store).await;
-    let tasks: Vec<_> = duplicate_sends(&chat.id, "spawned", now())
+    let tasks: Vec<_> = duplicate_sends(&chat.key(), "spawned", now())
         .into_iter()
         .map(|m| {
             let store = store.clone();
@@ -505,7 +521,7 @@ pub async fn idempotent_append_spawned(store: DynMessageStore) {
             Err(e) => panic!("[{b}] an append_idempotent task panicked: {e}"),
         }
     }
-    let history = all_history(&*store, &chat.id).await;
+    let history = all_history(&*store, &chat.key()).await;
     assert_one_created(b, &results, &history);
 }
 
@@ -515,9 +531,9 @@ pub async fn updates(store: &dyn MessageStore) {
     let b = store.backend();
     let chat = new_chat(store).await;
     let at = now();
-    let user = message_at(&chat.id, Role::User, "hello?", at);
+    let user = message_at(&chat.key(), Role::User, "hello?", at);
     ok(store, store.append(&user).await, "append");
-    let mut reply = Message::assistant_streaming(chat.id.clone()).replying_to(user.id);
+    let mut reply = Message::assistant_streaming(chat.key()).replying_to(user.id);
     reply.created_at = at;
     reply.updated_at = at;
     ok(store, store.append(&reply).await, "append streaming reply");
@@ -526,9 +542,13 @@ pub async fn updates(store: &dyn MessageStore) {
         let m = m.clone();
         let what = what.to_string();
         async move {
-            let got = ok(store, store.get_message(&m.id).await, "get_message");
+            let got = ok(
+                store,
+                store.get_message(&UserId::anonymous(), &m.id).await,
+                "get_message",
+            );
             assert_eq!(got.as_ref(), Some(&m), "[{b}] get_message after {what}");
-            let last = all_history(store, &m.chat_id).await.pop();
+            let last = all_history(store, &m.key()).await.pop();
             assert_eq!(last.as_ref(), Some(&m), "[{b}] history after {what}");
         }
     };
@@ -568,7 +588,7 @@ pub async fn updates(store: &dyn MessageStore) {
     ok(store, store.update(&sent).await, "final update");
     expect(&reply, "the final update").await;
 
-    let chat_now = ok(store, store.get_chat(&chat.id).await, "get_chat");
+    let chat_now = ok(store, store.get_chat(&chat.key()).await, "get_chat");
     assert_eq!(
         chat_now.map(|c| c.updated_at),
         Some(reply.updated_at),
@@ -585,12 +605,12 @@ pub async fn updates(store: &dyn MessageStore) {
     ok(store, store.update(&reply).await, "update clearing fields");
     expect(&reply, "clearing optional fields").await;
     assert_eq!(
-        ids(&all_history(store, &chat.id).await),
+        ids(&all_history(store, &chat.key()).await),
         vec![user.id, reply.id],
         "[{b}] updates must not reorder or duplicate messages"
     );
 
-    let ghost = Message::assistant_streaming(chat.id.clone());
+    let ghost = Message::assistant_streaming(chat.key());
     match store.update(&ghost).await {
         Err(Error::NotFound { .. }) => {}
         other => panic!("[{b}] updating a message never appended must be NotFound, got {other:?}"),
@@ -605,30 +625,41 @@ pub async fn chats(store: &dyn MessageStore) {
     let created = ok(
         store,
         store
-            .create_chat(Some(id.clone()), Some("Plans".into()))
+            .create_chat(&UserId::anonymous(), Some(id.clone()), Some("Plans".into()))
             .await,
         "create_chat with an id",
     );
     assert_eq!(created.id, id, "[{b}] a chosen id must be kept");
     assert_eq!(created.title.as_deref(), Some("Plans"));
     assert_eq!(
-        ok(store, store.get_chat(&id).await, "get_chat"),
+        ok(
+            store,
+            store.get_chat(&ChatKey::from(id.clone())).await,
+            "get_chat"
+        ),
         Some(created.clone()),
         "[{b}] get_chat must return the chat as created"
     );
-    match store.create_chat(Some(id.clone()), None).await {
+    match store
+        .create_chat(&UserId::anonymous(), Some(id.clone()), None)
+        .await
+    {
         Err(Error::AlreadyExists { what: "chat", .. }) => {}
         other => panic!("[{b}] a taken chat id must give AlreadyExists, got {other:?}"),
     }
-    let generated = ok(store, store.create_chat(None, None).await, "create_chat");
+    let generated = ok(
+        store,
+        store.create_chat(&UserId::anonymous(), None, None).await,
+        "create_chat",
+    );
     assert!(generated.title.is_none());
     assert_ne!(generated.id, id, "[{b}] generated ids must be fresh");
     assert_eq!(
-        ok(store, store.get_chat(&generated.id).await, "get_chat"),
+        ok(store, store.get_chat(&generated.key()).await, "get_chat"),
         Some(generated.clone())
     );
     assert!(
-        ok(store, store.get_chat(&ChatId::generate()).await, "get_chat").is_none(),
+        ok(store, store.get_chat(&unknown_chat()).await, "get_chat").is_none(),
         "[{b}] an unknown chat is None"
     );
 
@@ -639,17 +670,20 @@ pub async fn chats(store: &dyn MessageStore) {
         new_chat(store).await,
     );
     let base = now() + Duration::days(1000);
-    let in_a = message_at(&a.id, Role::User, "a", base + Duration::hours(1));
+    let in_a = message_at(&a.key(), Role::User, "a", base + Duration::hours(1));
     ok(store, store.append(&in_a).await, "append");
-    let in_c = message_at(&c.id, Role::User, "c", base + Duration::hours(2));
+    let in_c = message_at(&c.key(), Role::User, "c", base + Duration::hours(2));
     ok(store, store.append(&in_c).await, "append");
     let top = ok(
         store,
         store
-            .list_chats(ChatPage {
-                limit: 2,
-                offset: 0,
-            })
+            .list_chats(
+                &UserId::anonymous(),
+                ChatPage {
+                    limit: 2,
+                    offset: 0,
+                },
+            )
             .await,
         "list_chats",
     );
@@ -665,10 +699,13 @@ pub async fn chats(store: &dyn MessageStore) {
     let second = ok(
         store,
         store
-            .list_chats(ChatPage {
-                limit: 1,
-                offset: 1,
-            })
+            .list_chats(
+                &UserId::anonymous(),
+                ChatPage {
+                    limit: 1,
+                    offset: 1,
+                },
+            )
             .await,
         "list_chats",
     );
@@ -680,10 +717,13 @@ pub async fn chats(store: &dyn MessageStore) {
     let everything = ok(
         store,
         store
-            .list_chats(ChatPage {
-                limit: usize::MAX,
-                offset: 0,
-            })
+            .list_chats(
+                &UserId::anonymous(),
+                ChatPage {
+                    limit: usize::MAX,
+                    offset: 0,
+                },
+            )
             .await,
         "list_chats",
     );
@@ -701,10 +741,13 @@ pub async fn chats(store: &dyn MessageStore) {
         ok(
             store,
             store
-                .list_chats(ChatPage {
-                    limit: 0,
-                    offset: 0
-                })
+                .list_chats(
+                    &UserId::anonymous(),
+                    ChatPage {
+                        limit: 0,
+                        offset: 0
+                    }
+                )
                 .await,
             "list_chats"
         )
@@ -714,41 +757,47 @@ pub async fn chats(store: &dyn MessageStore) {
 
     let renamed = ok(
         store,
-        store.rename_chat(&a.id, Some("Renamed ✓".into())).await,
+        store.rename_chat(&a.key(), Some("Renamed ✓".into())).await,
         "rename_chat",
     );
     assert_eq!(renamed.title.as_deref(), Some("Renamed ✓"));
     assert_eq!(
-        ok(store, store.get_chat(&a.id).await, "get_chat").and_then(|c| c.title),
+        ok(store, store.get_chat(&a.key()).await, "get_chat").and_then(|c| c.title),
         Some("Renamed ✓".into()),
         "[{b}] a rename must persist"
     );
-    let cleared = ok(store, store.rename_chat(&a.id, None).await, "rename_chat");
+    let cleared = ok(
+        store,
+        store.rename_chat(&a.key(), None).await,
+        "rename_chat",
+    );
     assert!(cleared.title.is_none(), "[{b}] a title can be cleared");
-    match store
-        .rename_chat(&ChatId::generate(), Some("x".into()))
-        .await
-    {
+    match store.rename_chat(&unknown_chat(), Some("x".into())).await {
         Err(Error::NotFound { what: "chat", .. }) => {}
         other => panic!("[{b}] renaming an unknown chat must be NotFound, got {other:?}"),
     }
 
     assert!(
-        ok(store, store.delete_chat(&a.id).await, "delete_chat"),
+        ok(store, store.delete_chat(&a.key()).await, "delete_chat"),
         "[{b}] deleting a chat reports it existed"
     );
-    assert!(ok(store, store.get_chat(&a.id).await, "get_chat").is_none());
+    assert!(ok(store, store.get_chat(&a.key()).await, "get_chat").is_none());
     assert!(
-        ok(store, store.get_message(&in_a.id).await, "get_message").is_none(),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &in_a.id).await,
+            "get_message"
+        )
+        .is_none(),
         "[{b}] deleting a chat must delete its messages"
     );
-    assert!(all_history(store, &a.id).await.is_empty());
+    assert!(all_history(store, &a.key()).await.is_empty());
     assert!(
-        !ok(store, store.delete_chat(&a.id).await, "delete_chat"),
+        !ok(store, store.delete_chat(&a.key()).await, "delete_chat"),
         "[{b}] deleting twice reports the chat was gone"
     );
     match store
-        .append(&message_at(&a.id, Role::User, "late", now()))
+        .append(&message_at(&a.key(), Role::User, "late", now()))
         .await
     {
         Err(Error::NotFound { what: "chat", .. }) => {}
@@ -757,20 +806,22 @@ pub async fn chats(store: &dyn MessageStore) {
     // The id is free again, and nothing of the old chat comes back with it.
     ok(
         store,
-        store.create_chat(Some(a.id.clone()), None).await,
+        store
+            .create_chat(&UserId::anonymous(), Some(a.id.clone()), None)
+            .await,
         "create_chat with a deleted chat's id",
     );
     assert!(
-        all_history(store, &a.id).await.is_empty(),
+        all_history(store, &a.key()).await.is_empty(),
         "[{b}] a recreated chat starts empty"
     );
-    let fresh = message_at(&a.id, Role::User, "again", now());
+    let fresh = message_at(&a.key(), Role::User, "again", now());
     ok(
         store,
         store.append(&fresh).await,
         "append to a recreated chat",
     );
-    assert_eq!(all_history(store, &a.id).await, vec![fresh]);
+    assert_eq!(all_history(store, &a.key()).await, vec![fresh]);
 }
 
 /// Unicode everywhere, SQL-looking text, and a 1 MiB content, appended and updated.
@@ -779,15 +830,17 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
     let title = "Grüße 👋 — 你好 — مرحبا — e\u{301}";
     let chat = ok(
         store,
-        store.create_chat(None, Some(title.into())).await,
+        store
+            .create_chat(&UserId::anonymous(), None, Some(title.into()))
+            .await,
         "create_chat with a unicode title",
     );
     assert_eq!(
-        ok(store, store.get_chat(&chat.id).await, "get_chat").and_then(|c| c.title),
+        ok(store, store.get_chat(&chat.key()).await, "get_chat").and_then(|c| c.title),
         Some(title.into())
     );
     let mut m = message_at(
-        &chat.id,
+        &chat.key(),
         Role::Assistant,
         "👩‍👩‍👧 family, 🇫🇷 flag, \u{feff}BOM, tabs\tand\r\nlines, 'quotes' \"double\" \\ \
          '; DROP TABLE messages; --",
@@ -803,7 +856,11 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
     m.client_message_id = Some("clé-🔑".into());
     ok(store, store.append(&m).await, "append unicode");
     assert_eq!(
-        ok(store, store.get_message(&m.id).await, "get_message"),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &m.id).await,
+            "get_message"
+        ),
         Some(m.clone()),
         "[{b}] unicode must round-trip exactly"
     );
@@ -814,9 +871,9 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
     while big.len() < 1 << 20 {
         big.push('x');
     }
-    let mut large = message_at(&chat.id, Role::User, &big, now());
+    let mut large = message_at(&chat.key(), Role::User, &big, now());
     ok(store, store.append(&large).await, "append 1 MiB");
-    let history = all_history(store, &chat.id).await;
+    let history = all_history(store, &chat.key()).await;
     assert_eq!(history.len(), 2);
     assert!(
         history[1] == large,
@@ -827,7 +884,13 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
     large.updated_at += Duration::milliseconds(5);
     ok(store, store.update(&large).await, "update 1 MiB");
     assert!(
-        ok(store, store.get_message(&large.id).await, "get_message").as_ref() == Some(&large),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &large.id).await,
+            "get_message"
+        )
+        .as_ref()
+            == Some(&large),
         "[{b}] a 1 MiB update must round-trip exactly"
     );
 }
@@ -841,18 +904,18 @@ pub async fn recovery(store: &dyn MessageStore) {
     let Some(long_ago) = long_ago else {
         panic!("a valid date")
     };
-    let user = message_at(&chat.id, Role::User, "question", long_ago);
+    let user = message_at(&chat.key(), Role::User, "question", long_ago);
     ok(store, store.append(&user).await, "append");
-    let mut stale = Message::assistant_streaming(chat.id.clone()).replying_to(user.id);
+    let mut stale = Message::assistant_streaming(chat.key()).replying_to(user.id);
     stale.content = "partial answ".into();
     stale.reasoning = Some("half a thought".into());
     stale.created_at = long_ago;
     stale.updated_at = long_ago;
     ok(store, store.append(&stale).await, "append stale reply");
-    let mut done = message_at(&chat.id, Role::Assistant, "finished", long_ago);
+    let mut done = message_at(&chat.key(), Role::Assistant, "finished", long_ago);
     done.status = MessageStatus::Complete;
     ok(store, store.append(&done).await, "append finished reply");
-    let mut live = Message::assistant_streaming(chat.id.clone());
+    let mut live = Message::assistant_streaming(chat.key());
     live.content = "still going".into();
     live.created_at = now();
     live.updated_at = live.created_at;
@@ -870,7 +933,11 @@ pub async fn recovery(store: &dyn MessageStore) {
         "[{b}] only the reply checkpointed before the cutoff may change"
     );
     let get = |id: MessageId| async move {
-        match ok(store, store.get_message(&id).await, "get_message") {
+        match ok(
+            store,
+            store.get_message(&UserId::anonymous(), &id).await,
+            "get_message",
+        ) {
             Some(m) => m,
             None => panic!("[{b}] message {id} vanished during recovery"),
         }
@@ -922,14 +989,14 @@ pub async fn recovery(store: &dyn MessageStore) {
 pub async fn reply_recovery(store: &dyn MessageStore) {
     let b = store.backend();
     let chat = new_chat(store).await;
-    let user = message_at(&chat.id, Role::User, "question", now());
+    let user = message_at(&chat.key(), Role::User, "question", now());
     ok(store, store.append(&user).await, "append");
-    let mut first = Message::assistant_streaming(chat.id.clone()).replying_to(user.id);
+    let mut first = Message::assistant_streaming(chat.key()).replying_to(user.id);
     first.content = "checkpointed".into();
     ok(store, store.append(&first).await, "append streaming reply");
-    let second = Message::assistant_streaming(chat.id.clone());
+    let second = Message::assistant_streaming(chat.key());
     ok(store, store.append(&second).await, "append streaming reply");
-    let mut done = message_at(&chat.id, Role::Assistant, "finished", now());
+    let mut done = message_at(&chat.key(), Role::Assistant, "finished", now());
     done.status = MessageStatus::Complete;
     ok(store, store.append(&done).await, "append finished reply");
 
@@ -979,7 +1046,11 @@ pub async fn reply_recovery(store: &dyn MessageStore) {
             "[{b}] only streaming assistant replies can be interrupted"
         );
     }
-    let got = ok(store, store.get_message(&first.id).await, "get_message");
+    let got = ok(
+        store,
+        store.get_message(&UserId::anonymous(), &first.id).await,
+        "get_message",
+    );
     let Some(got) = got else {
         panic!("[{b}] message vanished")
     };
@@ -989,7 +1060,11 @@ pub async fn reply_recovery(store: &dyn MessageStore) {
         "[{b}] interrupt_reply keeps the checkpointed content"
     );
     assert_eq!(
-        ok(store, store.get_message(&done.id).await, "get_message"),
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &done.id).await,
+            "get_message"
+        ),
         Some(done.clone()),
         "[{b}] finished replies are never touched"
     );
@@ -1017,22 +1092,23 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
     let name = a.backend();
     let chat = ok(
         a,
-        a.create_chat(None, Some("shared".into())).await,
+        a.create_chat(&UserId::anonymous(), None, Some("shared".into()))
+            .await,
         "create_chat on a",
     );
     assert_eq!(
-        ok(b, b.get_chat(&chat.id).await, "get_chat on b"),
+        ok(b, b.get_chat(&chat.key()).await, "get_chat on b"),
         Some(chat.clone()),
         "[{name}] b must see a chat created through a"
     );
-    let question = message_at(&chat.id, Role::User, "from a", now());
+    let question = message_at(&chat.key(), Role::User, "from a", now());
     ok(a, a.append(&question).await, "append on a");
     assert_eq!(
-        all_history(b, &chat.id).await,
+        all_history(b, &chat.key()).await,
         vec![question.clone()],
         "[{name}] b must see a's message"
     );
-    let mut reply = Message::assistant_streaming(chat.id.clone()).replying_to(question.id);
+    let mut reply = Message::assistant_streaming(chat.key()).replying_to(question.id);
     reply.created_at = now();
     reply.updated_at = reply.created_at;
     ok(b, b.append(&reply).await, "append on b");
@@ -1040,14 +1116,18 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
     reply.updated_at += Duration::milliseconds(3);
     ok(b, b.update(&reply).await, "update on b");
     assert_eq!(
-        ok(a, a.get_message(&reply.id).await, "get_message on a"),
+        ok(
+            a,
+            a.get_message(&UserId::anonymous(), &reply.id).await,
+            "get_message on a"
+        ),
         Some(reply.clone()),
         "[{name}] a must see b's checkpoint"
     );
 
     // Interleaved appends through both: no sequence number may be handed out twice.
     let batch: Vec<Message> = (0..20)
-        .map(|i| message_at(&chat.id, Role::User, &format!("burst {i}"), now()))
+        .map(|i| message_at(&chat.key(), Role::User, &format!("burst {i}"), now()))
         .collect();
     let results = join_all(batch.iter().enumerate().map(|(i, m)| {
         let store = if i % 2 == 0 { a } else { b };
@@ -1057,7 +1137,7 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
     for r in results {
         ok(a, r, "concurrent append through two stores");
     }
-    let history = all_history(a, &chat.id).await;
+    let history = all_history(a, &chat.key()).await;
     assert_eq!(
         history.len(),
         22,
@@ -1070,12 +1150,12 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
         "[{name}] the concurrent appends must all be there"
     );
     assert_eq!(
-        ids(&all_history(b, &chat.id).await),
+        ids(&all_history(b, &chat.key()).await),
         ids(&history),
         "[{name}] both stores must see one order"
     );
 
-    let sends = duplicate_sends(&chat.id, "twice", now());
+    let sends = duplicate_sends(&chat.key(), "twice", now());
     let results = join_all(sends.iter().enumerate().map(|(i, m)| {
         let store = if i % 2 == 0 { a } else { b };
         store.append_idempotent(m)
@@ -1096,24 +1176,303 @@ pub async fn two_instances(a: &dyn MessageStore, b: &dyn MessageStore) {
             .all(|r| r.message.id == created[0].message.id),
         "[{name}] every duplicate send must return the original"
     );
-    assert_eq!(all_history(b, &chat.id).await.len(), 23);
+    assert_eq!(all_history(b, &chat.key()).await.len(), 23);
 
     ok(
         b,
-        b.rename_chat(&chat.id, Some("renamed by b".into())).await,
+        b.rename_chat(&chat.key(), Some("renamed by b".into()))
+            .await,
         "rename on b",
     );
     assert_eq!(
-        ok(a, a.get_chat(&chat.id).await, "get_chat on a").and_then(|c| c.title),
+        ok(a, a.get_chat(&chat.key()).await, "get_chat on a").and_then(|c| c.title),
         Some("renamed by b".into()),
         "[{name}] a must see b's rename"
     );
-    assert!(ok(b, b.delete_chat(&chat.id).await, "delete on b"));
+    assert!(ok(b, b.delete_chat(&chat.key()).await, "delete on b"));
     assert!(
-        ok(a, a.get_chat(&chat.id).await, "get_chat on a").is_none(),
+        ok(a, a.get_chat(&chat.key()).await, "get_chat on a").is_none(),
         "[{name}] a must see b's delete"
     );
-    assert!(all_history(a, &chat.id).await.is_empty());
+    assert!(all_history(a, &chat.key()).await.is_empty());
+}
+
+/// Ownership: two owners' chats of one id are two chats. Listing shows only the caller's chats;
+/// every read or write of a chat through another owner's key sees nothing, answers `NotFound` or
+/// `false`, and changes nothing; a client message id is scoped to one owner's chat; a write
+/// takes its owner from the message; `append_turn` creates the chat under its messages' owner.
+pub async fn ownership(store: &dyn MessageStore) {
+    let b = store.backend();
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let user = |name: &str| match UserId::new(format!("{name}-{unique}")) {
+        Ok(id) => id,
+        Err(e) => panic!("a valid user id: {e}"),
+    };
+    // Characters a backend's encoding might trip on: '|', '/', ':' and non-ASCII.
+    let (alice, bob, carol) = (user("älice"), user("auth0|bob/x:y"), user("carol"));
+    let Ok(id) = ChatId::new("demo") else {
+        panic!("a valid chat id")
+    };
+    let a_key = ChatKey::new(alice.clone(), id.clone());
+    let b_key = ChatKey::new(bob.clone(), id.clone());
+    let c_key = ChatKey::new(carol.clone(), id.clone());
+
+    let a_chat = ok(
+        store,
+        store
+            .create_chat(&alice, Some(id.clone()), Some("Alice's".into()))
+            .await,
+        "create alice's chat",
+    );
+    assert_eq!(a_chat.key(), a_key, "[{b}] a chat belongs to its creator");
+    let b_chat = ok(
+        store,
+        store
+            .create_chat(&bob, Some(id.clone()), Some("Bob's".into()))
+            .await,
+        "create bob's chat with the id of alice's",
+    );
+    assert_eq!(b_chat.key(), b_key, "[{b}] a chat belongs to its creator");
+    match store.create_chat(&alice, Some(id.clone()), None).await {
+        Err(Error::AlreadyExists { what: "chat", .. }) => {}
+        other => panic!("[{b}] a chat id is taken within its owner's chats, got {other:?}"),
+    }
+
+    // One client key in each owner's chat: two messages.
+    let a_user = message_at(&a_key, Role::User, "alice asks", now()).with_client_message_id("k1");
+    let b_user = message_at(&b_key, Role::User, "bob asks", now()).with_client_message_id("k1");
+    for m in [&a_user, &b_user] {
+        let appended = ok(store, store.append_idempotent(m).await, "append_idempotent");
+        assert!(
+            appended.created && appended.message == *m,
+            "[{b}] a client key is scoped to its owner's chat"
+        );
+    }
+    let mut a_reply = Message::assistant_streaming(&a_key).replying_to(a_user.id);
+    a_reply.created_at = now();
+    a_reply.updated_at = a_reply.created_at;
+    ok(store, store.append(&a_reply).await, "append alice's reply");
+    let a_history = vec![a_user.clone(), a_reply.clone()];
+    assert_eq!(all_history(store, &a_key).await, a_history);
+    assert_eq!(
+        all_history(store, &b_key).await,
+        vec![b_user.clone()],
+        "[{b}] one owner's messages never show in another's chat of the same id"
+    );
+    assert!(all_history(store, &c_key).await.is_empty());
+
+    let listed = |owner: &UserId| {
+        let owner = owner.clone();
+        async move {
+            let page = ChatPage {
+                limit: usize::MAX,
+                offset: 0,
+            };
+            ok(store, store.list_chats(&owner, page).await, "list_chats")
+                .into_iter()
+                .map(|c| (c.owner, c.id, c.title))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        listed(&alice).await,
+        [(alice.clone(), id.clone(), Some("Alice's".into()))],
+        "[{b}] listing shows the caller's chats only"
+    );
+    assert_eq!(
+        listed(&bob).await,
+        [(bob.clone(), id.clone(), Some("Bob's".into()))],
+        "[{b}] listing shows the caller's chats only"
+    );
+    assert!(listed(&carol).await.is_empty(), "[{b}] carol has no chats");
+    let got = |key: &ChatKey| {
+        let key = key.clone();
+        async move { ok(store, store.get_chat(&key).await, "get_chat") }
+    };
+    assert_eq!(
+        got(&a_key).await.and_then(|c| c.title),
+        Some("Alice's".into())
+    );
+    assert_eq!(
+        got(&b_key).await.and_then(|c| c.title),
+        Some("Bob's".into())
+    );
+    assert!(got(&c_key).await.is_none(), "[{b}] carol has no chat demo");
+    let b_before = got(&b_key).await;
+
+    // Message lookups are scoped to their owner.
+    assert_eq!(
+        ok(
+            store,
+            store.get_message(&alice, &a_user.id).await,
+            "get_message"
+        ),
+        Some(a_user.clone())
+    );
+    for other in [&bob, &carol] {
+        assert!(
+            ok(
+                store,
+                store.get_message(other, &a_user.id).await,
+                "get_message"
+            )
+            .is_none(),
+            "[{b}] get_message finds a message only in its owner's chats"
+        );
+    }
+    for key in [&b_key, &c_key] {
+        match store
+            .history(key, HistoryPage::before(a_reply.id, 10))
+            .await
+        {
+            Err(Error::NotFound {
+                what: "message", ..
+            }) => {}
+            other => panic!(
+                "[{b}] a cursor at another owner's message must fail with NotFound, got {other:?}"
+            ),
+        }
+    }
+
+    // Writes through another owner's key change nothing.
+    let mut forged = a_reply.clone();
+    forged.owner = bob.clone();
+    forged.content = "forged".into();
+    forged.status = MessageStatus::Complete;
+    forged.updated_at += Duration::seconds(5);
+    match store.update(&forged).await {
+        Err(Error::NotFound { .. }) => {}
+        other => {
+            panic!("[{b}] updating a message under another owner must be NotFound, got {other:?}")
+        }
+    }
+    assert_eq!(
+        ok(
+            store,
+            store.get_message(&alice, &a_reply.id).await,
+            "get_message"
+        ),
+        Some(a_reply.clone()),
+        "[{b}] an update under another owner must not write"
+    );
+    let stray = message_at(&c_key, Role::User, "carol writes", now());
+    match store.append(&stray).await {
+        Err(Error::NotFound { what: "chat", .. }) => {}
+        other => panic!(
+            "[{b}] appending to a chat its owner does not have must be NotFound, got {other:?}"
+        ),
+    }
+    match store.rename_chat(&c_key, Some("taken over".into())).await {
+        Err(Error::NotFound { what: "chat", .. }) => {}
+        other => {
+            panic!("[{b}] renaming a chat its owner does not have must be NotFound, got {other:?}")
+        }
+    }
+    assert!(
+        !ok(store, store.delete_chat(&c_key).await, "delete_chat"),
+        "[{b}] deleting a chat its owner does not have deletes nothing"
+    );
+    assert_eq!(all_history(store, &a_key).await, a_history);
+    assert_eq!(all_history(store, &b_key).await, vec![b_user.clone()]);
+    assert_eq!(
+        got(&b_key).await,
+        b_before,
+        "[{b}] bob's chat is untouched by the others' writes"
+    );
+    assert_eq!(
+        got(&a_key).await.and_then(|c| c.title),
+        Some("Alice's".into())
+    );
+
+    // The owner's own writes reach only the owner's chat.
+    ok(
+        store,
+        store
+            .rename_chat(&b_key, Some("Bob's, renamed".into()))
+            .await,
+        "rename bob's chat",
+    );
+    assert_eq!(
+        got(&a_key).await.and_then(|c| c.title),
+        Some("Alice's".into()),
+        "[{b}] renaming bob's chat leaves alice's alone"
+    );
+    let listed_streaming = ok(store, store.streaming_replies().await, "streaming_replies");
+    assert_eq!(
+        listed_streaming
+            .iter()
+            .find(|m| m.id == a_reply.id)
+            .map(Message::key),
+        Some(a_key.clone()),
+        "[{b}] streaming_replies are every owner's, each with its owner"
+    );
+    a_reply.content = "the answer".into();
+    a_reply.status = MessageStatus::Complete;
+    a_reply.updated_at += Duration::seconds(1);
+    ok(store, store.update(&a_reply).await, "update alice's reply");
+    assert_eq!(
+        ok(
+            store,
+            store.get_message(&alice, &a_reply.id).await,
+            "get_message"
+        ),
+        Some(a_reply.clone())
+    );
+
+    // A turn creates its chat under its messages' owner.
+    let c_user = message_at(&c_key, Role::User, "carol asks", now()).with_client_message_id("k1");
+    let mut c_reply = Message::assistant_streaming(&c_key).replying_to(c_user.id);
+    c_reply.created_at = c_user.created_at;
+    c_reply.updated_at = c_user.updated_at;
+    let turn = ok(
+        store,
+        store.append_turn(&c_user, &c_reply).await,
+        "append_turn",
+    );
+    assert!(
+        turn.created,
+        "[{b}] the key of another owner's chat is no repeat"
+    );
+    assert_eq!(
+        got(&c_key).await.map(|c| c.key()),
+        Some(c_key.clone()),
+        "[{b}] append_turn creates the chat under the messages' owner"
+    );
+    assert_eq!(all_history(store, &c_key).await, vec![c_user, c_reply]);
+    assert_eq!(all_history(store, &a_key).await.len(), 2);
+    assert_eq!(all_history(store, &b_key).await.len(), 1);
+    let mixed_user = message_at(&a_key, Role::User, "mine", now());
+    let theirs = Message::assistant_streaming(&b_key).replying_to(mixed_user.id);
+    match store.append_turn(&mixed_user, &theirs).await {
+        Err(Error::Invalid { .. }) => {}
+        other => panic!("[{b}] a reply in another owner's chat must be Invalid, got {other:?}"),
+    }
+
+    // Deleting bob's chat leaves alice's and carol's.
+    assert!(ok(
+        store,
+        store.delete_chat(&b_key).await,
+        "delete bob's chat"
+    ));
+    assert!(got(&b_key).await.is_none());
+    assert!(
+        ok(
+            store,
+            store.get_message(&bob, &b_user.id).await,
+            "get_message"
+        )
+        .is_none(),
+        "[{b}] deleting a chat deletes its messages"
+    );
+    assert_eq!(
+        all_history(store, &a_key).await,
+        vec![a_user.clone(), a_reply.clone()],
+        "[{b}] deleting bob's chat leaves alice's chat of the same id"
+    );
+    assert_eq!(all_history(store, &c_key).await.len(), 2);
+    for key in [&a_key, &c_key] {
+        ok(store, store.delete_chat(key).await, "delete_chat");
+    }
 }
 
 /// A working store answers `ping`, again and again.

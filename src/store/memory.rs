@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Appended, ChatPage, HistoryPage, MessageStore};
-use crate::{Chat, ChatId, Error, Message, MessageId, MessageStatus, Result, Role};
+use crate::{
+    Chat, ChatId, ChatKey, Error, Message, MessageId, MessageStatus, Result, Role, UserId,
+};
 
 #[derive(Debug, Default)]
 struct ChatEntry {
@@ -22,7 +24,9 @@ struct ChatEntry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    chats: HashMap<ChatId, ChatEntry>,
+    chats: HashMap<ChatKey, ChatEntry>,
+    /// Every owner's messages: ids are unique store-wide, and each message carries its owner,
+    /// which every lookup checks.
     messages: HashMap<MessageId, (u64, Message)>,
 }
 
@@ -31,13 +35,13 @@ struct Inner {
 /// Cheap to clone: clones share the same data.
 ///
 /// ```
-/// use chatstream::{Message, MessageStore, store::{HistoryPage, MemoryStore}};
+/// use chatstream::{Message, MessageStore, UserId, store::{HistoryPage, MemoryStore}};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
 /// let store = MemoryStore::new();
-/// let chat = store.create_chat(None, Some("Hello".into())).await?;
-/// store.append(&Message::user(chat.id.clone(), "hi")).await?;
-/// assert_eq!(store.history(&chat.id, HistoryPage::default()).await?.len(), 1);
+/// let chat = store.create_chat(&UserId::anonymous(), None, Some("Hello".into())).await?;
+/// store.append(&Message::user(chat.key(), "hi")).await?;
+/// assert_eq!(store.history(&chat.key(), HistoryPage::default()).await?.len(), 1);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -75,7 +79,7 @@ impl Inner {
         }
         let entry = self
             .chats
-            .get_mut(&message.chat_id)
+            .get_mut(&message.key())
             .filter(|e| e.chat.is_some())
             .ok_or_else(|| not_found("chat", &message.chat_id))?;
         if let Some(key) = &message.client_message_id {
@@ -106,10 +110,18 @@ impl MessageStore for MemoryStore {
         "memory"
     }
 
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
+    async fn create_chat(
+        &self,
+        owner: &UserId,
+        id: Option<ChatId>,
+        title: Option<String>,
+    ) -> Result<Chat> {
         let id = id.unwrap_or_else(ChatId::generate);
         let mut inner = self.lock();
-        let entry = inner.chats.entry(id.clone()).or_default();
+        let entry = inner
+            .chats
+            .entry(ChatKey::new(owner.clone(), id.clone()))
+            .or_default();
         if entry.chat.is_some() {
             return Err(Error::AlreadyExists {
                 what: "chat",
@@ -118,6 +130,7 @@ impl MessageStore for MemoryStore {
         }
         let now = Utc::now();
         let chat = Chat {
+            owner: owner.clone(),
             id,
             title,
             created_at: now,
@@ -127,16 +140,17 @@ impl MessageStore for MemoryStore {
         Ok(chat)
     }
 
-    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
-        Ok(self.lock().chats.get(id).and_then(|e| e.chat.clone()))
+    async fn get_chat(&self, chat: &ChatKey) -> Result<Option<Chat>> {
+        Ok(self.lock().chats.get(chat).and_then(|e| e.chat.clone()))
     }
 
-    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
+    async fn list_chats(&self, owner: &UserId, page: ChatPage) -> Result<Vec<Chat>> {
         let inner = self.lock();
         let mut chats: Vec<&Chat> = inner
             .chats
-            .values()
-            .filter_map(|e| e.chat.as_ref())
+            .iter()
+            .filter(|(key, _)| key.owner == *owner)
+            .filter_map(|(_, e)| e.chat.as_ref())
             .collect();
         chats.sort_by(|a, b| {
             b.updated_at
@@ -151,20 +165,20 @@ impl MessageStore for MemoryStore {
             .collect())
     }
 
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
+    async fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> Result<Chat> {
         let mut inner = self.lock();
-        let chat = inner
+        let found = inner
             .chats
-            .get_mut(id)
+            .get_mut(chat)
             .and_then(|e| e.chat.as_mut())
-            .ok_or_else(|| not_found("chat", id))?;
-        chat.title = title;
-        Ok(chat.clone())
+            .ok_or_else(|| not_found("chat", &chat.id))?;
+        found.title = title;
+        Ok(found.clone())
     }
 
-    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
+    async fn delete_chat(&self, chat: &ChatKey) -> Result<bool> {
         let mut inner = self.lock();
-        let Some(entry) = inner.chats.remove(id) else {
+        let Some(entry) = inner.chats.remove(chat) else {
             return Ok(false);
         };
         for message in entry.order.values() {
@@ -184,7 +198,7 @@ impl MessageStore for MemoryStore {
         let mut inner = self.lock();
         let existing = inner
             .chats
-            .get(&message.chat_id)
+            .get(&message.key())
             .and_then(|e| e.by_client_key.get(key))
             .and_then(|id| inner.messages.get(id));
         if let Some((_, original)) = existing {
@@ -205,6 +219,7 @@ impl MessageStore for MemoryStore {
         let (_, stored) = inner
             .messages
             .get_mut(&message.id)
+            .filter(|(_, stored)| stored.owner == message.owner)
             .ok_or_else(|| not_found("message", message.id))?;
         stored.content.clone_from(&message.content);
         stored.reasoning.clone_from(&message.reasoning);
@@ -214,24 +229,29 @@ impl MessageStore for MemoryStore {
         stored.usage = message.usage;
         stored.error.clone_from(&message.error);
         stored.updated_at = message.updated_at;
-        let (chat_id, updated_at) = (stored.chat_id.clone(), stored.updated_at);
-        if let Some(chat) = inner.chats.get_mut(&chat_id).and_then(|e| e.chat.as_mut()) {
+        let (chat, updated_at) = (stored.key(), stored.updated_at);
+        if let Some(chat) = inner.chats.get_mut(&chat).and_then(|e| e.chat.as_mut()) {
             chat.updated_at = chat.updated_at.max(updated_at);
         }
         Ok(())
     }
 
-    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
-        Ok(self.lock().messages.get(id).map(|(_, m)| m.clone()))
+    async fn get_message(&self, owner: &UserId, id: &MessageId) -> Result<Option<Message>> {
+        Ok(self
+            .lock()
+            .messages
+            .get(id)
+            .filter(|(_, m)| m.owner == *owner)
+            .map(|(_, m)| m.clone()))
     }
 
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
+    async fn history(&self, chat: &ChatKey, page: HistoryPage) -> Result<Vec<Message>> {
         let inner = self.lock();
         // The cursor is checked first: a cursor that is not a message of this chat is an error
         // even when the chat does not exist, as in the SQL backends.
         let upper = match page.before {
             Some(before) => match inner.messages.get(&before) {
-                Some((seq, m)) if &m.chat_id == chat => *seq,
+                Some((seq, m)) if m.chat_id == chat.id && m.owner == chat.owner => *seq,
                 _ => return Err(not_found("message", before)),
             },
             None => u64::MAX,

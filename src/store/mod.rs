@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
-use crate::{Chat, ChatId, Message, MessageId, Result};
+use crate::{Chat, ChatId, ChatKey, Message, MessageId, Result, UserId};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -124,11 +124,28 @@ pub struct Appended {
     pub created: bool,
 }
 
-/// Persistence for chats and messages.
+/// Persistence for chats and messages, scoped by owner.
 ///
 /// Implementations are cheap-to-share handles (`Arc<dyn MessageStore>`); every method is safe to
 /// call concurrently. Messages of a chat are ordered by a per-chat sequence number assigned at
 /// append time, so order is stable even for messages created in the same millisecond.
+///
+/// # Owners
+///
+/// Every chat belongs to an owner ([`UserId`]); a chat is named by its [`ChatKey`], its owner and
+/// its id, so two users may each have a chat `demo`. The store enforces the scope, so that a
+/// forgotten check in a caller cannot leak: a method about one chat takes its key and never
+/// reads or writes a row of another owner's chat; [`list_chats`](Self::list_chats) lists one
+/// owner's chats; [`get_message`](Self::get_message) finds a message only in its owner's chats;
+/// a write takes the owner from the message ([`Message::owner`]), so
+/// [`append`](Self::append) needs the chat under that owner, and [`update`](Self::update) of a
+/// message stored under another owner is `NotFound`, never a write. Only system-wide maintenance
+/// is unscoped, and says so: [`recover_streaming`](Self::recover_streaming),
+/// [`streaming_replies`](Self::streaming_replies) (each message carries its owner),
+/// [`interrupt_reply`](Self::interrupt_reply) and [`ping`](Self::ping).
+///
+/// Message ids are unique across the whole store (they are generated UUIDs), whatever their
+/// owner.
 ///
 /// Checkpoints: [`update`](MessageStore::update) rewrites one row (the message), never the chat;
 /// calling it every 250 ms or every 64 deltas of a growing reply, whichever comes first, keeps a
@@ -147,40 +164,49 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// The backend's name: `memory`, `sqlite`, `postgres`, `mongodb`.
     fn backend(&self) -> &'static str;
 
-    /// Creates a chat with this id (or a generated one) and title.
+    /// Creates a chat of `owner` with this id (or a generated one) and title.
     ///
-    /// Fails with [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the id is taken.
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat>;
+    /// Fails with [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the owner already has
+    /// a chat with this id (another owner's chat of the same id is no obstacle).
+    async fn create_chat(
+        &self,
+        owner: &UserId,
+        id: Option<ChatId>,
+        title: Option<String>,
+    ) -> Result<Chat>;
 
-    /// The chat with this id, if it exists.
-    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>>;
+    /// The chat with this key, if it exists.
+    async fn get_chat(&self, chat: &ChatKey) -> Result<Option<Chat>>;
 
-    /// Chats, most recently active first.
-    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>>;
+    /// The chats of `owner`, most recently active first.
+    async fn list_chats(&self, owner: &UserId, page: ChatPage) -> Result<Vec<Chat>>;
 
     /// Sets or clears a chat's title. Fails with [`Error::NotFound`](crate::Error::NotFound) if
     /// there is no such chat.
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat>;
+    async fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> Result<Chat>;
 
     /// Deletes a chat and all its messages. Returns whether it existed.
-    async fn delete_chat(&self, id: &ChatId) -> Result<bool>;
+    async fn delete_chat(&self, chat: &ChatKey) -> Result<bool>;
 
-    /// Appends a message to its chat (which must exist), after all earlier ones.
+    /// Appends a message to its chat ([`Message::key`]: the chat must exist under the message's
+    /// owner), after all earlier ones.
     async fn append(&self, message: &Message) -> Result<()>;
 
     /// Appends a message keyed by its `client_message_id` (which must be set): if the chat already
     /// has a message with that key, nothing is written and the original is returned with
     /// `created: false`. Safe under concurrent duplicate sends: exactly one message is stored.
+    /// Keys are scoped to their chat (so to its owner too).
     async fn append_idempotent(&self, message: &Message) -> Result<Appended>;
 
-    /// Stores the start of a turn in one write: creates `user`'s chat if it does not exist yet,
-    /// appends `user`, then `reply` (the assistant message that answers it, usually
-    /// `streaming`) right after it, in the same chat.
+    /// Stores the start of a turn in one write: creates `user`'s chat (under `user`'s owner) if
+    /// it does not exist yet, appends `user`, then `reply` (the assistant message that answers
+    /// it, usually `streaming`) right after it, in the same chat.
     ///
     /// When `user` has a `client_message_id` that the chat already holds, nothing is written and
     /// the original user message comes back with `created: false`, as with
     /// [`append_idempotent`](MessageStore::append_idempotent); otherwise `created: true` and
-    /// both messages are stored.
+    /// both messages are stored. Fails with [`Error::Invalid`](crate::Error::Invalid) when the
+    /// two messages are not of one chat (one owner, one chat id).
     ///
     /// This is what a session does on every send, before the reply can start: the crate's
     /// backends do it in one transaction (all or nothing, one commit). The default calls
@@ -188,26 +214,29 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// `append`) and `append` in turn.
     ///
     /// ```
-    /// use chatstream::{ChatId, Message, MessageStore, store::{HistoryPage, MemoryStore}};
+    /// use chatstream::{ChatKey, Message, MessageStore, store::{HistoryPage, MemoryStore}};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
     /// let store = MemoryStore::new();
-    /// let chat = ChatId::new("support-42")?;
-    /// let user = Message::user(chat.clone(), "hi").with_client_message_id("k1");
-    /// let reply = Message::assistant_streaming(chat.clone()).replying_to(user.id);
+    /// let chat = ChatKey::new("alice".parse()?, "support-42".parse()?);
+    /// let user = Message::user(&chat, "hi").with_client_message_id("k1");
+    /// let reply = Message::assistant_streaming(&chat).replying_to(user.id);
     /// assert!(store.append_turn(&user, &reply).await?.created);
     /// // The same key again: nothing new is stored.
-    /// let again = Message::user(chat.clone(), "hi").with_client_message_id("k1");
-    /// let retry = Message::assistant_streaming(chat.clone()).replying_to(again.id);
+    /// let again = Message::user(&chat, "hi").with_client_message_id("k1");
+    /// let retry = Message::assistant_streaming(&chat).replying_to(again.id);
     /// let appended = store.append_turn(&again, &retry).await?;
     /// assert!(!appended.created);
     /// assert_eq!(appended.message.id, user.id);
     /// assert_eq!(store.history(&chat, HistoryPage::default()).await?.len(), 2);
+    /// // Bob's chat `support-42` is another chat.
+    /// let bob = ChatKey::new("bob".parse()?, "support-42".parse()?);
+    /// assert!(store.history(&bob, HistoryPage::default()).await?.is_empty());
     /// # Ok(()) }
     /// ```
     async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
         same_chat(user, reply)?;
-        self.get_or_create_chat(&user.chat_id).await?;
+        self.get_or_create_chat(&user.key()).await?;
         let appended = if user.client_message_id.is_some() {
             self.append_idempotent(user).await?
         } else {
@@ -225,62 +254,48 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Saves a message's changing fields: content, reasoning, tool calls, status, finish reason,
     /// usage, error and `updated_at`. Fails with [`Error::NotFound`](crate::Error::NotFound) if it
-    /// was never appended.
+    /// was never appended, or was appended under another owner than `message.owner` (nothing is
+    /// written then).
     async fn update(&self, message: &Message) -> Result<()>;
 
-    /// The message with this id, if it exists.
-    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>>;
+    /// The message with this id, if it exists in one of `owner`'s chats.
+    async fn get_message(&self, owner: &UserId, id: &MessageId) -> Result<Option<Message>>;
 
     /// A page of a chat's messages, oldest first (see [`HistoryPage`]). A chat with no messages,
-    /// or that does not exist, gives an empty page.
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>>;
+    /// or that does not exist, gives an empty page; a `before` cursor that is not a message of
+    /// this chat fails with [`Error::NotFound`](crate::Error::NotFound).
+    async fn history(&self, chat: &ChatKey, page: HistoryPage) -> Result<Vec<Message>>;
 
     /// Marks assistant messages still `streaming` as `interrupted`, keeping their checkpointed
     /// content, and returns how many changed. With `updated_before`, only messages whose last
     /// checkpoint is older than that are touched (so live replies of other processes are left
     /// alone). Call it on start-up to recover from a crash.
+    ///
+    /// System-wide: the messages of every owner.
     async fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64>;
 
     /// Every assistant message still `streaming`, oldest first: the replies some process is
     /// generating, or left behind when it died. Recovery with several instances
     /// ([`hub::recover_orphans`](crate::hub::recover_orphans)) checks each against the hub.
     ///
-    /// The default walks every chat's history; the crate's backends answer with one query.
-    async fn streaming_replies(&self) -> Result<Vec<Message>> {
-        let mut found = Vec::new();
-        let mut offset = 0;
-        loop {
-            let chats = self.list_chats(ChatPage { limit: 100, offset }).await?;
-            for chat in &chats {
-                let mut messages = self.newest_first(&chat.id);
-                while let Some(message) = messages.try_next().await? {
-                    if is_streaming_reply(&message) {
-                        found.push(message);
-                    }
-                }
-            }
-            if chats.len() < 100 {
-                break;
-            }
-            offset += chats.len();
-        }
-        found.sort_by_key(|m| m.created_at);
-        Ok(found)
-    }
+    /// System-wide: the messages of every owner, each carrying its owner
+    /// ([`Message::key`]).
+    async fn streaming_replies(&self) -> Result<Vec<Message>>;
 
     /// Marks one assistant message `interrupted` if it is still `streaming`, keeping its
     /// checkpointed content; returns whether it changed. A reply that finished meanwhile is left
     /// as it is.
     ///
-    /// The default reads then writes, so it can race with the reply's own final write; the
-    /// crate's backends do it in one conditional statement.
+    /// System-wide: the message is found by its id alone, whatever its owner (recovery calls it
+    /// on what [`streaming_replies`](Self::streaming_replies) found).
+    ///
+    /// The default looks the message up among the streaming replies, then writes, so it can race
+    /// with the reply's own final write; the crate's backends do it in one conditional statement.
     async fn interrupt_reply(&self, id: &MessageId) -> Result<bool> {
-        let Some(mut message) = self.get_message(id).await? else {
+        let streaming = self.streaming_replies().await?;
+        let Some(mut message) = streaming.into_iter().find(|m| m.id == *id) else {
             return Ok(false);
         };
-        if !is_streaming_reply(&message) {
-            return Ok(false);
-        }
         message.status = crate::MessageStatus::Interrupted;
         message.updated_at = Utc::now();
         self.update(&message).await?;
@@ -290,31 +305,54 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// Checks that the store answers: `Ok` when it does, the error that says why when it does
     /// not. Cheap enough to call every second (a readiness probe).
     ///
-    /// The default lists one chat: a real round trip to any backend. The crate's SQL stores send
-    /// `SELECT 1`; the [`MemoryStore`] lives in memory and always answers.
+    /// The default lists one chat of the anonymous owner: a real round trip to any backend. The
+    /// crate's SQL stores send `SELECT 1`; the [`MemoryStore`] lives in memory and always
+    /// answers.
     async fn ping(&self) -> Result<()> {
-        self.list_chats(ChatPage {
-            limit: 1,
-            offset: 0,
-        })
+        self.list_chats(
+            &UserId::anonymous(),
+            ChatPage {
+                limit: 1,
+                offset: 0,
+            },
+        )
         .await
         .map(drop)
     }
 }
 
+crate::forward::forward_impls!(MessageStore,
+    sync {
+        fn backend(&self) -> &'static str;
+    }
+    async {
+        fn create_chat(&self, owner: &UserId, id: Option<ChatId>, title: Option<String>) -> Result<Chat>;
+        fn get_chat(&self, chat: &ChatKey) -> Result<Option<Chat>>;
+        fn list_chats(&self, owner: &UserId, page: ChatPage) -> Result<Vec<Chat>>;
+        fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> Result<Chat>;
+        fn delete_chat(&self, chat: &ChatKey) -> Result<bool>;
+        fn append(&self, message: &Message) -> Result<()>;
+        fn append_idempotent(&self, message: &Message) -> Result<Appended>;
+        fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended>;
+        fn update(&self, message: &Message) -> Result<()>;
+        fn get_message(&self, owner: &UserId, id: &MessageId) -> Result<Option<Message>>;
+        fn history(&self, chat: &ChatKey, page: HistoryPage) -> Result<Vec<Message>>;
+        fn recover_streaming(&self, updated_before: Option<DateTime<Utc>>) -> Result<u64>;
+        fn streaming_replies(&self) -> Result<Vec<Message>>;
+        fn interrupt_reply(&self, id: &MessageId) -> Result<bool>;
+        fn ping(&self) -> Result<()>;
+    }
+);
+
 /// The check every [`MessageStore::append_turn`] makes first.
 pub(crate) fn same_chat(user: &Message, reply: &Message) -> Result<()> {
-    if reply.chat_id != user.chat_id {
+    if reply.chat_id != user.chat_id || reply.owner != user.owner {
         return Err(crate::Error::invalid(
             "message",
             "a reply belongs to its user message's chat",
         ));
     }
     Ok(())
-}
-
-fn is_streaming_reply(m: &Message) -> bool {
-    m.role == crate::Role::Assistant && m.status == crate::MessageStatus::Streaming
 }
 
 /// How many messages [`MessageStoreExt::newest_first`] reads per page.
@@ -328,24 +366,27 @@ pub trait MessageStoreExt: MessageStore {
     /// no further pages. A chat with no messages, or that does not exist, gives an empty stream.
     ///
     /// ```
-    /// use chatstream::{ChatId, Message, MessageStore, MessageStoreExt, store::MemoryStore};
+    /// use chatstream::{ChatId, Message, MessageStore, MessageStoreExt, UserId, store::MemoryStore};
     /// use futures::TryStreamExt;
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
     /// let store = MemoryStore::new();
-    /// let chat = store.create_chat(Some(ChatId::new("walk")?), None).await?;
+    /// let chat = store
+    ///     .create_chat(&UserId::anonymous(), Some(ChatId::new("walk")?), None)
+    ///     .await?
+    ///     .key();
     /// for text in ["one", "two", "three"] {
-    ///     store.append(&Message::user(chat.id.clone(), text)).await?;
+    ///     store.append(&Message::user(&chat, text)).await?;
     /// }
     /// let newest: Vec<String> = store
-    ///     .newest_first(&chat.id)
+    ///     .newest_first(&chat)
     ///     .map_ok(|m| m.content)
     ///     .try_collect()
     ///     .await?;
     /// assert_eq!(newest, ["three", "two", "one"]);
     /// # Ok(()) }
     /// ```
-    fn newest_first<'a>(&'a self, chat: &'a ChatId) -> BoxStream<'a, Result<Message>> {
+    fn newest_first<'a>(&'a self, chat: &'a ChatKey) -> BoxStream<'a, Result<Message>> {
         // The state is the cursor of the next page to read; `None` once the oldest was read.
         futures::stream::try_unfold(
             Some(None),
@@ -376,18 +417,21 @@ pub trait MessageStoreExt: MessageStore {
         .boxed()
     }
 
-    /// The chat with this id, created (untitled) if it does not exist yet.
-    async fn get_or_create_chat(&self, id: &ChatId) -> Result<Chat> {
-        if let Some(chat) = self.get_chat(id).await? {
-            return Ok(chat);
+    /// The chat with this key, created (untitled) if it does not exist yet.
+    async fn get_or_create_chat(&self, chat: &ChatKey) -> Result<Chat> {
+        if let Some(found) = self.get_chat(chat).await? {
+            return Ok(found);
         }
-        match self.create_chat(Some(id.clone()), None).await {
+        match self
+            .create_chat(&chat.owner, Some(chat.id.clone()), None)
+            .await
+        {
             Err(crate::Error::AlreadyExists { .. }) => {
-                self.get_chat(id)
+                self.get_chat(chat)
                     .await?
                     .ok_or_else(|| crate::Error::NotFound {
                         what: "chat",
-                        id: id.to_string(),
+                        id: chat.id.to_string(),
                     })
             }
             other => other,

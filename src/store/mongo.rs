@@ -5,10 +5,17 @@
 //!
 //! Two collections in the URL's database (`chatstream` when the URL names none):
 //!
-//! - `chats`: `{_id: chat id, title?, createdAt, updatedAt, nextSeq}`;
-//! - `messages`: `{_id: message id (UUID), chatId, seq, role, content, reasoning?, toolCalls?,
-//!   toolCallId?, status, finishReason?, usage?: {inputTokens, outputTokens}, error?,
-//!   clientMessageId?, replyTo?, createdAt, updatedAt}`; optional fields are absent, never null.
+//! - `chats`: `{_id, owner, chatId, title?, createdAt, updatedAt, nextSeq}`: a chat is named by
+//!   its `owner` (a user id, `anonymous` for chats made without a user) and its `chatId`, unique
+//!   together; `_id` names nothing (generated, or the chat id of a chat stored before chats had
+//!   owners);
+//! - `messages`: `{_id: message id (UUID), owner, chatId, seq, role, content, reasoning?,
+//!   toolCalls?, toolCallId?, status, finishReason?, usage?: {inputTokens, outputTokens},
+//!   error?, clientMessageId?, replyTo?, createdAt, updatedAt}`, in the chat `(owner, chatId)`;
+//!   optional fields are absent, never null.
+//!
+//! Every query about a chat or its messages names the owner, so none reads or writes another
+//! owner's documents; only the system-wide maintenance (recovery) goes by message alone.
 //!
 //! Timestamps are Int64 **microseconds** since the Unix epoch: a BSON date holds milliseconds
 //! only, and every store keeps at least microseconds (the trait's promise). `seq` orders a chat's
@@ -20,9 +27,18 @@
 //!
 //! Indexes are created when the store opens (the MongoDB counterpart of migrations; creating an
 //! index that exists with the same keys and options is a no-op, so processes may open together):
-//! `messages {chatId, seq}` unique (history pages walk it), `messages {chatId, clientMessageId}`
-//! unique where `clientMessageId` is a string (idempotent sends), `messages {updatedAt}` where
-//! `status` is `streaming` (recovery), and `chats {updatedAt: -1, _id: -1}` (listing).
+//! `chats {owner, chatId}` unique, `chats {owner, updatedAt: -1, chatId: -1}` (listing),
+//! `messages {owner, chatId, seq}` unique (history pages walk it),
+//! `messages {owner, chatId, clientMessageId}` unique where `clientMessageId` is a string
+//! (idempotent sends), and `messages {updatedAt}` where `status` is `streaming` (recovery).
+//!
+//! Documents stored before chats had owners are moved to the anonymous owner when the store
+//! opens, before the indexes are made: each chat gets `owner` and `chatId` (its `_id`), each
+//! message `owner`, and the indexes that keyed a chat by its id alone (`chat_seq`,
+//! `chat_client_key`, `chats_by_activity`) are dropped. Every step is idempotent (it touches
+//! only documents still without an owner), so an open that was interrupted is finished by the
+//! next one, and processes may open together. Stop the processes of the previous release first:
+//! what they write after the move is not seen until the store opens again.
 //!
 //! # Atomicity: multi-document transactions
 //!
@@ -74,8 +90,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Appended, ChatPage, HistoryPage, MessageStore};
 use crate::{
-    Chat, ChatId, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role, ToolCall,
-    Usage,
+    Chat, ChatId, ChatKey, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role,
+    ToolCall, Usage, UserId,
 };
 
 const BACKEND: &str = "mongodb";
@@ -89,6 +105,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// MongoDB's code for a write that broke a unique index.
 const DUPLICATE_KEY: i32 = 11000;
+
+/// MongoDB's code for a command about a collection that does not exist.
+const NAMESPACE_NOT_FOUND: i32 = 26;
 
 /// A store in a MongoDB database: for teams whose data lives in MongoDB, and for several server
 /// processes that share chats.
@@ -183,6 +202,7 @@ impl MongoStore {
             messages: database.collection("messages"),
             database,
         };
+        store.give_owners().await?;
         store.create_indexes().await?;
         Ok(store)
     }
@@ -190,6 +210,51 @@ impl MongoStore {
     /// The database, for queries of your own (the collections are `chats` and `messages`).
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// Moves the chats and messages stored before chats had owners to the anonymous owner, and
+    /// drops the indexes that keyed a chat by its id alone (see the
+    /// [module documentation](self)).
+    async fn give_owners(&self) -> Result<()> {
+        let anonymous = UserId::anonymous();
+        let chats = self.chats.clone_with_type::<Document>();
+        let unowned: Vec<Document> = chats
+            .find(doc! { "owner": { "$exists": false } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(err("give chats an owner"))?
+            .try_collect()
+            .await
+            .map_err(err("give chats an owner"))?;
+        for chat in unowned {
+            // Before owners, a chat's `_id` was its id.
+            let id = chat.get("_id").cloned().unwrap_or(Bson::Null);
+            let Bson::String(chat_id) = &id else {
+                return Err(Error::Store {
+                    backend: BACKEND,
+                    message: format!("a chat stored without an owner has no chat id: {id}"),
+                    source: None,
+                });
+            };
+            chats
+                .update_one(
+                    doc! { "_id": &id, "owner": { "$exists": false } },
+                    doc! { "$set": { "owner": anonymous.as_str(), "chatId": chat_id } },
+                )
+                .await
+                .map_err(err("give chats an owner"))?;
+        }
+        self.messages
+            .update_many(
+                doc! { "owner": { "$exists": false } },
+                doc! { "$set": { "owner": anonymous.as_str() } },
+            )
+            .await
+            .map_err(err("give messages an owner"))?;
+        // Two owners' chats of one id would collide in these.
+        drop_indexes(&self.messages, &["chat_seq", "chat_client_key"]).await?;
+        drop_indexes(&self.chats, &["chats_by_activity"]).await?;
+        Ok(())
     }
 
     async fn create_indexes(&self) -> Result<()> {
@@ -207,10 +272,15 @@ impl MongoStore {
         };
         self.messages
             .create_indexes([
-                index(doc! { "chatId": 1, "seq": 1 }, "chat_seq", true, None),
                 index(
-                    doc! { "chatId": 1, "clientMessageId": 1 },
-                    "chat_client_key",
+                    doc! { "owner": 1, "chatId": 1, "seq": 1 },
+                    "owner_chat_seq",
+                    true,
+                    None,
+                ),
+                index(
+                    doc! { "owner": 1, "chatId": 1, "clientMessageId": 1 },
+                    "owner_chat_client_key",
                     true,
                     // Messages without a key never collide.
                     Some(doc! { "clientMessageId": { "$type": "string" } }),
@@ -225,24 +295,51 @@ impl MongoStore {
             .await
             .map_err(|e| store_error("create message indexes", e))?;
         self.chats
-            .create_index(index(
-                doc! { "updatedAt": -1, "_id": -1 },
-                "chats_by_activity",
-                false,
-                None,
-            ))
+            .create_indexes([
+                index(doc! { "owner": 1, "chatId": 1 }, "owner_chat", true, None),
+                index(
+                    doc! { "owner": 1, "updatedAt": -1, "chatId": -1 },
+                    "owner_chats_by_activity",
+                    false,
+                    None,
+                ),
+            ])
             .await
             .map_err(|e| store_error("create chat indexes", e))?;
         Ok(())
     }
 }
 
-/// A chat as stored.
+/// Drops those of `names` that the collection has.
+async fn drop_indexes<T: Send + Sync>(collection: &Collection<T>, names: &[&str]) -> Result<()> {
+    let existing = match collection.list_index_names().await {
+        Ok(existing) => existing,
+        // A collection that does not exist yet has no indexes.
+        Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) => {
+            return Ok(());
+        }
+        Err(e) => return Err(store_error("list indexes", e)),
+    };
+    for name in names.iter().filter(|n| existing.iter().any(|e| e == *n)) {
+        collection
+            .drop_index(*name)
+            .await
+            .map_err(err("drop an index"))?;
+    }
+    Ok(())
+}
+
+/// The filter of one chat's document, or of its messages.
+fn chat_filter(chat: &ChatKey) -> Document {
+    doc! { "owner": chat.owner.as_str(), "chatId": chat.id.as_str() }
+}
+
+/// A chat as stored; its `_id` is left to the driver (see the [module documentation](self)).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ChatDoc {
-    #[serde(rename = "_id")]
-    id: ChatId,
+    owner: UserId,
+    chat_id: ChatId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     title: Option<String>,
     created_at: i64,
@@ -254,7 +351,8 @@ struct ChatDoc {
 impl ChatDoc {
     fn into_chat(self) -> Result<Chat> {
         Ok(Chat {
-            id: self.id,
+            owner: self.owner,
+            id: self.chat_id,
             title: self.title,
             created_at: from_micros("chat", self.created_at)?,
             updated_at: from_micros("chat", self.updated_at)?,
@@ -268,6 +366,7 @@ impl ChatDoc {
 struct MessageDoc {
     #[serde(rename = "_id")]
     id: bson::Uuid,
+    owner: UserId,
     chat_id: ChatId,
     seq: i64,
     role: Role,
@@ -298,6 +397,7 @@ impl MessageDoc {
     fn new(m: &Message, seq: i64) -> Self {
         MessageDoc {
             id: bson_uuid(&m.id),
+            owner: m.owner.clone(),
             chat_id: m.chat_id.clone(),
             seq,
             role: m.role,
@@ -319,6 +419,7 @@ impl MessageDoc {
     fn into_message(self) -> Result<Message> {
         Ok(Message {
             id: MessageId::from_uuid(uuid::Uuid::from_bytes(self.id.bytes())),
+            owner: self.owner,
             chat_id: self.chat_id,
             role: self.role,
             content: self.content,
@@ -496,12 +597,12 @@ impl MongoStore {
     async fn by_client_key(
         &self,
         session: Option<&mut ClientSession>,
-        chat: &ChatId,
+        chat: &ChatKey,
         key: &str,
     ) -> mongodb::error::Result<Option<MessageDoc>> {
-        let find = self
-            .messages
-            .find_one(doc! { "chatId": chat.as_str(), "clientMessageId": key });
+        let mut filter = chat_filter(chat);
+        filter.insert("clientMessageId", key);
+        let find = self.messages.find_one(filter);
         match session {
             Some(session) => find.session(session).await,
             None => find.await,
@@ -513,14 +614,14 @@ impl MongoStore {
     async fn reserve(
         &self,
         session: &mut ClientSession,
-        chat: &ChatId,
+        chat: &ChatKey,
         count: i64,
         activity: i64,
     ) -> mongodb::error::Result<Option<i64>> {
         let chat = self
             .chats
             .find_one_and_update(
-                doc! { "_id": chat.as_str() },
+                chat_filter(chat),
                 doc! { "$inc": { "nextSeq": count }, "$max": { "updatedAt": activity } },
             )
             .return_document(ReturnDocument::After)
@@ -537,15 +638,14 @@ impl MongoStore {
         message: &Message,
         key: Option<&str>,
     ) -> mongodb::error::Result<Insert> {
+        let chat = message.key();
         if let Some(key) = key
-            && let Some(existing) = self
-                .by_client_key(Some(&mut *session), &message.chat_id, key)
-                .await?
+            && let Some(existing) = self.by_client_key(Some(&mut *session), &chat, key).await?
         {
             return Ok(Insert::Existing(Box::new(existing)));
         }
         let activity = micros(message.updated_at);
-        let Some(seq) = self.reserve(session, &message.chat_id, 1, activity).await? else {
+        let Some(seq) = self.reserve(session, &chat, 1, activity).await? else {
             return Ok(Insert::NoChat);
         };
         self.messages
@@ -577,7 +677,7 @@ impl MongoStore {
     /// newest first.
     async fn page_below(
         &self,
-        chat: &ChatId,
+        chat: &ChatKey,
         lower: Option<i64>,
         upper: i64,
         limit: i64,
@@ -586,8 +686,10 @@ impl MongoStore {
         if let Some(lower) = lower {
             range.insert("$gte", lower);
         }
+        let mut filter = chat_filter(chat);
+        filter.insert("seq", range);
         self.messages
-            .find(doc! { "chatId": chat.as_str(), "seq": range })
+            .find(filter)
             .sort(doc! { "seq": -1 })
             .limit(limit)
             .await
@@ -622,23 +724,23 @@ impl MongoStore {
         key: Option<&str>,
         now: i64,
     ) -> mongodb::error::Result<Insert> {
+        let chat = user.key();
         if let Some(key) = key
-            && let Some(existing) = self
-                .by_client_key(Some(&mut *session), &user.chat_id, key)
-                .await?
+            && let Some(existing) = self.by_client_key(Some(&mut *session), &chat, key).await?
         {
             return Ok(Insert::Existing(Box::new(existing)));
         }
+        // A new chat's document takes its owner and id from the filter.
         self.chats
             .update_one(
-                doc! { "_id": user.chat_id.as_str() },
+                chat_filter(&chat),
                 doc! { "$setOnInsert": { "createdAt": now, "updatedAt": now, "nextSeq": 0_i64 } },
             )
             .upsert(true)
             .session(&mut *session)
             .await?;
         let activity = micros(user.updated_at.max(reply.updated_at));
-        let Some(seq) = self.reserve(session, &user.chat_id, 2, activity).await? else {
+        let Some(seq) = self.reserve(session, &chat, 2, activity).await? else {
             return Ok(Insert::NoChat);
         };
         self.messages
@@ -664,7 +766,7 @@ impl MongoStore {
     async fn after_duplicate(&self, message: &Message, key: Option<&str>) -> Result<Message> {
         if let Some(key) = key
             && let Some(original) = self
-                .by_client_key(None, &message.chat_id, key)
+                .by_client_key(None, &message.key(), key)
                 .await
                 .map_err(err("append message"))?
         {
@@ -680,10 +782,16 @@ impl MessageStore for MongoStore {
         BACKEND
     }
 
-    async fn create_chat(&self, id: Option<ChatId>, title: Option<String>) -> Result<Chat> {
+    async fn create_chat(
+        &self,
+        owner: &UserId,
+        id: Option<ChatId>,
+        title: Option<String>,
+    ) -> Result<Chat> {
         let now = micros(Utc::now());
         let chat = ChatDoc {
-            id: id.unwrap_or_else(ChatId::generate),
+            owner: owner.clone(),
+            chat_id: id.unwrap_or_else(ChatId::generate),
             title,
             created_at: now,
             updated_at: now,
@@ -691,28 +799,28 @@ impl MessageStore for MongoStore {
         };
         match self.chats.insert_one(&chat).await {
             Ok(_) => chat.into_chat(),
-            Err(e) if is_duplicate_key(&e) => Err(already_exists("chat", &chat.id)),
+            Err(e) if is_duplicate_key(&e) => Err(already_exists("chat", &chat.chat_id)),
             Err(e) => Err(store_error("create chat", e)),
         }
     }
 
-    async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
+    async fn get_chat(&self, chat: &ChatKey) -> Result<Option<Chat>> {
         self.chats
-            .find_one(doc! { "_id": id.as_str() })
+            .find_one(chat_filter(chat))
             .await
             .map_err(err("get chat"))?
             .map(ChatDoc::into_chat)
             .transpose()
     }
 
-    async fn list_chats(&self, page: ChatPage) -> Result<Vec<Chat>> {
+    async fn list_chats(&self, owner: &UserId, page: ChatPage) -> Result<Vec<Chat>> {
         // MongoDB reads a zero limit as "no limit".
         if page.limit == 0 {
             return Ok(Vec::new());
         }
         self.chats
-            .find(doc! {})
-            .sort(doc! { "updatedAt": -1, "_id": -1 })
+            .find(doc! { "owner": owner.as_str() })
+            .sort(doc! { "updatedAt": -1, "chatId": -1 })
             .skip(u64::try_from(page.offset).unwrap_or(u64::MAX))
             .limit(i64::try_from(page.limit).unwrap_or(i64::MAX))
             .await
@@ -725,35 +833,35 @@ impl MessageStore for MongoStore {
             .collect()
     }
 
-    async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
+    async fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> Result<Chat> {
         let change = match title {
             Some(title) => doc! { "$set": { "title": title } },
             None => doc! { "$unset": { "title": "" } },
         };
         self.chats
-            .find_one_and_update(doc! { "_id": id.as_str() }, change)
+            .find_one_and_update(chat_filter(chat), change)
             .return_document(ReturnDocument::After)
             .await
             .map_err(err("rename chat"))?
-            .ok_or_else(|| not_found("chat", id))?
+            .ok_or_else(|| not_found("chat", &chat.id))?
             .into_chat()
     }
 
-    async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
-        self.transaction((self, id), |session, context| {
-            let (store, id) = *context;
+    async fn delete_chat(&self, chat: &ChatKey) -> Result<bool> {
+        self.transaction((self, chat), |session, context| {
+            let (store, chat) = *context;
             async move {
-                let chat = store
+                let deleted = store
                     .chats
-                    .delete_one(doc! { "_id": id.as_str() })
+                    .delete_one(chat_filter(chat))
                     .session(&mut *session)
                     .await?;
                 store
                     .messages
-                    .delete_many(doc! { "chatId": id.as_str() })
+                    .delete_many(chat_filter(chat))
                     .session(&mut *session)
                     .await?;
-                Ok(chat.deleted_count > 0)
+                Ok(deleted.deleted_count > 0)
             }
             .boxed()
         })
@@ -819,7 +927,10 @@ impl MessageStore for MongoStore {
         let updated = self
             .messages
             .clone_with_type::<Document>()
-            .find_one_and_update(doc! { "_id": bson_uuid(&message.id) }, change)
+            .find_one_and_update(
+                doc! { "_id": bson_uuid(&message.id), "owner": message.owner.as_str() },
+                change,
+            )
             .projection(doc! { "chatId": 1 })
             .await
             .map_err(err("update message"))?
@@ -831,7 +942,7 @@ impl MessageStore for MongoStore {
         })?;
         self.chats
             .update_one(
-                doc! { "_id": chat },
+                doc! { "owner": message.owner.as_str(), "chatId": chat },
                 doc! { "$max": { "updatedAt": micros(message.updated_at) } },
             )
             .await
@@ -839,20 +950,22 @@ impl MessageStore for MongoStore {
         Ok(())
     }
 
-    async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
+    async fn get_message(&self, owner: &UserId, id: &MessageId) -> Result<Option<Message>> {
         self.messages
-            .find_one(doc! { "_id": bson_uuid(id) })
+            .find_one(doc! { "_id": bson_uuid(id), "owner": owner.as_str() })
             .await
             .map_err(err("get message"))?
             .map(MessageDoc::into_message)
             .transpose()
     }
 
-    async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
+    async fn history(&self, chat: &ChatKey, page: HistoryPage) -> Result<Vec<Message>> {
         let upper = match page.before {
             Some(before) => {
+                let mut cursor = chat_filter(chat);
+                cursor.insert("_id", bson_uuid(&before));
                 self.messages
-                    .find_one(doc! { "_id": bson_uuid(&before), "chatId": chat.as_str() })
+                    .find_one(cursor)
                     .await
                     .map_err(err("load history"))?
                     .ok_or_else(|| not_found("message", before))?
@@ -860,7 +973,7 @@ impl MessageStore for MongoStore {
             }
             None => match self
                 .chats
-                .find_one(doc! { "_id": chat.as_str() })
+                .find_one(chat_filter(chat))
                 .await
                 .map_err(err("load history"))?
             {

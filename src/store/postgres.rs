@@ -10,7 +10,7 @@ use sqlx::{
 };
 
 use super::Appended;
-use super::sql::{self, Insert, Sql, SqlBackend, Statements, message_columns};
+use super::sql::{self, Insert, Sql, SqlBackend, Statements, chat_columns, message_columns};
 use crate::{Error, Message, Result};
 
 /// How long opening the store waits for the server before giving up.
@@ -24,7 +24,7 @@ const POOL_SIZE: u32 = 10;
 ///
 /// Per-chat sequence numbers come from the database (the chat row is incremented in the
 /// transaction that inserts the message), so processes sharing the database never collide, and
-/// idempotent appends rely on a unique `(chat_id, client_message_id)` constraint. Schema
+/// idempotent appends rely on a unique `(owner, chat_id, client_message_id)` constraint. Schema
 /// migrations run when the store opens, under sqlx's advisory lock, so processes may start
 /// together.
 ///
@@ -187,38 +187,49 @@ impl SqlBackend for PostgresStore {
 
     const BACKEND: &'static str = "postgres";
     const SQL: Statements = Statements {
-        insert_chat: "INSERT INTO chats (id, title, created_at, updated_at) \
-                      VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        get_chat: "SELECT id, title, created_at, updated_at FROM chats WHERE id = $1",
-        list_chats: "SELECT id, title, created_at, updated_at FROM chats \
-                     ORDER BY updated_at DESC, id DESC LIMIT $1 OFFSET $2",
-        rename_chat: "UPDATE chats SET title = $1 WHERE id = $2 \
-                      RETURNING id, title, created_at, updated_at",
-        delete_chat: "DELETE FROM chats WHERE id = $1",
+        insert_chat: "INSERT INTO chats (owner, id, title, created_at, updated_at) \
+                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, id) DO NOTHING",
+        get_chat: concat!(
+            "SELECT ",
+            chat_columns!(),
+            " FROM chats WHERE owner = $1 AND id = $2"
+        ),
+        list_chats: concat!(
+            "SELECT ",
+            chat_columns!(),
+            " FROM chats WHERE owner = $1 ORDER BY updated_at DESC, id DESC LIMIT $2 OFFSET $3"
+        ),
+        rename_chat: concat!(
+            "UPDATE chats SET title = $1 WHERE owner = $2 AND id = $3 RETURNING ",
+            chat_columns!()
+        ),
+        delete_chat: "DELETE FROM chats WHERE owner = $1 AND id = $2",
         // The row lock taken here serialises appends to one chat across every process.
         next_seq: "UPDATE chats SET next_seq = next_seq + 1, \
-                   updated_at = GREATEST(updated_at, $1) WHERE id = $2 RETURNING next_seq - 1",
+                   updated_at = GREATEST(updated_at, $1) WHERE owner = $2 AND id = $3 \
+                   RETURNING next_seq - 1",
         by_client_key: concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE chat_id = $1 AND client_message_id = $2"
+            " FROM messages WHERE owner = $1 AND chat_id = $2 AND client_message_id = $3"
         ),
         insert_message: concat!(
             "INSERT INTO messages (",
             message_columns!(),
             ", seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             $16, $17)"
+             $16, $17, $18)"
         ),
         get_message: concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE id = $1"
+            " FROM messages WHERE id = $1 AND owner = $2"
         ),
-        seq_of: "SELECT seq FROM messages WHERE id = $1 AND chat_id = $2",
+        seq_of: "SELECT seq FROM messages WHERE id = $1 AND owner = $2 AND chat_id = $3",
         history: concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+            " FROM messages WHERE owner = $1 AND chat_id = $2 AND seq < $3 \
+             ORDER BY seq DESC LIMIT $4"
         ),
         recover_streaming: "UPDATE messages SET status = 'interrupted', updated_at = $1 \
                             WHERE status = 'streaming' AND role = 'assistant' \
@@ -266,9 +277,10 @@ impl SqlBackend for PostgresStore {
         let now = Self::kept(Utc::now());
         let ((), mut tx) = self.begin_write("append turn").await?;
         sqlx::query(
-            "INSERT INTO chats (id, title, created_at, updated_at) VALUES ($1, NULL, $2, $2) \
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO chats (owner, id, title, created_at, updated_at) \
+             VALUES ($1, $2, NULL, $3, $3) ON CONFLICT (owner, id) DO NOTHING",
         )
+        .bind(user.owner.as_str())
         .bind(user.chat_id.as_str())
         .bind(now)
         .execute(&mut *tx)
@@ -322,14 +334,15 @@ impl SqlBackend for PostgresStore {
     }
 }
 
-/// A checkpoint as one statement, one round trip: the message row and its chat's activity time.
+/// A checkpoint as one statement, one round trip: the message row (only under its owner) and its
+/// chat's activity time.
 const UPDATE: &str = "WITH m AS ( \
         UPDATE messages SET content = $1, reasoning = $2, tool_calls = $3, status = $4, \
         finish_reason = $5, usage_input_tokens = $6, usage_output_tokens = $7, error = $8, \
-        updated_at = $9 WHERE id = $10 RETURNING chat_id \
+        updated_at = $9 WHERE id = $10 AND owner = $11 RETURNING owner, chat_id \
     ) \
     UPDATE chats SET updated_at = GREATEST(chats.updated_at, $9) \
-    FROM m WHERE chats.id = m.chat_id";
+    FROM m WHERE chats.owner = m.owner AND chats.id = m.chat_id";
 
 sql::impl_message_store!(PostgresStore);
 

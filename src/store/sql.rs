@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 
 use super::HistoryPage;
-use crate::{Chat, ChatId, Error, Message, MessageId, Result};
+use crate::{Chat, ChatId, ChatKey, Error, Message, MessageId, Result, UserId};
 
 mod row;
 
-pub(crate) use row::{Columns, as_stored, message_columns};
+pub(crate) use row::{Columns, as_stored, chat_columns, message_columns};
 use row::{RawChat, RawMessage, tool_calls_to_json, usage_columns};
 
 /// The assistant messages still `streaming`, oldest first. No parameters, so no dialect.
@@ -28,30 +28,37 @@ pub(crate) const STREAMING_REPLIES: &str = concat!(
 );
 
 /// A backend's SQL text, in its dialect. Each statement takes its parameters in the order given.
+///
+/// A chat is the row keyed by `(owner, id)`, its messages those with its `(owner, chat_id)`:
+/// every statement about a chat or a message of one names the owner, so no statement reads or
+/// writes another owner's rows. Only the system-wide maintenance (`recover_streaming`,
+/// `interrupt_reply`, [`STREAMING_REPLIES`]) goes by message alone.
 #[derive(Debug)]
 pub(crate) struct Statements {
-    /// Inserts a chat `(id, title, created_at, updated_at)`; no row when the id is taken.
+    /// Inserts a chat `(owner, id, title, created_at, updated_at)`; no row when the owner
+    /// already has a chat with the id.
     pub(crate) insert_chat: &'static str,
-    /// The chat `(id)`: `id, title, created_at, updated_at`.
+    /// The chat `(owner, id)`: its `chat_columns!()`.
     pub(crate) get_chat: &'static str,
-    /// Chats, most recently active first: `(limit, offset)`.
+    /// An owner's chats, most recently active first: `(owner, limit, offset)`.
     pub(crate) list_chats: &'static str,
-    /// Sets the title `(title, id)`, returning the chat as `get_chat` does.
+    /// Sets the title `(title, owner, id)`, returning the chat as `get_chat` does.
     pub(crate) rename_chat: &'static str,
-    /// Deletes the chat `(id)` and, by cascade, its messages.
+    /// Deletes the chat `(owner, id)` and, by cascade, its messages.
     pub(crate) delete_chat: &'static str,
     /// Takes the next sequence number of the chat and moves its activity time forward
-    /// `(updated_at, chat id)`, returning the number taken; no row when there is no such chat.
+    /// `(updated_at, owner, chat id)`, returning the number taken; no row when there is no such
+    /// chat.
     pub(crate) next_seq: &'static str,
-    /// The message of a chat with a client message id `(chat id, key)`.
+    /// The message of a chat with a client message id `(owner, chat id, key)`.
     pub(crate) by_client_key: &'static str,
     /// Inserts a message: its `message_columns!()`, then its sequence number.
     pub(crate) insert_message: &'static str,
-    /// The message `(id)`.
+    /// The message `(id, owner)`.
     pub(crate) get_message: &'static str,
-    /// The sequence number of a message in a chat `(id, chat id)`.
+    /// The sequence number of a message in a chat `(id, owner, chat id)`.
     pub(crate) seq_of: &'static str,
-    /// A chat's messages below a sequence number, newest first `(chat id, seq, limit)`.
+    /// A chat's messages below a sequence number, newest first `(owner, chat id, seq, limit)`.
     pub(crate) history: &'static str,
     /// Marks assistant replies still `streaming` as `interrupted` `(now, updated before or
     /// NULL for all)`.
@@ -130,33 +137,40 @@ macro_rules! impl_message_store {
 
             async fn create_chat(
                 &self,
+                owner: &$crate::UserId,
                 id: Option<$crate::ChatId>,
                 title: Option<String>,
             ) -> $crate::Result<$crate::Chat> {
-                $crate::store::sql::Sql(self).create_chat(id, title).await
+                $crate::store::sql::Sql(self)
+                    .create_chat(owner, id, title)
+                    .await
             }
 
-            async fn get_chat(&self, id: &$crate::ChatId) -> $crate::Result<Option<$crate::Chat>> {
-                $crate::store::sql::Sql(self).get_chat(id).await
+            async fn get_chat(
+                &self,
+                chat: &$crate::ChatKey,
+            ) -> $crate::Result<Option<$crate::Chat>> {
+                $crate::store::sql::Sql(self).get_chat(chat).await
             }
 
             async fn list_chats(
                 &self,
+                owner: &$crate::UserId,
                 page: $crate::store::ChatPage,
             ) -> $crate::Result<Vec<$crate::Chat>> {
-                $crate::store::sql::Sql(self).list_chats(page).await
+                $crate::store::sql::Sql(self).list_chats(owner, page).await
             }
 
             async fn rename_chat(
                 &self,
-                id: &$crate::ChatId,
+                chat: &$crate::ChatKey,
                 title: Option<String>,
             ) -> $crate::Result<$crate::Chat> {
-                $crate::store::sql::Sql(self).rename_chat(id, title).await
+                $crate::store::sql::Sql(self).rename_chat(chat, title).await
             }
 
-            async fn delete_chat(&self, id: &$crate::ChatId) -> $crate::Result<bool> {
-                $crate::store::sql::Sql(self).delete_chat(id).await
+            async fn delete_chat(&self, chat: &$crate::ChatKey) -> $crate::Result<bool> {
+                $crate::store::sql::Sql(self).delete_chat(chat).await
             }
 
             async fn append(&self, message: &$crate::Message) -> $crate::Result<()> {
@@ -187,14 +201,15 @@ macro_rules! impl_message_store {
 
             async fn get_message(
                 &self,
+                owner: &$crate::UserId,
                 id: &$crate::MessageId,
             ) -> $crate::Result<Option<$crate::Message>> {
-                $crate::store::sql::Sql(self).get_message(id).await
+                $crate::store::sql::Sql(self).get_message(owner, id).await
             }
 
             async fn history(
                 &self,
-                chat: &$crate::ChatId,
+                chat: &$crate::ChatKey,
                 page: $crate::store::HistoryPage,
             ) -> $crate::Result<Vec<$crate::Message>> {
                 $crate::store::sql::Sql(self).history(chat, page).await
@@ -263,12 +278,14 @@ where
 {
     pub(crate) async fn create_chat(
         &self,
+        owner: &UserId,
         id: Option<ChatId>,
         title: Option<String>,
     ) -> Result<Chat> {
         let _writing = self.0.lock_writes().await;
         let now = B::kept(Utc::now());
         let chat = Chat {
+            owner: owner.clone(),
             id: id.unwrap_or_else(ChatId::generate),
             title,
             created_at: now,
@@ -276,6 +293,7 @@ where
         };
         let now = B::encode_time(now)?;
         let done = sqlx::query(B::SQL.insert_chat)
+            .bind(chat.owner.as_str())
             .bind(chat.id.as_str())
             .bind(chat.title.as_deref())
             .bind(now)
@@ -292,9 +310,10 @@ where
         Ok(chat)
     }
 
-    pub(crate) async fn get_chat(&self, id: &ChatId) -> Result<Option<Chat>> {
+    pub(crate) async fn get_chat(&self, chat: &ChatKey) -> Result<Option<Chat>> {
         sqlx::query(B::SQL.get_chat)
-            .bind(id.as_str())
+            .bind(chat.owner.as_str())
+            .bind(chat.id.as_str())
             .fetch_optional(self.0.pool())
             .await
             .map_err(err::<B>("get chat"))?
@@ -303,8 +322,13 @@ where
             .transpose()
     }
 
-    pub(crate) async fn list_chats(&self, page: super::ChatPage) -> Result<Vec<Chat>> {
+    pub(crate) async fn list_chats(
+        &self,
+        owner: &UserId,
+        page: super::ChatPage,
+    ) -> Result<Vec<Chat>> {
         sqlx::query(B::SQL.list_chats)
+            .bind(owner.as_str())
             .bind(sql_limit(page.limit))
             .bind(sql_limit(page.offset))
             .fetch_all(self.0.pool())
@@ -315,24 +339,26 @@ where
             .collect()
     }
 
-    pub(crate) async fn rename_chat(&self, id: &ChatId, title: Option<String>) -> Result<Chat> {
+    pub(crate) async fn rename_chat(&self, chat: &ChatKey, title: Option<String>) -> Result<Chat> {
         let _writing = self.0.lock_writes().await;
         sqlx::query(B::SQL.rename_chat)
             .bind(title.as_deref())
-            .bind(id.as_str())
+            .bind(chat.owner.as_str())
+            .bind(chat.id.as_str())
             .fetch_optional(self.0.pool())
             .await
             .map_err(err::<B>("rename chat"))?
             .as_ref()
             .map(Self::decode_chat)
             .transpose()?
-            .ok_or_else(|| not_found("chat", id))
+            .ok_or_else(|| not_found("chat", &chat.id))
     }
 
-    pub(crate) async fn delete_chat(&self, id: &ChatId) -> Result<bool> {
+    pub(crate) async fn delete_chat(&self, chat: &ChatKey) -> Result<bool> {
         let _writing = self.0.lock_writes().await;
         let done = sqlx::query(B::SQL.delete_chat)
-            .bind(id.as_str())
+            .bind(chat.owner.as_str())
+            .bind(chat.id.as_str())
             .execute(self.0.pool())
             .await
             .map_err(err::<B>("delete chat"))?;
@@ -395,6 +421,7 @@ where
         let columns = Columns::of::<B>(message)?;
         let seq: Option<i64> = sqlx::query_scalar(B::SQL.next_seq)
             .bind(columns.updated_at)
+            .bind(message.owner.as_str())
             .bind(message.chat_id.as_str())
             .fetch_optional(&mut **tx)
             .await
@@ -404,6 +431,7 @@ where
         };
         if let Some(key) = key {
             let existing = sqlx::query(B::SQL.by_client_key)
+                .bind(message.owner.as_str())
                 .bind(message.chat_id.as_str())
                 .bind(key)
                 .fetch_optional(&mut **tx)
@@ -435,7 +463,7 @@ where
         key: Option<&str>,
     ) -> Result<Message> {
         if let Some(key) = key
-            && let Some(original) = self.by_client_key(&message.chat_id, key).await?
+            && let Some(original) = self.by_client_key(&message.key(), key).await?
         {
             return Ok(original);
         }
@@ -445,9 +473,10 @@ where
         })
     }
 
-    async fn by_client_key(&self, chat: &ChatId, key: &str) -> Result<Option<Message>> {
+    async fn by_client_key(&self, chat: &ChatKey, key: &str) -> Result<Option<Message>> {
         sqlx::query(B::SQL.by_client_key)
-            .bind(chat.as_str())
+            .bind(chat.owner.as_str())
+            .bind(chat.id.as_str())
             .bind(key)
             .fetch_optional(self.0.pool())
             .await
@@ -457,9 +486,14 @@ where
             .transpose()
     }
 
-    pub(crate) async fn get_message(&self, id: &MessageId) -> Result<Option<Message>> {
+    pub(crate) async fn get_message(
+        &self,
+        owner: &UserId,
+        id: &MessageId,
+    ) -> Result<Option<Message>> {
         sqlx::query(B::SQL.get_message)
             .bind(id.as_uuid())
+            .bind(owner.as_str())
             .fetch_optional(self.0.pool())
             .await
             .map_err(err::<B>("get message"))?
@@ -468,11 +502,12 @@ where
             .transpose()
     }
 
-    pub(crate) async fn history(&self, chat: &ChatId, page: HistoryPage) -> Result<Vec<Message>> {
+    pub(crate) async fn history(&self, chat: &ChatKey, page: HistoryPage) -> Result<Vec<Message>> {
         let upper: i64 = match page.before {
             Some(before) => sqlx::query_scalar(B::SQL.seq_of)
                 .bind(before.as_uuid())
-                .bind(chat.as_str())
+                .bind(chat.owner.as_str())
+                .bind(chat.id.as_str())
                 .fetch_optional(self.0.pool())
                 .await
                 .map_err(err::<B>("load history"))?
@@ -480,7 +515,8 @@ where
             None => i64::MAX,
         };
         let mut messages = sqlx::query(B::SQL.history)
-            .bind(chat.as_str())
+            .bind(chat.owner.as_str())
+            .bind(chat.id.as_str())
             .bind(upper)
             .bind(sql_limit(page.limit))
             .fetch_all(self.0.pool())
@@ -546,6 +582,7 @@ where
         let m = columns.message;
         query
             .bind(m.id.as_uuid())
+            .bind(m.owner.as_str())
             .bind(m.chat_id.as_str())
             .bind(m.role.as_str())
             .bind(m.content.as_str())
@@ -564,7 +601,8 @@ where
     }
 
     /// Binds what a checkpoint saves, in this order: content, reasoning, tool calls, status,
-    /// finish reason, input and output tokens, error, `updated_at`, then the message's id.
+    /// finish reason, input and output tokens, error, `updated_at`, then the message's id and
+    /// owner (a checkpoint writes only a message of its owner).
     pub(crate) fn bind_checkpoint<'q>(
         &self,
         query: Query<'q, B::Db>,
@@ -581,7 +619,8 @@ where
             .bind(output_tokens)
             .bind(message.error.as_deref())
             .bind(B::encode_time(message.updated_at)?)
-            .bind(message.id.as_uuid()))
+            .bind(message.id.as_uuid())
+            .bind(message.owner.as_str()))
     }
 
     /// A message row, as `message_columns!()` selects it.

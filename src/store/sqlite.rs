@@ -8,7 +8,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 
-use super::sql::{self, Columns, Sql, SqlBackend, Statements, message_columns};
+use super::sql::{self, Columns, Sql, SqlBackend, Statements, chat_columns, message_columns};
 use super::{Appended, MessageStore};
 use crate::{Error, Message, Result};
 
@@ -34,13 +34,13 @@ const FILE_POOL_SIZE: u32 = 8;
 /// Cheap to clone: clones share one connection pool.
 ///
 /// ```
-/// use chatstream::{Message, MessageStore, store::{HistoryPage, SqliteStore}};
+/// use chatstream::{Message, MessageStore, UserId, store::{HistoryPage, SqliteStore}};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatstream::Result<()> {
 /// let store = SqliteStore::open("sqlite::memory:").await?; // or "sqlite://chatstream.db"
-/// let chat = store.create_chat(None, None).await?;
-/// store.append(&Message::user(chat.id.clone(), "hi")).await?;
-/// assert_eq!(store.history(&chat.id, HistoryPage::default()).await?[0].content, "hi");
+/// let chat = store.create_chat(&UserId::anonymous(), None, None).await?.key();
+/// store.append(&Message::user(&chat, "hi")).await?;
+/// assert_eq!(store.history(&chat, HistoryPage::default()).await?[0].content, "hi");
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -186,32 +186,45 @@ impl SqlBackend for SqliteStore {
 
     const BACKEND: &'static str = "sqlite";
     const SQL: Statements = Statements {
-        insert_chat: "INSERT INTO chats (id, title, created_at, updated_at) VALUES (?, ?, ?, ?) \
-                      ON CONFLICT (id) DO NOTHING",
-        get_chat: "SELECT id, title, created_at, updated_at FROM chats WHERE id = ?",
-        list_chats: "SELECT id, title, created_at, updated_at FROM chats \
-                     ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
-        rename_chat: "UPDATE chats SET title = ? WHERE id = ? \
-                      RETURNING id, title, created_at, updated_at",
-        delete_chat: "DELETE FROM chats WHERE id = ?",
+        insert_chat: "INSERT INTO chats (owner, id, title, created_at, updated_at) \
+                      VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, id) DO NOTHING",
+        get_chat: concat!(
+            "SELECT ",
+            chat_columns!(),
+            " FROM chats WHERE owner = ? AND id = ?"
+        ),
+        list_chats: concat!(
+            "SELECT ",
+            chat_columns!(),
+            " FROM chats WHERE owner = ? ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?"
+        ),
+        rename_chat: concat!(
+            "UPDATE chats SET title = ? WHERE owner = ? AND id = ? RETURNING ",
+            chat_columns!()
+        ),
+        delete_chat: "DELETE FROM chats WHERE owner = ? AND id = ?",
         next_seq: "UPDATE chats SET next_seq = next_seq + 1, updated_at = MAX(updated_at, ?) \
-                   WHERE id = ? RETURNING next_seq - 1",
+                   WHERE owner = ? AND id = ? RETURNING next_seq - 1",
         by_client_key: concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE chat_id = ? AND client_message_id = ?"
+            " FROM messages WHERE owner = ? AND chat_id = ? AND client_message_id = ?"
         ),
         insert_message: concat!(
             "INSERT INTO messages (",
             message_columns!(),
-            ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ),
-        get_message: concat!("SELECT ", message_columns!(), " FROM messages WHERE id = ?"),
-        seq_of: "SELECT seq FROM messages WHERE id = ? AND chat_id = ?",
+        get_message: concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = ? AND owner = ?"
+        ),
+        seq_of: "SELECT seq FROM messages WHERE id = ? AND owner = ? AND chat_id = ?",
         history: concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+            " FROM messages WHERE owner = ? AND chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
         ),
         recover_streaming: "UPDATE messages SET status = 'interrupted', updated_at = ?1 \
                             WHERE status = 'streaming' AND role = 'assistant' \
@@ -265,17 +278,33 @@ impl SqlBackend for SqliteStore {
     async fn turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
         let sql = Sql(self);
         let (u, r) = (Columns::of::<Self>(user)?, Columns::of::<Self>(reply)?);
-        let chat = user.chat_id.as_str();
+        let (owner, chat) = (user.owner.as_str(), user.chat_id.as_str());
         let key = user.client_message_id.as_deref();
         let user_id = user.id.as_uuid();
         let now = nanos(Utc::now())?;
-        let query = sqlx::query(TURN_SCRIPT).bind(chat).bind(now).bind(now);
-        let query = sql.bind_columns(query, &u).bind(chat).bind(chat).bind(key);
-        let query = sql.bind_columns(query, &r).bind(chat).bind(user_id);
+        let query = sqlx::query(TURN_SCRIPT)
+            .bind(owner)
+            .bind(chat)
+            .bind(now)
+            .bind(now);
+        let query = sql
+            .bind_columns(query, &u)
+            .bind(owner)
+            .bind(chat)
+            .bind(owner)
+            .bind(chat)
+            .bind(key);
+        let query = sql
+            .bind_columns(query, &r)
+            .bind(owner)
+            .bind(chat)
+            .bind(user_id);
         let query = query
             .bind(u.updated_at.max(r.updated_at))
+            .bind(owner)
             .bind(chat)
             .bind(user_id)
+            .bind(owner)
             .bind(user_id)
             .bind(chat)
             .bind(key);
@@ -284,7 +313,7 @@ impl SqlBackend for SqliteStore {
             Err(e) if sql::is_unique_violation(&e) => {
                 // The key check in the script makes this unreachable for a repeated key; a taken
                 // message id ends up here (and nothing of the turn is kept).
-                let taken = if self.get_message(&user.id).await?.is_some() {
+                let taken = if self.get_message(&user.owner, &user.id).await?.is_some() {
                     user.id
                 } else {
                     reply.id
@@ -315,7 +344,9 @@ impl SqlBackend for SqliteStore {
         let query = Sql(self)
             .bind_checkpoint(sqlx::query(UPDATE_SCRIPT), message)?
             .bind(nanos(message.updated_at)?)
-            .bind(message.id.as_uuid());
+            .bind(message.owner.as_str())
+            .bind(message.id.as_uuid())
+            .bind(message.owner.as_str());
         let rows = self
             .script(query)
             .await
@@ -332,14 +363,15 @@ impl SqlBackend for SqliteStore {
 // numbers would shift the ones after it.
 
 /// A checkpoint as one script (see [`SqliteStore::script`]): the message, then its chat's
-/// activity time. `RETURNING` gives no row when there is no such message. Its parameters are
-/// those of [`Sql::bind_checkpoint`], then `updated_at` and the message's id again.
+/// activity time. `RETURNING` gives no row when the owner has no such message. Its parameters
+/// are those of [`Sql::bind_checkpoint`], then `updated_at`, the owner, the message's id and the
+/// owner again.
 const UPDATE_SCRIPT: &str = "BEGIN IMMEDIATE;
 UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, finish_reason = ?,
     usage_input_tokens = ?, usage_output_tokens = ?, error = ?, updated_at = ?
-    WHERE id = ? RETURNING chat_id;
+    WHERE id = ? AND owner = ? RETURNING chat_id;
 UPDATE chats SET updated_at = MAX(updated_at, ?)
-    WHERE id = (SELECT chat_id FROM messages WHERE id = ?);
+    WHERE owner = ? AND id = (SELECT chat_id FROM messages WHERE id = ? AND owner = ?);
 COMMIT;";
 
 /// A turn as one script (see [`SqliteStore::script`]): the chat if it is new; the user message
@@ -348,23 +380,26 @@ COMMIT;";
 /// one or the original) comes back.
 const TURN_SCRIPT: &str = concat!(
     "BEGIN IMMEDIATE;
-INSERT INTO chats (id, title, created_at, updated_at) VALUES (?, NULL, ?, ?)
-    ON CONFLICT (id) DO NOTHING;
+INSERT INTO chats (owner, id, title, created_at, updated_at) VALUES (?, ?, NULL, ?, ?)
+    ON CONFLICT (owner, id) DO NOTHING;
 INSERT INTO messages (",
     message_columns!(),
     ", seq)
-    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq FROM chats WHERE id = ?
-    AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = ? AND client_message_id = ?);
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq FROM chats
+    WHERE owner = ? AND id = ?
+    AND NOT EXISTS (SELECT 1 FROM messages
+        WHERE owner = ? AND chat_id = ? AND client_message_id = ?);
 INSERT INTO messages (",
     message_columns!(),
     ", seq)
-    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq + 1 FROM chats WHERE id = ?
-    AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq + 1 FROM chats
+    WHERE owner = ? AND id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
 UPDATE chats SET next_seq = next_seq + 2, updated_at = MAX(updated_at, ?)
-    WHERE id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
+    WHERE owner = ? AND id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
 SELECT ",
     message_columns!(),
-    " FROM messages WHERE id = ? OR (chat_id = ? AND client_message_id = ?);
+    " FROM messages
+    WHERE owner = ? AND (id = ? OR (chat_id = ? AND client_message_id = ?));
 COMMIT;"
 );
 

@@ -754,32 +754,34 @@ impl chatstream::MessageStore for SlowReads {
     }
     async fn create_chat(
         &self,
+        owner: &chatstream::UserId,
         id: Option<chatstream::ChatId>,
         title: Option<String>,
     ) -> chatstream::Result<chatstream::Chat> {
-        self.0.create_chat(id, title).await
+        self.0.create_chat(owner, id, title).await
     }
     async fn get_chat(
         &self,
-        id: &chatstream::ChatId,
+        chat: &chatstream::ChatKey,
     ) -> chatstream::Result<Option<chatstream::Chat>> {
-        self.0.get_chat(id).await
+        self.0.get_chat(chat).await
     }
     async fn list_chats(
         &self,
+        owner: &chatstream::UserId,
         page: chatstream::store::ChatPage,
     ) -> chatstream::Result<Vec<chatstream::Chat>> {
-        self.0.list_chats(page).await
+        self.0.list_chats(owner, page).await
     }
     async fn rename_chat(
         &self,
-        id: &chatstream::ChatId,
+        chat: &chatstream::ChatKey,
         title: Option<String>,
     ) -> chatstream::Result<chatstream::Chat> {
-        self.0.rename_chat(id, title).await
+        self.0.rename_chat(chat, title).await
     }
-    async fn delete_chat(&self, id: &chatstream::ChatId) -> chatstream::Result<bool> {
-        self.0.delete_chat(id).await
+    async fn delete_chat(&self, chat: &chatstream::ChatKey) -> chatstream::Result<bool> {
+        self.0.delete_chat(chat).await
     }
     async fn append(&self, message: &chatstream::Message) -> chatstream::Result<()> {
         self.0.append(message).await
@@ -795,13 +797,14 @@ impl chatstream::MessageStore for SlowReads {
     }
     async fn get_message(
         &self,
+        owner: &chatstream::UserId,
         id: &chatstream::MessageId,
     ) -> chatstream::Result<Option<chatstream::Message>> {
-        self.0.get_message(id).await
+        self.0.get_message(owner, id).await
     }
     async fn history(
         &self,
-        chat: &chatstream::ChatId,
+        chat: &chatstream::ChatKey,
         page: chatstream::store::HistoryPage,
     ) -> chatstream::Result<Vec<chatstream::Message>> {
         let read = self.0.history(chat, page).await;
@@ -813,6 +816,9 @@ impl chatstream::MessageStore for SlowReads {
         updated_before: Option<chrono::DateTime<chrono::Utc>>,
     ) -> chatstream::Result<u64> {
         self.0.recover_streaming(updated_before).await
+    }
+    async fn streaming_replies(&self) -> chatstream::Result<Vec<chatstream::Message>> {
+        self.0.streaming_replies().await
     }
 }
 

@@ -451,8 +451,8 @@ async fn orphan_recovery_is_counted() {
         |text: &str| Scrape(parse(text).unwrap()).value("chatstream_orphans_recovered_total", &[]);
     let before = count(&handle.render());
     let store = MemoryStore::new();
-    let user = Message::user("orphans".parse().unwrap(), "hi");
-    let reply = Message::assistant_streaming("orphans".parse().unwrap()).replying_to(user.id);
+    let user = Message::user("orphans".parse::<chatstream::ChatId>().unwrap(), "hi");
+    let reply = Message::assistant_streaming(user.key()).replying_to(user.id);
     store.append_turn(&user, &reply).await.unwrap();
     let hub = chatstream::LocalHub::new();
     assert_eq!(
@@ -461,7 +461,11 @@ async fn orphan_recovery_is_counted() {
             .unwrap(),
         1
     );
-    let stored = store.get_message(&reply.id).await.unwrap().unwrap();
+    let stored = store
+        .get_message(&reply.owner, &reply.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.status, MessageStatus::Interrupted);
     // Shared with the instance tests, which recover orphans too: at least this one.
     assert!(count(&handle.render()) - before >= 1.0);

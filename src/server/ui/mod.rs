@@ -54,16 +54,20 @@ use super::{
     sse::sse_response,
 };
 use crate::{
-    ChatId, ChatService, ChatSession, Message, MessageId, MessageStoreExt, Role, UserInput,
-    hub::HubEventStream, store::HistoryPage,
+    ChatKey, ChatService, ChatSession, Message, MessageId, MessageStoreExt, Role, UserId,
+    UserInput, hub::HubEventStream, store::HistoryPage,
 };
 
 pub(crate) use request::is_ui_request;
 
-/// `POST /api/chat` with a `useChat` body (see [`is_ui_request`]).
-pub(crate) async fn chat(state: AppState, body: Value) -> Result<Response, ApiError> {
+/// `POST /api/chat` with a `useChat` body (see [`is_ui_request`]), in `owner`'s chat.
+pub(crate) async fn chat(
+    state: AppState,
+    owner: UserId,
+    body: Value,
+) -> Result<Response, ApiError> {
     let request = UiChatRequest::parse(body)?;
-    let chat = chat_id(&request.id)?;
+    let chat = ChatKey::new(owner, chat_id(&request.id)?);
     let (index, sent) = request.newest_user_message()?;
     let session = state.service.session(chat.clone());
     let handle = match request.trigger {
@@ -100,7 +104,7 @@ pub(crate) async fn chat(state: AppState, body: Value) -> Result<Response, ApiEr
 /// chat's (a chat begun elsewhere); returns whether it did.
 async fn import(
     service: &ChatService,
-    chat: &ChatId,
+    chat: &ChatKey,
     request: &UiChatRequest,
     end: usize,
 ) -> Result<bool, ApiError> {
@@ -127,7 +131,7 @@ async fn import(
 /// asks for another one (the store cannot answer an earlier message again).
 async fn answers_last_user_message(
     service: &ChatService,
-    chat: &ChatId,
+    chat: &ChatKey,
     ui_message_id: &str,
 ) -> Result<(), ApiError> {
     let mut messages = service.store().newest_first(chat);
@@ -150,25 +154,25 @@ async fn answers_last_user_message(
 /// `GET /api/chat/{chatId}/stream`: the live reply from its first chunk, or `204`.
 pub(crate) async fn resume(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
 ) -> Result<Response, ApiError> {
-    let Some(events) = state.service.session(id.clone()).subscribe(None).await? else {
+    let Some(events) = state.service.session(chat.clone()).subscribe(None).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     // Subscribed first, asked second: a reply the hub still names as live after the
     // subscription began is the one subscribed to. One that finished is not resumed.
-    let Some(live) = state.service.hub().live_reply(&id).await? else {
+    let Some(live) = state.service.hub().live_reply(&chat).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    Ok(ui_response(&state, id, live.message_id, events))
+    Ok(ui_response(&state, chat, live.message_id, events))
 }
 
 /// `POST /api/chat/{chatId}/stop`: `{"stopped": true|false}`.
 pub(crate) async fn stop(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
 ) -> Result<Json<Value>, ApiError> {
-    let stopped = state.service.terminate(&id).await?;
+    let stopped = state.service.terminate(&chat).await?;
     Ok(Json(json!({ "stopped": stopped })))
 }
 
@@ -176,12 +180,12 @@ pub(crate) async fn stop(
 /// chat with no messages).
 pub(crate) async fn messages(
     State(state): State<AppState>,
-    ChatParam(id): ChatParam,
+    ChatParam(chat): ChatParam,
 ) -> Result<Json<Vec<UiMessage>>, ApiError> {
     let mut stored: Vec<Message> = state
         .service
         .store()
-        .newest_first(&id)
+        .newest_first(&chat)
         .try_collect()
         .await?;
     stored.reverse();
@@ -191,7 +195,7 @@ pub(crate) async fn messages(
 /// The reply that fills `message_id`, as a UI message stream response.
 fn ui_response(
     state: &AppState,
-    chat: ChatId,
+    chat: ChatKey,
     message_id: MessageId,
     events: HubEventStream,
 ) -> Response {
@@ -263,7 +267,7 @@ impl Stream for UiStream {
 /// stops the reply when its response is dropped (the client went away) before the reply ended.
 struct CancelOnDisconnect {
     service: ChatService,
-    chat: ChatId,
+    chat: ChatKey,
     message_id: MessageId,
     armed: bool,
 }
@@ -282,7 +286,7 @@ impl Drop for CancelOnDisconnect {
         // Only this reply: a newer one in the same chat is never stopped by an old response.
         runtime.spawn(async move {
             if let Err(e) = hub.terminate_reply(&chat, &message_id).await {
-                tracing::warn!(%chat, error = %e, "stopping a reply whose client went away failed");
+                tracing::warn!(chat_id = %chat.id, error = %e, "stopping a reply whose client went away failed");
             }
         });
     }

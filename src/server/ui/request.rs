@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::super::{ApiError, messages::client_message_id};
-use crate::{ChatId, Message, Role, ToolCall};
+use crate::{ChatKey, Message, Role, ToolCall};
 
 /// The body of a `useChat` request. Fields the app adds to the body are ignored.
 #[derive(Debug, Deserialize)]
@@ -123,7 +123,7 @@ impl UiChatRequest {
     }
 
     /// The messages before position `end`, as stored messages of `chat`, in order.
-    pub(crate) fn history(&self, chat: &ChatId, end: usize) -> Result<Vec<Message>, ApiError> {
+    pub(crate) fn history(&self, chat: &ChatKey, end: usize) -> Result<Vec<Message>, ApiError> {
         let mut stored = Vec::with_capacity(end);
         let mut last_user = None;
         for m in &self.messages[..end] {
@@ -199,7 +199,7 @@ impl UiMessageIn {
     /// per call that has a result.
     fn push_assistant(
         &self,
-        chat: &ChatId,
+        chat: &ChatKey,
         reply_to: Option<crate::MessageId>,
         stored: &mut Vec<Message>,
     ) -> Result<(), ApiError> {

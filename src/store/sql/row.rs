@@ -5,17 +5,26 @@ use sqlx::FromRow;
 use super::{SqlBackend, corrupt};
 use crate::{
     Chat, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role, ToolCall, Usage,
+    UserId,
 };
 
 /// The columns of a message row, in the order every statement that writes one binds them.
 macro_rules! message_columns {
     () => {
-        "id, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
+        "id, owner, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
          usage_input_tokens, usage_output_tokens, error, client_message_id, reply_to, created_at, \
          updated_at"
     };
 }
 pub(crate) use message_columns;
+
+/// The columns of a chat row, in the order every statement that reads one selects them.
+macro_rules! chat_columns {
+    () => {
+        "owner, id, title, created_at, updated_at"
+    };
+}
+pub(crate) use chat_columns;
 
 /// A message's columns as a statement binds them, in `message_columns!()` order.
 pub(crate) struct Columns<'a, T> {
@@ -79,9 +88,11 @@ pub(crate) fn usage_columns(usage: Option<Usage>) -> (Option<i64>, Option<i64>) 
     }
 }
 
-/// The columns of a chat row, decoded into Rust types but not yet validated.
+/// The columns of a chat row (as `chat_columns!()` selects them), decoded into Rust types but not
+/// yet validated.
 #[derive(FromRow)]
 pub(crate) struct RawChat<T> {
+    owner: String,
     id: String,
     title: Option<String>,
     created_at: T,
@@ -92,6 +103,7 @@ pub(crate) struct RawChat<T> {
 #[derive(FromRow)]
 pub(crate) struct RawMessage<T> {
     id: uuid::Uuid,
+    owner: String,
     chat_id: String,
     role: String,
     content: String,
@@ -127,6 +139,7 @@ impl<T> RawMessage<T> {
             });
         Ok(Message {
             id: MessageId::from_uuid(self.id),
+            owner: UserId::from_stored(&self.owner).map_err(bad)?,
             chat_id: self.chat_id.parse().map_err(bad)?,
             role: self.role.parse::<Role>().map_err(bad)?,
             content: self.content,
@@ -148,6 +161,8 @@ impl<T> RawMessage<T> {
 impl<T> RawChat<T> {
     pub(crate) fn into_chat<B: SqlBackend<Time = T>>(self) -> Result<Chat> {
         Ok(Chat {
+            owner: UserId::from_stored(&self.owner)
+                .map_err(|e| corrupt(B::BACKEND, "chat owner", e))?,
             id: self
                 .id
                 .parse()
