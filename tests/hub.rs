@@ -49,6 +49,7 @@ local_hub_suite!(
     mixed_deltas_replay_intact,
     live_replies_answer_each_chat,
     owners_are_independent,
+    live_count_is_per_owner,
     ping_answers,
 );
 
@@ -135,8 +136,71 @@ mod redis_hub {
         mixed_deltas_replay_intact,
         live_replies_answer_each_chat,
         owners_are_independent,
+        live_count_is_per_owner,
         ping_answers,
     );
+
+    /// A user's live replies are counted on every instance, and those of an instance that died
+    /// stop counting once their leases ran out, while a live instance's go on counting past its
+    /// lease (its renewals keep them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_users_live_replies_are_counted_across_instances_until_their_lease_runs_out() {
+        with_redis("redis_hub::live_count_across", |t| async move {
+            let lease = Duration::from_millis(500);
+            let alice = UserId::new(format!("alice-{}", ChatId::generate())).unwrap();
+            let b = t.builder("b").lease(lease).connect().await.unwrap();
+            let on_b = ChatKey::new(alice.clone(), ChatId::generate());
+            let id = MessageId::generate();
+            let mut b_live = b.start(&on_b, id).await.unwrap();
+            b_live
+                .publisher
+                .publish(start_payload(&on_b, id))
+                .await
+                .unwrap();
+
+            // Instance A starts two of Alice's replies, then dies without a word.
+            let a_runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (a_redis, a_alice) = (t.clone(), alice.clone());
+            a_runtime
+                .spawn(async move {
+                    let a = a_redis.builder("a").lease(lease).connect().await.unwrap();
+                    for _ in 0..2 {
+                        let chat = ChatKey::new(a_alice.clone(), ChatId::generate());
+                        let id = MessageId::generate();
+                        let mut live = a.start(&chat, id).await.unwrap();
+                        live.publisher
+                            .publish(start_payload(&chat, id))
+                            .await
+                            .unwrap();
+                        std::mem::forget(live);
+                    }
+                    std::mem::forget(a);
+                })
+                .await
+                .unwrap();
+            assert_eq!(b.live_count(&alice).await.unwrap(), Some(3));
+            a_runtime.shutdown_background();
+            let died = Instant::now();
+            while b.live_count(&alice).await.unwrap() != Some(1) {
+                assert!(
+                    died.elapsed() < Duration::from_secs(10),
+                    "A's replies never stopped counting"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Not before their leases could have run out; B's own reply still counts, renewed.
+            assert!(died.elapsed() >= lease / 2, "{:?}", died.elapsed());
+            tokio::time::sleep(lease * 2).await;
+            assert_eq!(b.live_count(&alice).await.unwrap(), Some(1));
+            b_live.publisher.publish(done_payload(id)).await.unwrap();
+            assert_eq!(b.live_count(&alice).await.unwrap(), Some(0));
+        })
+        .await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn started_on_one_instance_followed_and_replayed_on_another() {

@@ -40,6 +40,7 @@ pub async fn run_all(hub: &dyn StreamHub) {
     mixed_deltas_replay_intact(hub).await;
     live_replies_answer_each_chat(hub).await;
     owners_are_independent(hub).await;
+    live_count_is_per_owner(hub).await;
     ping_answers(hub).await;
 }
 
@@ -610,4 +611,64 @@ pub async fn owners_are_independent(hub: &dyn StreamHub) {
     };
     assert_eq!(done_of(&alice_events), (a, MessageStatus::Complete));
     assert_eq!(done_of(&bob_events), (b, MessageStatus::Cancelled));
+}
+
+/// `live_count` (for a hub that answers it) counts an owner's live replies only, whatever their
+/// chats are called, and stops counting a reply once it ends, however it ends.
+pub async fn live_count_is_per_owner(hub: &dyn StreamHub) {
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let alice = UserId::new(format!("auth0|älice/{unique}")).unwrap();
+    let bob = UserId::new(format!("bob-{unique}")).unwrap();
+    let Some(none) = hub.live_count(&alice).await.unwrap() else {
+        return;
+    };
+    assert_eq!(none, 0);
+    let chat = |owner: &UserId| ChatKey::new(owner.clone(), ChatId::generate());
+    let (a1, a2, b1) = (chat(&alice), chat(&alice), chat(&bob));
+    // Bob's chat of the same id as one of Alice's is Bob's.
+    let b2 = ChatKey::new(bob.clone(), a1.id.clone());
+    let mut live = Vec::new();
+    for key in [&a1, &a2, &b1, &b2] {
+        let id = MessageId::generate();
+        let mut reply = hub.start(key, id).await.unwrap();
+        reply
+            .publisher
+            .publish(start_payload(key, id))
+            .await
+            .unwrap();
+        live.push((id, reply));
+    }
+    let count = async |owner: &UserId| hub.live_count(owner).await.unwrap();
+    assert_eq!(count(&alice).await, Some(2));
+    assert_eq!(count(&bob).await, Some(2));
+    let (b2_id, mut b2_live) = live.pop().unwrap();
+    let (_, b1_live) = live.pop().unwrap();
+    let (_, a2_live) = live.pop().unwrap();
+    let (a1_id, mut a1_live) = live.pop().unwrap();
+    // Finished, abandoned, aborted: none counts any more.
+    a1_live
+        .publisher
+        .publish(done_payload(a1_id))
+        .await
+        .unwrap();
+    assert_eq!(count(&alice).await, Some(1));
+    drop(a2_live);
+    b1_live.publisher.abort().await.unwrap();
+    b2_live
+        .publisher
+        .publish(done_payload(b2_id))
+        .await
+        .unwrap();
+    for owner in [&alice, &bob] {
+        let mut left = None;
+        // An abandoned publisher ends its reply in the background.
+        for _ in 0..200 {
+            left = count(owner).await;
+            if left == Some(0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, Some(0), "{owner}");
+    }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     EventPayload, HubEvent, HubEventStream, LiveReply, LiveReplyInfo, ReplyPublisher, StreamHub,
 };
-use crate::{ChatKey, Delta, Error, MessageId, MessageStatus, Result, ToolCallDelta};
+use crate::{ChatKey, Delta, Error, MessageId, MessageStatus, Result, ToolCallDelta, UserId};
 
 /// How long a finished reply stays replayable by default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
@@ -459,6 +459,16 @@ impl StreamHub for LocalHub {
             replies
                 .get(chat)
                 .map_or(0, |r| r.watchers.load(Ordering::Relaxed)),
+        ))
+    }
+
+    async fn live_count(&self, owner: &UserId) -> Result<Option<usize>> {
+        let replies = lock(&self.inner.replies);
+        Ok(Some(
+            replies
+                .iter()
+                .filter(|(chat, reply)| chat.owner == *owner && reply.is_live())
+                .count(),
         ))
     }
 

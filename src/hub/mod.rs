@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ChatId, ChatKey, Delta, Error, FinishReason, Message, MessageId, MessageStatus, MessageStore,
-    Result, Usage,
+    Result, Usage, UserId,
 };
 
 #[cfg(feature = "conformance")]
@@ -358,6 +358,18 @@ pub trait StreamHub: Send + Sync + Debug + 'static {
     /// (`None` otherwise, and by default). Sessions use it to cancel replies nobody watches.
     async fn watchers(&self, chat: &ChatKey) -> Result<Option<usize>> {
         let _ = chat;
+        Ok(None)
+    }
+
+    /// How many of `owner`'s chats have a live reply, on every instance sharing the hub, when the
+    /// backend can tell (`None` otherwise, and by default). The server's limit of live replies
+    /// per user counts with it.
+    ///
+    /// The crate's hubs answer: the [`LocalHub`] from memory; the `RedisHub` from a set per
+    /// owner that each reply's instance keeps marked with its lease, so that the replies of an
+    /// instance that died stop counting when their leases expire.
+    async fn live_count(&self, owner: &UserId) -> Result<Option<usize>> {
+        let _ = owner;
         Ok(None)
     }
 

@@ -16,6 +16,10 @@
 //! | `P:{U/C}:reply` | hash | the current reply: `reply` (its id), `owner` (instance id), `message` (the assistant message id, given at start), `cancel` (set by a terminate) |
 //! | `P:{U/C}:events:R` | stream | the reply's events: entry id `SEQ-0`, fields `e` (event name) and `d` (JSON data) |
 //!
+//! and for each user, `P:live:{U}`, a sorted set of the user's chats with a live reply, each
+//! scored with the time its lease runs out (Redis's clock, in milliseconds): what
+//! [`StreamHub::live_count`] counts.
+//!
 //! The tag `{U/C}` names one chat of one user, so one user's chat `demo` never meets another's:
 //! a chat id has no `/` (so the last `/` of the tag ends the user id), and a user id has no `{`
 //! or `}` (so the tag ends where the chat id does). The anonymous owner's chats are
@@ -27,6 +31,12 @@
 //!   the loser gets [`Error::Busy`]. The live reply of a chat is the `reply` hash while the
 //!   lease holds its id ([`StreamHub::live_reply`]).
 //! - The scripts move events as opaque strings: every JSON shape is made and read in Rust.
+//! - **Live replies per user**: a reply's chat enters its user's set when it starts, gets its
+//!   score moved on with every renewal of its lease, and leaves the set when the reply ends. A
+//!   dead instance's chats stop counting when their scores pass, as their leases expire; the
+//!   count drops them then. The set is apart from the chat's keys (another slot in a cluster),
+//!   so it is kept by commands of its own beside the chat's scripts: for a moment around a
+//!   reply's start or end it may count one reply more or less.
 //! - **Publish** is an `XADD` with the sequence number as the entry id. **Follow** reads with
 //!   `XRANGE` after the subscriber's position, then waits with `XREAD BLOCK` on a connection of
 //!   the subscription's own (a blocking read would stall every other command on a shared one).
@@ -83,7 +93,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     EventPayload, HubEvent, HubEventStream, LiveReply, LiveReplyInfo, ReplyPublisher, StreamHub,
 };
-use crate::{ChatKey, Error, MessageId, MessageStatus, Result};
+use crate::{ChatKey, Error, MessageId, MessageStatus, Result, UserId};
 
 /// The key prefix by default.
 pub const DEFAULT_PREFIX: &str = "chatstream";
@@ -387,12 +397,15 @@ fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-/// The keys of one chat, and of one reply's events.
+/// The keys of one chat, and of one reply's events; and the set of its user's live chats, in
+/// which it is `chat`.
 #[derive(Debug, Clone)]
 struct Keys {
     lease: String,
     reply: String,
     events: String,
+    live: String,
+    chat: String,
 }
 
 impl Inner {
@@ -403,6 +416,36 @@ impl Inner {
             lease: format!("{base}:lease"),
             reply: format!("{base}:reply"),
             events: format!("{base}:events:{reply_id}"),
+            live: self.live_key(&chat.owner),
+            chat: chat.id.to_string(),
+        }
+    }
+
+    /// The set of `owner`'s chats with a live reply.
+    fn live_key(&self, owner: &UserId) -> String {
+        format!("{}:live:{{{owner}}}", self.prefix)
+    }
+
+    /// Marks the reply of `keys` live in its user's set until its lease runs out.
+    fn mark_live<'a>(&self, script: &'a Script, keys: &Keys) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(&keys.live);
+        invocation
+            .arg(&keys.chat)
+            .arg(millis(self.lease))
+            .arg(self.live_ttl());
+        invocation
+    }
+
+    /// Takes the chat of `keys` out of its user's set of live chats, its reply having ended. A
+    /// failure only leaves it counted until its lease would have run out.
+    async fn unmark_live(&self, keys: &Keys) {
+        let removed: redis::RedisResult<i64> = redis::cmd("ZREM")
+            .arg(&keys.live)
+            .arg(&keys.chat)
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = removed {
+            tracing::debug!(error = %e, "hub: cannot take an ended reply out of its user's live set; it stops counting when its lease runs out");
         }
     }
 
@@ -532,7 +575,7 @@ async fn listen(
     }
 }
 
-// The scripts. Each touches the keys of one chat only.
+// The scripts. Each touches the keys of one chat only, or one user's set of live chats.
 
 /// KEYS lease, reply; ARGV reply id, owner, lease ms, live ttl ms, message id. 1 when started,
 /// 0 when busy.
@@ -602,6 +645,24 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('HGET', KEYS[3], 'reply') == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
 return seq + 2
+";
+
+/// KEYS live (a user's set of live chats); ARGV chat, lease ms, live ttl ms. Scores the chat
+/// with the time its lease runs out, by Redis's clock.
+const MARK_LIVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// KEYS live. How many chats of the set have a lease that has not run out; drops the others.
+const COUNT_LIVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
 ";
 
 /// KEYS lease, reply, events; ARGV reply id, lease ms, live ttl ms. -1 when the lease was lost,
@@ -683,6 +744,15 @@ impl StreamHub for RedisHub {
             return Err(Error::Busy {
                 chat_id: chat.id.to_string(),
             });
+        }
+        let mark = Script::new(MARK_LIVE);
+        let marked: redis::RedisResult<i64> = hub
+            .mark_live(&mark, &keys)
+            .invoke_async(&mut hub.conn.clone())
+            .await;
+        if let Err(e) = marked {
+            // The reply is started: the renewals mark it.
+            tracing::debug!(error = %e, "hub: cannot mark a started reply in its user's live set yet");
         }
         let cancel = CancellationToken::new();
         lock(&hub.owned).insert(
@@ -839,6 +909,16 @@ impl StreamHub for RedisHub {
     }
 
     /// One `PING`.
+    async fn live_count(&self, owner: &UserId) -> Result<Option<usize>> {
+        let hub = &self.inner;
+        let count: usize = Script::new(COUNT_LIVE)
+            .key(hub.live_key(owner))
+            .invoke_async(&mut hub.conn.clone())
+            .await
+            .map_err(|e| hub_error("count live replies", e))?;
+        Ok(Some(count))
+    }
+
     async fn ping(&self) -> Result<()> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.inner.conn.clone())
@@ -860,6 +940,7 @@ fn live_info((message, owner): (String, String)) -> Result<LiveReplyInfo> {
 /// period, and fires the cancel token of a reply whose terminate request was missed.
 async fn keep_leases(hub: Weak<Inner>, every: Duration, shutdown: CancellationToken) {
     let script = Script::new(RENEW);
+    let mark = Script::new(MARK_LIVE);
     let mut tick = tokio::time::interval(every);
     // A slow round trip delays the next one rather than bunching renewals up behind it.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -881,6 +962,7 @@ async fn keep_leases(hub: Weak<Inner>, every: Duration, shutdown: CancellationTo
         let mut pipe = redis::pipe();
         // A pipeline does not load a script that Redis lost (a restart, `SCRIPT FLUSH`).
         pipe.load_script(&script).ignore();
+        pipe.load_script(&mark).ignore();
         for (reply_id, keys) in &due {
             pipe.invoke_script(
                 script
@@ -891,6 +973,7 @@ async fn keep_leases(hub: Weak<Inner>, every: Duration, shutdown: CancellationTo
                     .arg(millis(inner.lease))
                     .arg(inner.live_ttl()),
             );
+            pipe.invoke_script(&inner.mark_live(&mark, keys)).ignore();
         }
         let mut conn = inner.conn.clone();
         // Not held over the round trip: the hub may go away meanwhile.
@@ -1101,6 +1184,12 @@ struct Abandoned {
 
 impl Abandoned {
     async fn end(self) -> Result<()> {
+        let ended = self.seal_or_discard().await;
+        self.hub.unmark_live(&self.keys).await;
+        ended
+    }
+
+    async fn seal_or_discard(&self) -> Result<()> {
         if !self.published {
             return Script::new(DISCARD)
                 .key(&self.keys.lease)
@@ -1144,6 +1233,12 @@ impl RedisPublisher {
 
     async fn finish(&mut self, done: EventPayload) -> Result<u64> {
         self.close();
+        let finished = self.publish_done(done).await;
+        self.hub.unmark_live(&self.keys).await;
+        finished
+    }
+
+    async fn publish_done(&mut self, done: EventPayload) -> Result<u64> {
         let data = done.to_json();
         if !self.broken {
             let seq = self.seq + 1;
