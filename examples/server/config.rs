@@ -140,6 +140,11 @@ pub struct Config {
     #[arg(long, env = "CHATSTREAM_COOKIE_SECURE", value_name = "BOOL")]
     pub cookie_secure: Option<bool>,
 
+    /// At most this many live replies per user at once; one more is answered 429 [default: 4
+    /// with authentication, none without].
+    #[arg(long, env = "CHATSTREAM_MAX_LIVE_PER_USER", value_name = "N")]
+    pub max_live_per_user: Option<usize>,
+
     /// At most this many requests per user and minute, in a burst or spread out; past it, 429
     /// with Retry-After (0: no limit) [default: 120 with authentication, none without].
     #[arg(long, env = "CHATSTREAM_RATE_LIMIT_PER_MIN", value_name = "N")]
@@ -203,6 +208,7 @@ impl fmt::Debug for Secret {
 
 /// The default per-user limits, with authentication on (without it, every request is one user's
 /// and these would throttle the whole server).
+const DEFAULT_MAX_LIVE_PER_USER: usize = 4;
 const DEFAULT_RATE_LIMIT_PER_MIN: u32 = 120;
 
 const AFTER_HELP: &str = "\
@@ -289,6 +295,12 @@ impl Config {
             // where the page is reached over HTTP unless a TLS proxy says otherwise.
             let secure = self.cookie_secure.unwrap_or(!self.addr.ip().is_loopback());
             options = options.with_session_cookie(cookie.with_secure(secure));
+        }
+        let max_live = self
+            .max_live_per_user
+            .or(on.then_some(DEFAULT_MAX_LIVE_PER_USER));
+        if let Some(max) = max_live {
+            options = options.with_max_live_per_user(max);
         }
         let rate = self
             .rate_limit_per_min

@@ -14,13 +14,15 @@ use axum::{
 use super::{
     ApiError, AppState,
     auth::{AuthError, Credential, Principal},
-    limits::RateLimit,
+    limits::{LiveLimit, RateLimit},
 };
 
-/// What the gate keeps from one request to the next: the request rate of each user.
+/// What the gate keeps from one request to the next: the request rate of each user, and the
+/// turns of the live-reply limit.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     pub(crate) rate: Option<RateLimit>,
+    pub(crate) live: Option<LiveLimit>,
 }
 
 /// The middleware: authenticates, checks the origin of cookie-borne changes, counts the

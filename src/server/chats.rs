@@ -12,6 +12,7 @@ use serde_json::json;
 use super::{
     ApiError, AppState,
     extract::{ApiJson, ApiQuery, ChatParam, Owner, chat_id},
+    limits::live_turn,
 };
 use crate::{Chat, ChatSession, ReplyHandle, store::ChatPage};
 
@@ -111,6 +112,7 @@ pub(crate) async fn regenerate(
     if state.service.store().get_chat(&chat).await?.is_none() {
         return Err(ApiError::not_found(format!("no chat {}", chat.id)));
     }
+    let _turn = live_turn(&state, &chat.owner).await?;
     let handle = state.service.session(chat).regenerate().await?;
     Ok(accepted(&handle))
 }

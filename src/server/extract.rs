@@ -6,11 +6,11 @@
 use axum::{
     Json,
     extract::{FromRequest, FromRequestParts, Path, Query, Request},
-    http::request::Parts,
+    http::{StatusCode, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use super::{ApiError, auth::Principal};
 use crate::{ChatId, ChatKey, UserId};
 
 /// [`axum::Json`] answering its rejections as JSON errors: 400 `bad_json`, 415
@@ -70,16 +70,24 @@ where
 /// or through [`ChatParam`]) and hands it to the store and the hub, which never go outside that
 /// owner's chats; so another owner's chat is simply not there (404), whatever the route.
 ///
-/// This is the one place that says who a request's owner is. There is no authentication yet:
-/// every request is the anonymous owner's.
+/// This is the one place that says who a request's owner is: the user of the [`Principal`] the
+/// router's authentication put in the request (see [`super::auth`]). A route outside that
+/// authentication has no owner and answers `500` rather than guess one.
 #[derive(Debug, Clone)]
 pub(crate) struct Owner(pub(crate) UserId);
 
 impl<S: Send + Sync> FromRequestParts<S> for Owner {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Owner(UserId::anonymous()))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let principal = parts.extensions.get::<Principal>().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "this route is not behind the router's authentication",
+            )
+        })?;
+        Ok(Owner(principal.user.clone()))
     }
 }
 

@@ -1,6 +1,8 @@
-//! Per-user limits: how many requests a minute each user may make.
+//! Per-user limits: how many requests a minute each user may make, and how many live replies
+//! each may have at once.
 
 use std::{
+    hash::{BuildHasher, RandomState},
     num::NonZeroU32,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -16,8 +18,10 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 
-use super::ApiError;
-use crate::UserId;
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::{ApiError, AppState};
+use crate::{StreamHub, UserId};
 
 /// Per-user limits, each off by default. Part of [`ServerOptions`](super::ServerOptions).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,6 +30,10 @@ pub struct Limits {
     /// How many requests each user may make a minute, in a burst or spread out; past it, `429`
     /// with `Retry-After`. Counted per server instance.
     pub requests_per_minute: Option<NonZeroU32>,
+    /// How many live replies each user may have at once; one more (a send, a regenerate, a
+    /// `useChat` request) is `429`. Counted by the hub ([`StreamHub::live_count`]), so across
+    /// every instance sharing it; a hub that cannot count does not limit.
+    pub max_live_per_user: Option<usize>,
 }
 
 /// How many checks pass between two sweeps of users who have not asked lately, so that the
@@ -105,4 +113,66 @@ mod tests {
         // Another user is not affected.
         limit.check(&b).unwrap();
     }
+}
+
+/// How many stripes of turns the users of one instance share.
+const TURNS: usize = 64;
+
+/// At most `max` live replies per user, counted by the hub.
+///
+/// Counting and starting are two steps: a user's next reply waits for its turn on this
+/// instance (one of a few striped locks), so that two requests of one user here cannot both
+/// pass at the limit. Requests racing on two instances can, by one reply each, for a moment.
+#[derive(Debug)]
+pub(crate) struct LiveLimit {
+    max: usize,
+    turns: Vec<Mutex<()>>,
+    hasher: RandomState,
+}
+
+impl LiveLimit {
+    pub(crate) fn new(max: usize) -> Self {
+        LiveLimit {
+            max,
+            turns: (0..TURNS).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The user's turn to start a reply (to hold until it has started), or `429` when they
+    /// already have `max` live replies.
+    async fn admit(
+        &self,
+        hub: &dyn StreamHub,
+        owner: &UserId,
+    ) -> Result<MutexGuard<'_, ()>, ApiError> {
+        let stripe = self.hasher.hash_one(owner) as usize % self.turns.len();
+        let turn = self.turns[stripe].lock().await;
+        match hub.live_count(owner).await? {
+            Some(live) if live >= self.max => {
+                tracing::info!(user = %owner, live, "live reply limit reached");
+                Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_live_replies",
+                    format!(
+                        "at most {} live replies at once: wait for one to finish, or stop one",
+                        self.max
+                    ),
+                ))
+            }
+            _ => Ok(turn),
+        }
+    }
+}
+
+/// Before a reply of `owner` starts: the turn to hold until it has started (`None` without a
+/// limit), or `429`.
+pub(crate) async fn live_turn<'a>(
+    state: &'a AppState,
+    owner: &UserId,
+) -> Result<Option<MutexGuard<'a, ()>>, ApiError> {
+    let Some(limit) = &state.gate.live else {
+        return Ok(None);
+    };
+    limit.admit(&**state.service.hub(), owner).await.map(Some)
 }

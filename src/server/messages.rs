@@ -16,6 +16,7 @@ use super::{
     ApiError, AppState,
     chats::{MAX_PAGE, accepted},
     extract::{ApiJson, ApiQuery, ChatParam, LastEventId, Owner, chat_id},
+    limits::live_turn,
     sse::sse_response,
 };
 use crate::{
@@ -135,6 +136,7 @@ pub(crate) async fn send(
             .map_err(|e| ApiError::unprocessable("invalid_options", e.to_string()))?;
         input = input.with_options(options);
     }
+    let _turn = live_turn(&state, &chat.owner).await?;
     let handle = state.service.session(chat).send(input).await?;
     Ok(accepted(&handle))
 }

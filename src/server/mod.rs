@@ -211,6 +211,13 @@ impl ServerOptions {
         self
     }
 
+    /// Sets [`Limits::max_live_per_user`].
+    #[must_use]
+    pub fn with_max_live_per_user(mut self, max: usize) -> Self {
+        self.limits.max_live_per_user = Some(max);
+        self
+    }
+
     /// Sets [`Limits::requests_per_minute`] (`0`: no limit).
     #[must_use]
     pub fn with_rate_limit_per_min(mut self, requests: u32) -> Self {
@@ -240,6 +247,7 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
             .limits
             .requests_per_minute
             .map(limits::RateLimit::new),
+        live: options.limits.max_live_per_user.map(limits::LiveLimit::new),
     };
     let state = AppState {
         service,

@@ -70,6 +70,7 @@ pub(crate) async fn chat(
     let chat = ChatKey::new(owner, chat_id(&request.id)?);
     let (index, sent) = request.newest_user_message()?;
     let session = state.service.session(chat.clone());
+    let _turn = super::limits::live_turn(&state, &chat.owner).await?;
     let handle = match request.trigger {
         Trigger::SubmitMessage => {
             if request.message_id.as_deref() == Some(sent.id.as_str()) {
