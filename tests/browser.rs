@@ -1362,6 +1362,12 @@ async fn the_page_signs_in_by_cookie_streams_keeps_the_session_and_signs_out() {
         js(&c, "document.getElementById('who').textContent").await,
         json!("Signed in as alice")
     );
+    // The windows' chats are Alice's, and no one else's.
+    let page = chatstream::store::ChatPage::default();
+    let store = service.store();
+    assert_eq!(store.list_chats(&alice, page).await.unwrap().len(), 2);
+    let anonymous = chatstream::UserId::anonymous();
+    assert!(store.list_chats(&anonymous, page).await.unwrap().is_empty());
     // HttpOnly: the page's script cannot read the session, nor did it keep the key.
     assert_eq!(js(&c, "document.cookie").await, json!(""));
     assert_eq!(

@@ -948,3 +948,371 @@ fn the_auth_mode_defaults_to_none_on_loopback_only() {
         "{debug}"
     );
 }
+
+// ---- every route scoped by the user who asks ----
+
+/// A server with Alice's and Bob's keys whose every reply is slow (`words` words, 20 ms
+/// apart), the service behind it.
+async fn serve_slow(users: &Users, options: ServerOptions, words: usize) -> (Server, ChatService) {
+    let provider = chatstream::provider::ScriptedProvider::new().repeat(slow_reply(words, 20));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider))
+        .checkpoint(Duration::from_millis(50), 8)
+        .build()
+        .unwrap();
+    let options = options.with_authenticator(Arc::new(users.keys()));
+    let server = serve_app(chatstream::server::router(service.clone(), options)).await;
+    (server, service)
+}
+
+/// A request of `key`'s user to a route of [`ROUTES`] about `chat`, with a body that names
+/// `chat` where the route takes one.
+fn route_request(
+    s: &Server,
+    key: &str,
+    method: &str,
+    template: &str,
+    chat: &str,
+) -> RequestBuilder {
+    let path = template.replace("{chat}", chat);
+    let req = request(s, method, &path, Some(&format!("Bearer {key}")));
+    match (method, template) {
+        ("POST", "/api/chats") => req.json(&json!({"id": chat, "title": "mine"})),
+        ("PATCH", _) => req.json(&json!({"title": "taken over"})),
+        ("POST", "/api/messages") => req.json(&json!({"chatId": chat, "content": "hello"})),
+        ("POST", "/api/chat") => req.json(&json!({
+            "id": chat,
+            "messages": [{"id": format!("u-{chat}"), "role": "user",
+                          "parts": [{"type": "text", "text": "hello"}]}],
+            "trigger": "submit-message",
+        })),
+        ("POST", "/v1/chat/completions") => req.json(&body_for(template, chat)),
+        _ => req,
+    }
+}
+
+/// What a client learns from an answer: its status and, for errors and small JSON answers, the
+/// body with the chat id taken out; for answers that carry fresh ids (a send), the shape only.
+async fn learned(resp: reqwest::Response, chat: &str) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let kind = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    if kind.starts_with("text/event-stream") {
+        // A stream that would go on: what it is, not how far it got.
+        return (status, "event-stream".into());
+    }
+    let text = resp.text().await.unwrap().replace(chat, "{chat}");
+    if matches!(status, 201 | 202) {
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        return (status, format!("{keys:?}"));
+    }
+    (status, text)
+}
+
+/// Every route, as each of two users, about their own chat and about the other's: the other's
+/// chat is not there for them. Each answer about it is exactly the answer about a chat id nobody
+/// uses (404 where a route says a chat is missing), and nothing of it changes: not its
+/// history, not its live reply, not its row in the store.
+#[tokio::test]
+async fn every_route_answers_another_users_chat_as_one_that_does_not_exist_and_changes_nothing() {
+    let users = Users::new();
+    // Long enough to stay live through every request below.
+    let (s, service) = serve_slow(&users, ServerOptions::default(), 400).await;
+    let store = service.store().clone();
+    let people = [
+        ("alice", users.alice.key(), "chat-a"),
+        ("bob", users.bob.key(), "chat-b"),
+    ];
+    // A route that makes a chat gives the asker a chat of that id of their own: each of those
+    // is asked about another chat of the other's, made for it.
+    let making = [
+        ("POST", "/api/chats"),
+        ("POST", "/api/messages"),
+        ("POST", "/api/chat"),
+    ];
+    let made_for = |chat: &str, n: usize| format!("{chat}-{n}");
+    // Each opens a chat with a title and starts a reply in it, and has a chat for each route
+    // that makes one.
+    for (_, key, chat) in people {
+        let mut chats = vec![chat.to_owned()];
+        chats.extend((0..making.len()).map(|n| made_for(chat, n)));
+        for chat in &chats {
+            let resp = route_request(&s, key, "POST", "/api/chats", chat)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+        }
+        let resp = route_request(&s, key, "POST", "/api/messages", chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    let key_of =
+        |owner: &str, chat: &str| chatstream::ChatKey::new(user(owner), chat.parse().unwrap());
+    let snapshot = async |owner: &str, chat: &str| {
+        let key = key_of(owner, chat);
+        let row = store
+            .get_chat(&key)
+            .await
+            .unwrap()
+            .expect("the chat is there");
+        let history = store
+            .history(&key, chatstream::store::HistoryPage::default())
+            .await
+            .unwrap();
+        let live = service.hub().live_reply(&key).await.unwrap();
+        (
+            chat.to_owned(),
+            row.title,
+            history.iter().map(|m| m.id).collect::<Vec<_>>(),
+            live.map(|l| l.message_id),
+        )
+    };
+    let everything = async || {
+        let mut all = Vec::new();
+        for (owner, _, chat) in people {
+            all.push(snapshot(owner, chat).await);
+            for n in 0..making.len() {
+                all.push(snapshot(owner, &made_for(chat, n)).await);
+            }
+        }
+        all
+    };
+    let before = everything().await;
+    let live_main = before
+        .iter()
+        .filter(|(_, _, _, live)| live.is_some())
+        .count();
+    assert_eq!(live_main, 2, "both main replies are live: {before:?}");
+
+    // The routes that read or act on a chat, about the other's main chat; then those that make
+    // one, each about another chat of the other's.
+    let chat_routes: Vec<(&str, &str, Option<usize>)> = ROUTES
+        .iter()
+        .filter(|(_, t, _)| t.contains("{chat}"))
+        .map(|&(m, t, _)| (m, t, None))
+        .chain(
+            making
+                .iter()
+                .enumerate()
+                .map(|(n, &(m, t))| (m, t, Some(n))),
+        )
+        .collect();
+    let mut checked = 0;
+    for (asker, key, own) in people {
+        let others = if own == "chat-a" { "chat-b" } else { "chat-a" };
+        for (n, &(method, template, made)) in chat_routes.iter().enumerate() {
+            let other = made.map_or(others.to_owned(), |m| made_for(others, m));
+            let what = format!("{asker}: {method} {template} about the other's chat {other}");
+            let nobody = format!("nobody-{asker}-{n}");
+            let theirs = route_request(&s, key, method, template, &other)
+                .send()
+                .await
+                .unwrap();
+            let theirs = learned(theirs, &other).await;
+            let unused = route_request(&s, key, method, template, &nobody)
+                .send()
+                .await
+                .unwrap();
+            let unused = learned(unused, &nobody).await;
+            assert_eq!(theirs, unused, "{what}");
+            if matches!(
+                (method, template),
+                ("PATCH", _) | ("DELETE", _) | (_, "/api/chats/{chat}/regenerate")
+            ) {
+                assert_eq!(theirs.0, 404, "{what}: {theirs:?}");
+            }
+            if method == "GET" && template.contains("stream") {
+                // Nothing live there for the asker, whatever is live in the other's chat.
+                assert_eq!(theirs.0, 204, "{what}");
+            }
+            checked += 1;
+        }
+        // Resuming the other's live reply from any event is nothing too.
+        for last_event_id in ["0", "3"] {
+            let resp = route_request(&s, key, "GET", "/api/stream/{chat}", others)
+                .header("last-event-id", last_event_id)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 204, "{asker} resuming after {last_event_id}");
+        }
+        // Listing shows the asker's chats only: theirs, and those the making routes gave them.
+        let list: Vec<Value> = route_request(&s, key, "GET", "/api/chats", "")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = list.iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert!(ids.contains(&own), "{asker}: {ids:?}");
+        for id in &ids {
+            let mine = id.starts_with(own)
+                || id.starts_with(&format!("nobody-{asker}"))
+                || (0..making.len()).any(|n| *id == made_for(others, n));
+            assert!(mine, "{asker} sees {id}: {ids:?}");
+        }
+        assert!(!ids.contains(&others), "{asker}: {ids:?}");
+    }
+    assert_eq!(checked, 2 * chat_routes.len());
+
+    // The other's chats are as they were: same titles, same messages, the same reply still live.
+    assert_eq!(everything().await, before);
+    // Each user's own chat answers them on every reading route.
+    for (asker, key, own) in people {
+        let history: Vec<Value> = route_request(&s, key, "GET", "/api/messages/{chat}", own)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 2, "{asker}");
+        assert_eq!(history[0]["content"], "hello");
+        let ui: Vec<Value> = route_request(&s, key, "GET", "/api/chat/{chat}/messages", own)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ui.len(), 2, "{asker}");
+        for template in ["/api/stream/{chat}", "/api/chat/{chat}/stream"] {
+            let resp = route_request(&s, key, "GET", template, own)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{asker} {template}");
+        }
+    }
+    // The replies the other's terminate, stop and delete requests did not touch end complete.
+    for (owner, _, chat) in people {
+        let key = key_of(owner, chat);
+        for _ in 0..1000 {
+            if service.hub().live_reply(&key).await.unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let history = store
+            .history(&key, chatstream::store::HistoryPage::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            history.len(),
+            2,
+            "{owner}: no message of the other's came in"
+        );
+        assert_eq!(
+            history[1].status,
+            chatstream::MessageStatus::Complete,
+            "{owner}"
+        );
+        assert_eq!(history[1].content, words(400), "{owner}");
+    }
+}
+
+// ---- live replies per user ----
+
+#[tokio::test]
+async fn a_users_fifth_live_reply_is_429_while_another_user_is_unaffected() {
+    let users = Users::new();
+    let (s, service) = serve_slow(
+        &users,
+        ServerOptions::default().with_max_live_per_user(4),
+        600,
+    )
+    .await;
+    let (alice, bob) = (users.alice.key(), users.bob.key());
+    for n in 0..4 {
+        let resp = route_request(&s, alice, "POST", "/api/messages", &format!("a{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "reply {n}");
+    }
+    assert_eq!(
+        service.hub().live_count(&user("alice")).await.unwrap(),
+        Some(4)
+    );
+    // A fifth, whichever route starts it.
+    for (method, template, chat) in [
+        ("POST", "/api/messages", "a4"),
+        ("POST", "/api/chat", "a5"),
+        ("POST", "/api/chats/{chat}/regenerate", "a0"),
+    ] {
+        let resp = route_request(&s, alice, method, template, chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_of(resp).await,
+            (429, "too_many_live_replies".into()),
+            "{method} {template}"
+        );
+    }
+    // Nothing was stored for the refused ones.
+    let key = chatstream::ChatKey::new(user("alice"), "a4".parse().unwrap());
+    assert!(service.store().get_chat(&key).await.unwrap().is_none());
+    // Bob is not held back by Alice.
+    for n in 0..4 {
+        let resp = route_request(&s, bob, "POST", "/api/messages", &format!("b{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "Bob's reply {n}");
+    }
+    // Once one of Alice's replies stops, she may start another.
+    let resp = route_request(&s, alice, "POST", "/api/stream/{chat}/terminate", "a0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut status = 0;
+    for _ in 0..200 {
+        let resp = route_request(&s, alice, "POST", "/api/messages", "a4")
+            .send()
+            .await
+            .unwrap();
+        status = resp.status().as_u16();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 429);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 202);
+    // Concurrent sends of one user at the limit: exactly one more passes.
+    let resp = route_request(&s, alice, "POST", "/api/stream/{chat}/terminate", "a1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    while service.hub().live_count(&user("alice")).await.unwrap() != Some(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let racing = (0..6)
+        .map(|n| route_request(&s, alice, "POST", "/api/messages", &format!("race{n}")).send());
+    let statuses: Vec<u16> = futures::future::join_all(racing)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        5,
+        "{statuses:?}"
+    );
+}
