@@ -435,6 +435,7 @@ crate::forward::forward_impls!(StreamHub,
         fn terminate_reply(&self, chat: &ChatKey, message_id: &MessageId) -> Result<bool>;
         fn is_live(&self, chat: &ChatKey) -> Result<bool>;
         fn watchers(&self, chat: &ChatKey) -> Result<Option<usize>>;
+        fn live_count(&self, owner: &UserId) -> Result<Option<usize>>;
         fn live_replies(&self, chats: &[ChatKey]) -> Result<Vec<Option<LiveReplyInfo>>>;
         fn ping(&self) -> Result<()>;
     }
