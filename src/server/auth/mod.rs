@@ -10,9 +10,11 @@
 //! | [`ApiKeys`] | `Authorization: Bearer KEY`, checked against SHA-256 digests in constant time | the key's user |
 //! | [`JwtAuth`] | `Authorization: Bearer JWT` signed by the app's login (HS256, RS256 or ES256) | the token's `sub` |
 //!
-//! The router runs the authenticator on every chat route (not on `/healthz` and `/readyz`)
-//! before anything else, so a request without a valid credential learns nothing, not even
-//! whether its body would have parsed. A browser page, whose `EventSource` cannot send headers,
+//! The router runs the authenticator on every chat route (not on sign-in, `/healthz`,
+//! `/readyz` and `/metrics`) before anything else, so a request without a valid credential
+//! learns nothing, not even whether its body would have parsed. The principal's user is the
+//! owner every route scopes its chats by: another user's chat is, to them, a chat that does not
+//! exist. A browser page, whose `EventSource` cannot send headers,
 //! signs in once with `POST /api/session` and is then known by a [`SessionCookie`]; requests
 //! authenticated by a cookie that change anything must come from the server's own origin.
 //!
