@@ -85,7 +85,7 @@ pub(crate) async fn whoami(State(state): State<AppState>, parts: Parts) -> Respo
                 Credential::Bearer => "bearer",
                 Credential::Cookie => "cookie",
                 Credential::Header => "header",
-                _ => "none",
+                Credential::None => "none",
             };
             Json::<Value>(json!({"user": principal.user, "credential": credential})).into_response()
         }
