@@ -473,17 +473,35 @@ async fn orphan_recovery_is_counted() {
 
 // ---- spans ----
 
-/// A span as it closed: its name, its parent's name and every field recorded on it.
+/// A span as it closed: its name, every field recorded on it, and its parent's name and fields
+/// (a parent outlives its children, so they are read as the child closes).
 #[derive(Debug, Clone)]
 struct Closed {
     name: &'static str,
     parent: Option<&'static str>,
+    parent_fields: BTreeMap<String, String>,
     fields: BTreeMap<String, String>,
 }
 
-/// Keeps every span that closes.
+/// Keeps every span that closes, in the whole test process.
 #[derive(Clone, Default)]
 struct Spans(Arc<Mutex<Vec<Closed>>>);
+
+/// The process's span recorder, installed once as the global subscriber. A subscriber scoped to
+/// one test's thread is not enough: `tracing` caches per callsite whether any subscriber wants
+/// it, and other tests hitting a callsite on threads without one can leave it cached as
+/// unwanted. A global subscriber is seen by every thread, so spans are never missed; the test
+/// picks its own by their fields.
+fn spans() -> &'static Spans {
+    use tracing_subscriber::layer::SubscriberExt;
+    static SPANS: std::sync::OnceLock<Spans> = std::sync::OnceLock::new();
+    SPANS.get_or_init(|| {
+        let spans = Spans::default();
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(spans.clone()))
+            .expect("no other global subscriber in the server tests");
+        spans
+    })
+}
 
 struct Fields(BTreeMap<String, String>);
 
@@ -535,9 +553,15 @@ where
             .remove::<Fields>()
             .map(|f| f.0)
             .unwrap_or_default();
+        let parent = span.parent();
+        let parent_fields = parent
+            .as_ref()
+            .and_then(|p| p.extensions().get::<Fields>().map(|f| f.0.clone()))
+            .unwrap_or_default();
         self.0.lock().unwrap().push(Closed {
             name: span.name(),
-            parent: span.parent().map(|p| p.name()),
+            parent: parent.map(|p| p.name()),
+            parent_fields,
             fields,
         });
     }
@@ -568,18 +592,7 @@ impl Spans {
 
 #[tokio::test]
 async fn requests_and_replies_have_spans_with_opentelemetry_attributes() {
-    use tracing_subscriber::layer::SubscriberExt;
-    // A request and a reply first, with no subscriber, so that their span callsites are
-    // registered before this test's subscriber is: `tracing` caches each callsite's interest
-    // when it is first hit, and while a thread-scoped subscriber is the only one, a callsite
-    // first hit by another test's thread would be cached as never enabled, here too.
-    let warm = demo().await;
-    assert_eq!(warm.send("warm-up", "hi", None).await.status(), 202);
-    follow_to_end(&warm, "warm-up").await;
-    let spans = Spans::default();
-    // The test's runtime runs every task on this thread, the server's and the reply's too.
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let spans = spans();
     let provider = ScriptedProvider::new().named("observability-spans").then(
         Script::new()
             .text("Hel")
@@ -593,21 +606,22 @@ async fn requests_and_replies_have_spans_with_opentelemetry_attributes() {
     let events: Vec<Sse> = sse_events(s.stream("spans", None).await).collect().await;
     assert_eq!(text_of(&events), "Hello");
 
-    let send = spans.closed("request", "http.route", "/api/messages").await;
-    assert_eq!(send.fields["http.response.status_code"], "202");
-    assert_eq!(send.fields["http.request.method"], "POST");
-    assert_eq!(send.fields["otel.name"], "POST /api/messages");
-    assert_eq!(send.fields["otel.kind"], "server");
-    let stream = spans
-        .closed("request", "http.route", "/api/stream/{chat_id}")
-        .await;
-    assert_eq!(stream.fields["http.response.status_code"], "200");
-
     let reply = spans
         .closed("gen_ai.chat", "gen_ai.provider.name", "observability-spans")
         .await;
-    // Opened in the request that started it.
+    // Opened in the request that started it: the send.
     assert_eq!(reply.parent, Some("request"));
+    let send = &reply.parent_fields;
+    assert_eq!(send["http.route"], "/api/messages");
+    assert_eq!(send["http.response.status_code"], "202");
+    assert_eq!(send["http.request.method"], "POST");
+    assert_eq!(send["otel.name"], "POST /api/messages");
+    assert_eq!(send["otel.kind"], "server");
+    // The chat `spans` is this test's alone.
+    let stream = spans.closed("request", "uri", "/api/stream/spans").await;
+    assert_eq!(stream.fields["http.route"], "/api/stream/{chat_id}");
+    assert_eq!(stream.fields["http.response.status_code"], "200");
+
     let f = &reply.fields;
     assert_eq!(f["otel.name"], "chat scripted");
     assert_eq!(f["otel.kind"], "client");
