@@ -44,6 +44,8 @@ enum Thinking {
     Redacted {
         data: String,
     },
+    /// A block of the message the accumulator started from, whose text is kept whole.
+    Kept(ThinkingBlock),
 }
 
 impl Accumulator {
@@ -60,8 +62,8 @@ impl Accumulator {
         }
     }
 
-    /// Starts from an existing partial reply (to continue it after a recovery). A message keeps
-    /// no thinking blocks, so its reasoning belongs to none.
+    /// Starts from an existing partial reply (to continue it after a recovery), with its
+    /// thinking blocks; the reasoning that comes next belongs to the blocks that follow them.
     pub fn from_message(message: &Message) -> Self {
         let reasoning = message.reasoning.clone().unwrap_or_default();
         Accumulator {
@@ -72,7 +74,7 @@ impl Accumulator {
             usage: message.usage,
             finish_reason: message.finish_reason,
             deltas: 0,
-            thinking: Vec::new(),
+            thinking: message.thinking.iter().cloned().map(Thinking::Kept).collect(),
         }
     }
 
@@ -167,8 +169,8 @@ impl Accumulator {
     /// The reply's signed thinking blocks, in order: each signature with the reasoning text that
     /// came since the previous block, and the redacted blocks, ready to be sent back to Anthropic
     /// in [`RequestMessage::thinking`](crate::RequestMessage::thinking). Empty for providers that
-    /// sign nothing. A [`Message`] does not keep them ([`apply_to`](Self::apply_to) and
-    /// [`into_message`](Self::into_message) leave them out): take them from here.
+    /// sign nothing. [`apply_to`](Self::apply_to) and [`into_message`](Self::into_message) put
+    /// them in [`Message::thinking`], so a stored reply hands them on to the next request.
     ///
     /// ```
     /// use chatstream::{Accumulator, Delta, provider::ThinkingBlock};
@@ -198,6 +200,7 @@ impl Accumulator {
                     signature: signature.clone(),
                 },
                 Thinking::Redacted { data } => ThinkingBlock::Redacted { data: data.clone() },
+                Thinking::Kept(block) => block.clone(),
             })
             .collect()
     }
@@ -219,10 +222,12 @@ impl Accumulator {
         message.tool_calls.clone_from(&self.tool_calls);
         message.usage = self.usage;
         message.finish_reason = self.finish_reason;
+        message.thinking = self.thinking_blocks();
     }
 
     /// Moves the reply into `message` and returns it.
     pub fn into_message(self, mut message: Message) -> Message {
+        message.thinking = self.thinking_blocks();
         message.content = self.text;
         message.reasoning = (!self.reasoning.is_empty()).then_some(self.reasoning);
         message.tool_calls = self.tool_calls;
@@ -354,6 +359,44 @@ mod tests {
                     text: "three".into(),
                     signature: "s2".into()
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn thinking_blocks_are_kept_in_the_message_and_carried_on() {
+        let mut acc = Accumulator::new();
+        acc.extend([
+            Delta::reasoning("a"),
+            Delta::ThinkingSignature {
+                signature: "s1".into(),
+            },
+            Delta::text("x"),
+        ]);
+        let m = acc.into_message(Message::assistant_streaming(ChatId::generate()));
+        let first = ThinkingBlock::Thinking {
+            text: "a".into(),
+            signature: "s1".into(),
+        };
+        assert_eq!(m.thinking, [first.clone()]);
+        // A reply continued after a recovery keeps its blocks and adds the new ones.
+        let mut acc = Accumulator::from_message(&m);
+        acc.extend([
+            Delta::reasoning("b"),
+            Delta::ThinkingSignature {
+                signature: "s2".into(),
+            },
+        ]);
+        let mut again = m.clone();
+        acc.apply_to(&mut again);
+        assert_eq!(
+            again.thinking,
+            [
+                first,
+                ThinkingBlock::Thinking {
+                    text: "b".into(),
+                    signature: "s2".into()
+                }
             ]
         );
     }

@@ -89,7 +89,9 @@ pub use hub::{
     DynStreamHub, EventPayload, HubEvent, HubEventStream, LiveReplyInfo, LocalHub, StreamHub,
 };
 pub use id::{ChatId, ChatKey, MessageId, UserId};
-pub use message::{Chat, FinishReason, Message, MessageStatus, Role, ToolCall, Usage};
+pub use message::{
+    Chat, ContentPart, FinishReason, Generation, Message, MessageStatus, Role, ToolCall, Usage,
+};
 pub use provider::{
     ChatRequest, DeltaStream, DynLlmProvider, LlmProvider, LlmProviderExt, RequestMessage, ToolSpec,
 };

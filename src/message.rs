@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{ChatId, ChatKey, MessageId, UserId};
+use crate::{
+    ChatId, ChatKey, ChatRequest, MessageId, UserId,
+    provider::{ReasoningEffort, ResponseFormat, ThinkingBlock, ToolChoice},
+};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -167,11 +170,233 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// One part of a message's content: text, or an image by URL or inline.
+///
+/// A message whose content is text alone keeps no parts (its [`content`](Message::content) says
+/// it all); one with an image keeps every part, in order, in [`parts`](Message::parts).
+///
+/// In JSON (camelCase): `{"type":"text","text":"…"}`, `{"type":"imageUrl","url":"https://…"}`,
+/// `{"type":"imageBase64","mediaType":"image/png","data":"iVBOR…"}`. More kinds (files) may
+/// come: match with a wildcard arm.
+///
+/// ```
+/// use chatstream::ContentPart;
+///
+/// let part = ContentPart::image_base64("image/png", "iVBORw0KGgo=");
+/// assert_eq!(part.to_url().as_deref(), Some("data:image/png;base64,iVBORw0KGgo="));
+/// assert_eq!(
+///     serde_json::to_value(&part)?,
+///     serde_json::json!({"type": "imageBase64", "mediaType": "image/png", "data": "iVBORw0KGgo="})
+/// );
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum ContentPart {
+    /// Text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image the provider fetches by URL (`https://…`, or a `data:` URL).
+    ImageUrl {
+        /// Where the image is.
+        url: String,
+    },
+    /// An image sent inline.
+    ImageBase64 {
+        /// Its media type: `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+        #[serde(rename = "mediaType")]
+        media_type: String,
+        /// Its bytes in standard base64 (with padding).
+        data: String,
+    },
+}
+
+impl ContentPart {
+    /// A text part.
+    pub fn text(text: impl Into<String>) -> Self {
+        ContentPart::Text { text: text.into() }
+    }
+
+    /// An image by URL.
+    pub fn image_url(url: impl Into<String>) -> Self {
+        ContentPart::ImageUrl { url: url.into() }
+    }
+
+    /// An inline image: its media type and its bytes in base64.
+    pub fn image_base64(media_type: impl Into<String>, data: impl Into<String>) -> Self {
+        ContentPart::ImageBase64 {
+            media_type: media_type.into(),
+            data: data.into(),
+        }
+    }
+
+    /// An image given as one URL: a `data:MEDIA_TYPE;base64,DATA` URL becomes an inline image
+    /// ([`ImageBase64`](Self::ImageBase64), which every provider can send: Anthropic takes no
+    /// `data:` URLs), any other URL an image by URL. Nothing is checked or fetched.
+    ///
+    /// ```
+    /// use chatstream::ContentPart;
+    ///
+    /// assert_eq!(
+    ///     ContentPart::image("data:image/gif;base64,R0lGODlh"),
+    ///     ContentPart::image_base64("image/gif", "R0lGODlh")
+    /// );
+    /// assert_eq!(
+    ///     ContentPart::image("https://example.com/a.png"),
+    ///     ContentPart::image_url("https://example.com/a.png")
+    /// );
+    /// ```
+    pub fn image(url: impl Into<String>) -> Self {
+        let url = url.into();
+        match parse_data_url(&url) {
+            Some((media_type, data)) => ContentPart::image_base64(media_type, data),
+            None => ContentPart::ImageUrl { url },
+        }
+    }
+
+    /// The text of a text part.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            ContentPart::Text { text } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// Whether the part is an image.
+    pub fn is_image(&self) -> bool {
+        matches!(
+            self,
+            ContentPart::ImageUrl { .. } | ContentPart::ImageBase64 { .. }
+        )
+    }
+
+    /// An image as one URL, as the OpenAI APIs take it: the URL itself, or a `data:` URL of an
+    /// inline image. `None` for text.
+    pub fn to_url(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            ContentPart::Text { .. } => None,
+            ContentPart::ImageUrl { url } => Some(url.as_str().into()),
+            ContentPart::ImageBase64 { media_type, data } => {
+                Some(format!("data:{media_type};base64,{data}").into())
+            }
+        }
+    }
+}
+
+/// The media type (without parameters) and the data of a base64 `data:` URL.
+pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url
+        .get(..5)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("data:"))
+        .map(|_| &url[5..])?;
+    let (meta, data) = rest.split_once(',')?;
+    let meta = meta.strip_suffix(";base64")?;
+    let media_type = meta.split(';').next().unwrap_or_default().trim();
+    Some((media_type, data))
+}
+
+/// The text of `parts`, concatenated.
+pub(crate) fn text_of(parts: &[ContentPart]) -> String {
+    parts.iter().filter_map(ContentPart::as_text).collect()
+}
+
+/// `parts` as a message keeps them: empty when they are all text (the text alone is the
+/// content), else all of them.
+pub(crate) fn kept_parts(parts: Vec<ContentPart>) -> Vec<ContentPart> {
+    if parts.iter().any(|p| p.as_text().is_none()) {
+        parts
+    } else {
+        Vec::new()
+    }
+}
+
+/// Which model, with which options, produced a reply: persisted with it, so that a history shows
+/// how each answer was made (two replies of one chat may come from two models).
+///
+/// The options are those of the request as sent (the service's defaults with the send's options
+/// over them); tools are named, not repeated in full.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Generation {
+    /// The provider's [name](crate::LlmProvider::name) (`openai`, `anthropic`, …).
+    pub provider: String,
+    /// The model asked for.
+    pub model: String,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// The token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// The reasoning effort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// Anthropic's thinking budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_budget: Option<u32>,
+    /// The names of the tools offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// The tool choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// The response format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// Extra fields merged into the upstream body.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Generation {
+    /// What `request` asks for, sent to `provider` (whose `default_model` answers a request
+    /// naming no model).
+    ///
+    /// ```
+    /// use chatstream::{ChatRequest, Generation};
+    ///
+    /// let request = ChatRequest::user("hi").with_temperature(0.5);
+    /// let generation = Generation::of(&request, "openai", "gpt-4o-mini");
+    /// assert_eq!(generation.model, "gpt-4o-mini");
+    /// assert_eq!(generation.temperature, Some(0.5));
+    /// ```
+    pub fn of(request: &ChatRequest, provider: &str, default_model: &str) -> Self {
+        Generation {
+            provider: provider.to_owned(),
+            model: request
+                .model
+                .clone()
+                .unwrap_or_else(|| default_model.to_owned()),
+            temperature: request.temperature,
+            top_p: request.top_p,
+            max_output_tokens: request.max_tokens,
+            stop: request.stop.clone(),
+            reasoning_effort: request.reasoning_effort,
+            thinking_budget: request.thinking_budget,
+            tools: request.tools.iter().map(|t| t.name.clone()).collect(),
+            tool_choice: request.tool_choice.clone(),
+            response_format: request.response_format.clone(),
+            extra: request.extra.clone(),
+        }
+    }
+}
+
 /// One message of a conversation, as persisted and as sent to clients.
 ///
 /// In JSON (camelCase): `{"id","chatId","role","content","status","createdAt","updatedAt"}` plus,
-/// when present, `"reasoning"`, `"toolCalls"`, `"toolCallId"`, `"finishReason"`, `"usage"`,
-/// `"error"`, `"clientMessageId"` and `"replyTo"`. The [`owner`](Self::owner) is not in JSON.
+/// when present, `"parts"`, `"reasoning"`, `"thinking"`, `"toolCalls"`, `"toolCallId"`,
+/// `"finishReason"`, `"usage"`, `"generation"`, `"error"`, `"clientMessageId"` and `"replyTo"`.
+/// The [`owner`](Self::owner) is not in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
@@ -187,11 +412,19 @@ pub struct Message {
     pub chat_id: ChatId,
     /// Who wrote it.
     pub role: Role,
-    /// Its text.
+    /// Its text (with [`parts`](Self::parts), the text of its text parts, concatenated).
     pub content: String,
+    /// Its whole content, in order, when it holds more than text (an image); empty for a
+    /// message of text alone, whose [`content`](Self::content) says it all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<ContentPart>,
     /// The model's reasoning text, kept apart from the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// The reply's signed thinking blocks, in order (Anthropic's extended thinking), sent back
+    /// unchanged with the message in later requests of the chat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinking: Vec<ThinkingBlock>,
     /// Tool calls requested by the model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
@@ -206,6 +439,9 @@ pub struct Message {
     /// Token usage (assistant messages, when the provider reports it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Which model and options produced the reply (assistant messages a session generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Generation>,
     /// Why the reply failed (status `failed` or `interrupted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -235,12 +471,15 @@ impl Message {
             chat_id,
             role,
             content: content.into(),
+            parts: Vec::new(),
             reasoning: None,
+            thinking: Vec::new(),
             tool_calls: Vec::new(),
             tool_call_id: None,
             status: MessageStatus::Complete,
             finish_reason: None,
             usage: None,
+            generation: None,
             error: None,
             client_message_id: None,
             reply_to: None,
@@ -252,6 +491,39 @@ impl Message {
     /// A new user message.
     pub fn user(chat: impl Into<ChatKey>, content: impl Into<String>) -> Self {
         Message::new(chat, Role::User, content)
+    }
+
+    /// A new message of `chat` whose content is `parts`, in order: text and images.
+    ///
+    /// [`content`](Self::content) becomes the text of the text parts, concatenated; the parts
+    /// are kept in [`parts`](Self::parts) when one of them is not text (text alone is kept as
+    /// the content only).
+    ///
+    /// ```
+    /// use chatstream::{ChatId, ContentPart, Message, Role};
+    ///
+    /// let chat: ChatId = "c1".parse()?;
+    /// let m = Message::with_parts(
+    ///     chat,
+    ///     Role::User,
+    ///     [
+    ///         ContentPart::text("What is in this picture?"),
+    ///         ContentPart::image_url("https://example.com/cat.png"),
+    ///     ],
+    /// );
+    /// assert_eq!(m.content, "What is in this picture?");
+    /// assert_eq!(m.parts.len(), 2);
+    /// # Ok::<(), chatstream::Error>(())
+    /// ```
+    pub fn with_parts(
+        chat: impl Into<ChatKey>,
+        role: Role,
+        parts: impl IntoIterator<Item = ContentPart>,
+    ) -> Self {
+        let parts: Vec<ContentPart> = parts.into_iter().collect();
+        let mut m = Message::new(chat, role, text_of(&parts));
+        m.parts = kept_parts(parts);
+        m
     }
 
     /// A new system message.

@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 
 use bytes::Bytes;
 use chatstream::{
-    Accumulator, ChatRequest, Delta, DeltaStream, Error, LlmProvider, LlmProviderExt,
+    Accumulator, ChatRequest, ContentPart, Delta, DeltaStream, Error, LlmProvider, LlmProviderExt,
     RequestMessage, Role, ToolCall, ToolSpec,
     provider::{
         AnthropicProvider, JsonSchema, OpenAiProvider, OpenAiResponsesProvider, ReasoningEffort,
@@ -505,6 +505,109 @@ fn city_schema() -> JsonSchema {
                "required": ["name"], "additionalProperties": false}),
     )
     .with_strict(true)
+}
+
+// ---- image parts on the wire -------------------------------------------------------------------
+
+/// A 1x1 PNG, in base64.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+/// A question with an image by URL and an inline one, after a text-only turn.
+fn with_images() -> ChatRequest {
+    ChatRequest::new(vec![
+        RequestMessage::new(Role::User, "Hi"),
+        RequestMessage::new(Role::Assistant, "Hello!"),
+        RequestMessage::with_parts(
+            Role::User,
+            [
+                ContentPart::text("Which is the cat?"),
+                ContentPart::image_url("https://example.com/a.jpg"),
+                ContentPart::image_base64("image/png", PNG),
+            ],
+        ),
+    ])
+}
+
+#[tokio::test]
+async fn openai_image_parts_by_url_and_inline() {
+    let server = upstream_of("openai").await;
+    let provider = OpenAiProvider::builder()
+        .base_url(server.uri())
+        .model("gpt-4o")
+        .build()
+        .unwrap();
+    assert_eq!(
+        sent_body(&server, &provider, with_images()).await,
+        json!({
+            "model": "gpt-4o",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Which is the cat?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}},
+                    {"type": "image_url",
+                     "image_url": {"url": format!("data:image/png;base64,{PNG}")}},
+                ]},
+            ],
+        })
+    );
+}
+
+#[tokio::test]
+async fn anthropic_image_parts_by_url_and_inline() {
+    let server = upstream_of("anthropic").await;
+    let provider = AnthropicProvider::builder()
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    assert_eq!(
+        sent_body(&server, &provider, with_images()).await,
+        json!({
+            "model": anthropic::DEFAULT_MODEL,
+            "max_tokens": anthropic::DEFAULT_MAX_TOKENS,
+            "stream": true,
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Which is the cat?"},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}},
+                    {"type": "image", "source":
+                        {"type": "base64", "media_type": "image/png", "data": PNG}},
+                ]},
+            ],
+        })
+    );
+}
+
+#[tokio::test]
+async fn openai_responses_image_parts_by_url_and_inline() {
+    let server = upstream_of("openai-responses").await;
+    let provider = OpenAiResponsesProvider::builder()
+        .base_url(server.uri())
+        .model("gpt-5-mini")
+        .build()
+        .unwrap();
+    assert_eq!(
+        sent_body(&server, &provider, with_images()).await,
+        json!({
+            "model": "gpt-5-mini",
+            "stream": true,
+            "store": false,
+            "input": [
+                {"type": "message", "role": "user", "content": "Hi"},
+                {"type": "message", "role": "assistant", "content": "Hello!"},
+                {"type": "message", "role": "user", "content": [
+                    {"type": "input_text", "text": "Which is the cat?"},
+                    {"type": "input_image", "image_url": "https://example.com/a.jpg"},
+                    {"type": "input_image", "image_url": format!("data:image/png;base64,{PNG}")},
+                ]},
+            ],
+        })
+    );
 }
 
 #[tokio::test]

@@ -1167,6 +1167,133 @@ async fn two_owners_chats_of_one_id_never_meet(store: DynMessageStore) {
     assert!(store.get_chat(alice.key()).await.unwrap().is_some());
 }
 
+/// An Anthropic upstream answering the first request with the `thinking` fixture (a signed
+/// thinking block, then text) and every later one with the `text` fixture.
+async fn anthropic_thinking_then_text() -> wiremock::MockServer {
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+    let fixture = |name: &str| {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/fixtures/anthropic")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(fixture("thinking.sse"), "text/event-stream"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(fixture("text.sse"), "text/event-stream"),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A reply's signed thinking is stored with it, with the model and options that made it, and
+/// the next turn's request hands the thinking back to Anthropic unchanged, after the user's
+/// images of the first turn.
+async fn thinking_and_images_are_persisted_and_sent_back(store: DynMessageStore) {
+    use chatstream::{
+        ContentPart, SendOptions,
+        provider::{AnthropicProvider, ThinkingBlock},
+    };
+    let upstream = anthropic_thinking_then_text().await;
+    let provider = AnthropicProvider::builder()
+        .base_url(upstream.uri())
+        .model("claude-sonnet-4-5")
+        .build()
+        .unwrap();
+    let service = ChatService::builder()
+        .provider(Arc::new(provider))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let session = service.session(chat());
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let first = UserInput::new("What is 27 * 453? The sum is in the picture.")
+        .with_image_base64("image/png", png)
+        .with_options(
+            SendOptions::default()
+                .with_thinking_budget(2048)
+                .with_max_output_tokens(4096)
+                .with_temperature(1.0),
+        );
+    let reply = session.send(first).await.unwrap();
+    let user = reply.user_message.clone();
+    let id = reply.assistant_message_id;
+    drain(reply.events).await;
+    let stored = wait_final(&store, id).await;
+    assert_eq!(stored.status, MessageStatus::Complete);
+    assert_eq!(stored.content, "27 × 453 = 12,231");
+    let signature = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
+    assert_eq!(
+        stored.thinking,
+        [ThinkingBlock::Thinking {
+            text: "Let me work out 27 * 453. That is 12231.".into(),
+            signature: signature.into(),
+        }]
+    );
+    let generation = stored.generation.expect("the reply says what made it");
+    assert_eq!(
+        (
+            generation.provider.as_str(),
+            generation.model.as_str(),
+            generation.thinking_budget,
+            generation.max_output_tokens,
+            generation.temperature,
+        ),
+        ("anthropic", "claude-sonnet-4-5", Some(2048), Some(4096), Some(1.0))
+    );
+    assert_eq!(
+        message(&store, user.id).await.parts,
+        [
+            ContentPart::text("What is 27 * 453? The sum is in the picture."),
+            ContentPart::image_base64("image/png", png),
+        ],
+        "the user's image is stored"
+    );
+
+    let reply = session
+        .send(UserInput::new("And 28 * 453?").with_options(
+            SendOptions::default()
+                .with_thinking_budget(2048)
+                .with_max_output_tokens(4096),
+        ))
+        .await
+        .unwrap();
+    drain(reply.events).await;
+    wait_final(&store, reply.assistant_message_id).await;
+    let requests = upstream.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let second: serde_json::Value = serde_json::from_slice(&requests[1].body).unwrap();
+    assert_eq!(
+        second["messages"],
+        serde_json::json!([
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is 27 * 453? The sum is in the picture."},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Let me work out 27 * 453. That is 12231.",
+                 "signature": signature},
+                {"type": "text", "text": "27 × 453 = 12,231"},
+            ]},
+            {"role": "user", "content": [{"type": "text", "text": "And 28 * 453?"}]},
+        ])
+    );
+    assert_eq!(
+        second["thinking"],
+        serde_json::json!({"type": "enabled", "budget_tokens": 2048})
+    );
+}
+
 macro_rules! for_every_store {
     ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         $(
@@ -1206,6 +1333,8 @@ mod every_store {
         regenerate_replaces_the_last_reply_in_the_context,
         #[tokio::test]
         two_owners_chats_of_one_id_never_meet,
+        #[tokio::test]
+        thinking_and_images_are_persisted_and_sent_back,
     );
 
     #[test]
@@ -1281,6 +1410,13 @@ async fn the_service_needs_a_provider() {
     let session = service.session(chat());
     assert!(matches!(
         session.send(UserInput::new("  ")).await,
+        Err(Error::Invalid { .. })
+    ));
+    // Images alone are a message; a text part given as an image is not.
+    let mut input = UserInput::new("");
+    input.images = vec![chatstream::ContentPart::text("not an image")];
+    assert!(matches!(
+        session.send(input).await,
         Err(Error::Invalid { .. })
     ));
 }

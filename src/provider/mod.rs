@@ -29,7 +29,7 @@ use futures::{StreamExt, stream::BoxStream};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Delta, Error, Message, Result, Role, ToolCall};
+use crate::{ContentPart, Delta, Error, Message, Result, Role, ToolCall};
 
 pub mod anthropic;
 pub mod demo;
@@ -283,8 +283,12 @@ impl ChatRequest {
 pub struct RequestMessage {
     /// Who wrote it.
     pub role: Role,
-    /// Its text.
+    /// Its text (with [`parts`](Self::parts), the text of its text parts, concatenated).
     pub content: String,
+    /// Its whole content, in order, when it holds more than text (an image): what the providers
+    /// send in place of [`content`](Self::content). Empty for a message of text alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<ContentPart>,
     /// Tool calls of an assistant message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
@@ -305,10 +309,38 @@ impl RequestMessage {
         RequestMessage {
             role,
             content: content.into(),
+            parts: Vec::new(),
             tool_calls: Vec::new(),
             tool_call_id: None,
             thinking: Vec::new(),
         }
+    }
+
+    /// A message whose content is `parts`, in order (see [`Message::with_parts`]).
+    ///
+    /// ```
+    /// use chatstream::{ChatRequest, ContentPart, RequestMessage, Role};
+    ///
+    /// let request = ChatRequest::new(vec![RequestMessage::with_parts(
+    ///     Role::User,
+    ///     [
+    ///         ContentPart::text("Describe this."),
+    ///         ContentPart::image_base64("image/png", "iVBORw0KGgo="),
+    ///     ],
+    /// )]);
+    /// assert_eq!(request.messages[0].content, "Describe this.");
+    /// ```
+    pub fn with_parts(role: Role, parts: impl IntoIterator<Item = ContentPart>) -> Self {
+        let parts: Vec<ContentPart> = parts.into_iter().collect();
+        let mut m = RequestMessage::new(role, crate::message::text_of(&parts));
+        m.parts = crate::message::kept_parts(parts);
+        m
+    }
+
+    /// The parts to send: [`parts`](Self::parts) when it has any, else `None` (send
+    /// [`content`](Self::content) as text).
+    pub(crate) fn rich_parts(&self) -> Option<&[ContentPart]> {
+        (!self.parts.is_empty()).then_some(self.parts.as_slice())
     }
 }
 
@@ -317,11 +349,10 @@ impl From<&Message> for RequestMessage {
         RequestMessage {
             role: m.role,
             content: m.content.clone(),
+            parts: m.parts.clone(),
             tool_calls: m.tool_calls.clone(),
             tool_call_id: m.tool_call_id.clone(),
-            // A stored message keeps no thinking blocks yet: once `Message` does, they are
-            // handed on here, and Anthropic gets them back across turns.
-            thinking: Vec::new(),
+            thinking: m.thinking.clone(),
         }
     }
 }

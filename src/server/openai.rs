@@ -225,6 +225,7 @@ impl CompletionRequest {
                         .collect::<Vec<_>>()
                         .join(""),
                 },
+                parts: Vec::new(),
                 tool_calls: m
                     .tool_calls
                     .into_iter()

@@ -31,12 +31,18 @@ impl ChatSession for Session {
         &self.key
     }
 
-    async fn send(&self, input: UserInput) -> Result<ReplyHandle> {
-        if input.content.trim().is_empty() {
+    async fn send(&self, mut input: UserInput) -> Result<ReplyHandle> {
+        if input.content.trim().is_empty() && input.images.is_empty() {
             return Err(Error::invalid("message", "the message is empty"));
         }
+        if let Some(part) = input.images.iter().find(|p| !p.is_image()) {
+            return Err(Error::invalid(
+                "message",
+                format!("an image of the message is not an image: {part:?}"),
+            ));
+        }
         let inner = &self.service.inner;
-        let options = input.options.over(&inner.settings.defaults);
+        let options = std::mem::take(&mut input.options).over(&inner.settings.defaults);
         options.validate()?;
         if inner.tasks.is_closed() {
             return Err(Error::ShuttingDown);
@@ -48,7 +54,7 @@ impl ChatSession for Session {
         {
             return self.existing_reply(user, &options).await;
         }
-        let mut user = Message::user(&self.key, input.content);
+        let mut user = input.message(&self.key);
         if let Some(key) = key {
             user = user.with_client_message_id(key);
         }

@@ -27,6 +27,10 @@ pub enum ContextBudget {
 }
 
 impl ContextBudget {
+    /// What an image costs, in characters of text: about the 1,000 tokens a large image costs
+    /// at the common providers.
+    pub const IMAGE_CHARS: usize = 4_000;
+
     pub(super) fn limit(&self) -> usize {
         match self {
             ContextBudget::Chars(n) | ContextBudget::Tokens(n) => *n,
@@ -34,9 +38,13 @@ impl ContextBudget {
         }
     }
 
-    /// What one message costs against this budget.
+    /// What one message costs against this budget. An image counts as
+    /// [`IMAGE_CHARS`](Self::IMAGE_CHARS) characters, whatever its size (providers bill an
+    /// image by its pixels, not by the bytes sent).
     pub fn cost(&self, message: &RequestMessage) -> usize {
+        let images = message.parts.iter().filter(|p| p.is_image()).count();
         let chars = message.content.chars().count()
+            + images * Self::IMAGE_CHARS
             + message
                 .tool_calls
                 .iter()

@@ -58,7 +58,9 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{ChatId, ChatKey, Message, Result, hub::HubEventStream, store::HistoryPage};
+use crate::{
+    ChatId, ChatKey, ContentPart, Message, Result, hub::HubEventStream, store::HistoryPage,
+};
 
 pub use chat::Session;
 pub use context::ContextBudget;
@@ -76,11 +78,26 @@ pub use service::{ChatService, ChatServiceBuilder};
 ///     .with_model("gpt-4o"); // this reply only; the service's model otherwise
 /// assert_eq!(input.options.model.as_deref(), Some("gpt-4o"));
 /// ```
+///
+/// With images, after the text:
+///
+/// ```
+/// use chatstream::UserInput;
+///
+/// let input = UserInput::new("What differs between these two?")
+///     .with_image_url("https://example.com/before.png")
+///     .with_image_base64("image/png", "iVBORw0KGgo=");
+/// assert_eq!(input.images.len(), 2);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct UserInput {
-    /// The message text.
+    /// The message text (may be empty when there are images).
     pub content: String,
+    /// Images sent with the text, in order ([`ContentPart::ImageUrl`] or
+    /// [`ContentPart::ImageBase64`]); the stored message's [`parts`](Message::parts) are the
+    /// text, then these.
+    pub images: Vec<ContentPart>,
     /// The client's idempotency key: sending the same key twice in a chat stores one message and
     /// starts one reply.
     pub client_message_id: Option<String>,
@@ -93,9 +110,42 @@ impl UserInput {
     pub fn new(content: impl Into<String>) -> Self {
         UserInput {
             content: content.into(),
+            images: Vec::new(),
             client_message_id: None,
             options: SendOptions::default(),
         }
+    }
+
+    /// Adds an image the provider fetches by URL (`https://…` or a `data:` URL).
+    #[must_use]
+    pub fn with_image_url(mut self, url: impl Into<String>) -> Self {
+        self.images.push(ContentPart::image_url(url));
+        self
+    }
+
+    /// Adds an inline image: its media type (`image/png`, `image/jpeg`, `image/gif`,
+    /// `image/webp`) and its bytes in base64.
+    #[must_use]
+    pub fn with_image_base64(
+        mut self,
+        media_type: impl Into<String>,
+        data: impl Into<String>,
+    ) -> Self {
+        self.images.push(ContentPart::image_base64(media_type, data));
+        self
+    }
+
+    /// The user message this input stores in `chat`: its text, then its images.
+    pub(crate) fn message(&self, chat: &ChatKey) -> Message {
+        if self.images.is_empty() {
+            return Message::user(chat, self.content.clone());
+        }
+        let text = (!self.content.is_empty()).then(|| ContentPart::text(self.content.clone()));
+        Message::with_parts(
+            chat,
+            crate::Role::User,
+            text.into_iter().chain(self.images.iter().cloned()),
+        )
     }
 
     /// Sets the client's idempotency key.

@@ -31,8 +31,9 @@ use futures::future::join_all;
 
 use super::{Appended, ChatPage, DynMessageStore, HistoryPage, MessageStore};
 use crate::{
-    Chat, ChatId, ChatKey, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role,
-    ToolCall, Usage, UserId,
+    Chat, ChatId, ChatKey, ContentPart, Error, FinishReason, Generation, Message, MessageId,
+    MessageStatus, Result, Role, ToolCall, Usage, UserId,
+    provider::{ReasoningEffort, ThinkingBlock},
 };
 
 /// How many identical sends race in the idempotency checks.
@@ -50,6 +51,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     updates(store).await;
     chats(store).await;
     unicode_and_large(store).await;
+    content_parts(store).await;
     recovery(store).await;
     reply_recovery(store).await;
     ownership(store).await;
@@ -893,6 +895,96 @@ pub async fn unicode_and_large(store: &dyn MessageStore) {
             == Some(&large),
         "[{b}] a 1 MiB update must round-trip exactly"
     );
+}
+
+/// A message of text and two images (one by URL, one inline) round-trips byte for byte, in
+/// `append_turn`, `get_message` and `history`; a reply's thinking blocks and generation are kept
+/// by its checkpoints, and cleared by one that has none; a text-only message keeps no parts.
+pub async fn content_parts(store: &dyn MessageStore) {
+    let b = store.backend();
+    let chat = new_chat(store).await;
+    let at = now();
+    // A 1x1 PNG, and bytes that only a byte-exact store returns unchanged.
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let mut user = Message::with_parts(
+        chat.key(),
+        Role::User,
+        [
+            ContentPart::text("Which of these is the cat? 🐱 'quoted' \"double\""),
+            ContentPart::image_url("https://example.com/images/a.png?size=large&v=2"),
+            ContentPart::text(" And this one?"),
+            ContentPart::image_base64("image/png", png),
+        ],
+    )
+    .with_client_message_id("parts-1");
+    user.created_at = at;
+    user.updated_at = at;
+    assert_eq!(user.parts.len(), 4, "[{b}] the parts are kept");
+    let mut reply = Message::assistant_streaming(chat.key()).replying_to(user.id);
+    reply.created_at = at;
+    reply.updated_at = at;
+    ok(store, store.append_turn(&user, &reply).await, "append_turn with images");
+    let got = ok(
+        store,
+        store.get_message(&UserId::anonymous(), &user.id).await,
+        "get_message",
+    );
+    assert_eq!(got.as_ref(), Some(&user), "[{b}] a message with images must round-trip exactly");
+    assert_eq!(
+        all_history(store, &chat.key()).await.first(),
+        Some(&user),
+        "[{b}] history must give the parts back exactly"
+    );
+
+    reply.content = "The first.".into();
+    reply.reasoning = Some("Look at the ears.".into());
+    reply.thinking = vec![
+        ThinkingBlock::Thinking {
+            text: "Look at the ears.".into(),
+            signature: "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxyu+/=".into(),
+        },
+        ThinkingBlock::Redacted {
+            data: "EmwKAhgBEgy3va3pzix/LafPsn4a".into(),
+        },
+    ];
+    let mut generation = Generation::of(
+        &crate::ChatRequest::user("x")
+            .with_temperature(0.25)
+            .with_max_tokens(4096)
+            .with_reasoning_effort(ReasoningEffort::High)
+            .with_thinking_budget(2048)
+            .with_extra("seed", 7),
+        "anthropic",
+        "claude-sonnet-4-5",
+    );
+    generation.tools = vec!["get_time".into()];
+    reply.generation = Some(generation);
+    reply.status = MessageStatus::Complete;
+    reply.finish_reason = Some(FinishReason::Stop);
+    reply.updated_at = at + Duration::seconds(1);
+    ok(store, store.update(&reply).await, "update with thinking and generation");
+    assert_eq!(
+        ok(
+            store,
+            store.get_message(&UserId::anonymous(), &reply.id).await,
+            "get_message"
+        ),
+        Some(reply.clone()),
+        "[{b}] thinking blocks and the generation must round-trip exactly"
+    );
+    reply.thinking.clear();
+    reply.generation = None;
+    reply.updated_at = at + Duration::seconds(2);
+    ok(store, store.update(&reply).await, "update clearing them");
+    assert_eq!(
+        all_history(store, &chat.key()).await,
+        vec![user, reply],
+        "[{b}] an update without thinking or generation must clear them"
+    );
+
+    let plain = Message::with_parts(chat.key(), Role::User, [ContentPart::text("just text")]);
+    assert!(plain.parts.is_empty(), "text alone keeps no parts");
+    assert_eq!(plain.content, "just text");
 }
 
 /// Crash recovery: `streaming` assistant replies become `interrupted` with their checkpointed

@@ -222,11 +222,14 @@ impl MessageStore for MemoryStore {
             .filter(|(_, stored)| stored.owner == message.owner)
             .ok_or_else(|| not_found("message", message.id))?;
         stored.content.clone_from(&message.content);
+        stored.parts.clone_from(&message.parts);
         stored.reasoning.clone_from(&message.reasoning);
+        stored.thinking.clone_from(&message.thinking);
         stored.tool_calls.clone_from(&message.tool_calls);
         stored.status = message.status;
         stored.finish_reason = message.finish_reason;
         stored.usage = message.usage;
+        stored.generation.clone_from(&message.generation);
         stored.error.clone_from(&message.error);
         stored.updated_at = message.updated_at;
         let (chat, updated_at) = (stored.key(), stored.updated_at);

@@ -252,8 +252,8 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(appended)
     }
 
-    /// Saves a message's changing fields: content, reasoning, tool calls, status, finish reason,
-    /// usage, error and `updated_at`. Fails with [`Error::NotFound`](crate::Error::NotFound) if it
+    /// Saves a message's changing fields: content, parts, reasoning, thinking blocks, tool calls,
+    /// status, finish reason, usage, generation, error and `updated_at`. Fails with [`Error::NotFound`](crate::Error::NotFound) if it
     /// was never appended, or was appended under another owner than `message.owner` (nothing is
     /// written then).
     async fn update(&self, message: &Message) -> Result<()>;

@@ -9,10 +9,13 @@
 //!   its `owner` (a user id, `anonymous` for chats made without a user) and its `chatId`, unique
 //!   together; `_id` names nothing (generated, or the chat id of a chat stored before chats had
 //!   owners);
-//! - `messages`: `{_id: message id (UUID), owner, chatId, seq, role, content, reasoning?,
-//!   toolCalls?, toolCallId?, status, finishReason?, usage?: {inputTokens, outputTokens},
-//!   error?, clientMessageId?, replyTo?, createdAt, updatedAt}`, in the chat `(owner, chatId)`;
-//!   optional fields are absent, never null.
+//! - `messages`: `{_id: message id (UUID), owner, chatId, seq, role, content, parts?,
+//!   reasoning?, thinking?, toolCalls?, toolCallId?, status, finishReason?,
+//!   usage?: {inputTokens, outputTokens}, generation?, error?, clientMessageId?, replyTo?,
+//!   createdAt, updatedAt}`, in the chat `(owner, chatId)`; optional fields are absent, never
+//!   null (so documents stored before `parts`, `thinking` and `generation` existed read as
+//!   before). `parts`, `thinking` and `generation` are the [`Message`] fields' camelCase JSON as
+//!   BSON.
 //!
 //! Every query about a chat or its messages names the owner, so none reads or writes another
 //! owner's documents; only the system-wide maintenance (recovery) goes by message alone.
@@ -90,8 +93,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Appended, ChatPage, HistoryPage, MessageStore};
 use crate::{
-    Chat, ChatId, ChatKey, Error, FinishReason, Message, MessageId, MessageStatus, Result, Role,
-    ToolCall, Usage, UserId,
+    Chat, ChatId, ChatKey, ContentPart, Error, FinishReason, Generation, Message, MessageId,
+    MessageStatus, Result, Role, ToolCall, Usage, UserId, provider::ThinkingBlock,
 };
 
 const BACKEND: &str = "mongodb";
@@ -371,8 +374,12 @@ struct MessageDoc {
     seq: i64,
     role: Role,
     content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<ContentPart>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reasoning: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    thinking: Vec<ThinkingBlock>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<ToolCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,6 +390,8 @@ struct MessageDoc {
     finish_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<Generation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,12 +411,15 @@ impl MessageDoc {
             seq,
             role: m.role,
             content: m.content.clone(),
+            parts: m.parts.clone(),
             reasoning: m.reasoning.clone(),
+            thinking: m.thinking.clone(),
             tool_calls: m.tool_calls.clone(),
             tool_call_id: m.tool_call_id.clone(),
             status: m.status,
             finish_reason: m.finish_reason.map(|f| f.as_str().to_string()),
             usage: m.usage,
+            generation: m.generation.clone(),
             error: m.error.clone(),
             client_message_id: m.client_message_id.clone(),
             reply_to: m.reply_to.as_ref().map(bson_uuid),
@@ -423,12 +435,15 @@ impl MessageDoc {
             chat_id: self.chat_id,
             role: self.role,
             content: self.content,
+            parts: self.parts,
             reasoning: self.reasoning,
+            thinking: self.thinking,
             tool_calls: self.tool_calls,
             tool_call_id: self.tool_call_id,
             status: self.status,
             finish_reason: self.finish_reason.as_deref().map(FinishReason::parse),
             usage: self.usage,
+            generation: self.generation,
             error: self.error,
             client_message_id: self.client_message_id,
             reply_to: self
@@ -444,8 +459,10 @@ impl MessageDoc {
 /// removed, as [`MessageDoc`] leaves them out.
 ///
 /// Built by hand rather than with serde: the bson crate's serializer has another name in each of
-/// the driver's two bson versions, and an application may switch the driver to either.
-fn changes(m: &Message) -> Document {
+/// the driver's two bson versions, and an application may switch the driver to either. The
+/// nested values (`parts`, `thinking`, `generation`) go through their JSON, which both versions
+/// read back through serde like the rest of [`MessageDoc`].
+fn changes(m: &Message) -> Result<Document> {
     let mut set = doc! {
         "content": m.content.as_str(),
         "status": m.status.as_str(),
@@ -457,6 +474,25 @@ fn changes(m: &Message) -> Document {
         None => unset.insert(field, ""),
     };
     optional("reasoning", m.reasoning.as_deref().map(Bson::from));
+    optional(
+        "parts",
+        (!m.parts.is_empty())
+            .then(|| json_bson("content parts", &m.parts))
+            .transpose()?,
+    );
+    optional(
+        "thinking",
+        (!m.thinking.is_empty())
+            .then(|| json_bson("thinking blocks", &m.thinking))
+            .transpose()?,
+    );
+    optional(
+        "generation",
+        m.generation
+            .as_ref()
+            .map(|g| json_bson("generation", g))
+            .transpose()?,
+    );
     optional(
         "toolCalls",
         (!m.tool_calls.is_empty()).then(|| {
@@ -492,7 +528,35 @@ fn changes(m: &Message) -> Document {
     if !unset.is_empty() {
         change.insert("$unset", unset);
     }
-    change
+    Ok(change)
+}
+
+/// `value` as BSON, by way of its JSON: objects, arrays, strings, booleans, null, and numbers as
+/// 64-bit integers when whole and doubles otherwise (which serde reads back into the Rust
+/// types).
+fn json_bson<V: Serialize + ?Sized>(what: &str, value: &V) -> Result<Bson> {
+    fn convert(value: serde_json::Value) -> Bson {
+        match value {
+            serde_json::Value::Null => Bson::Null,
+            serde_json::Value::Bool(b) => Bson::Boolean(b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Bson::Int64(i),
+                None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Bson::String(s),
+            serde_json::Value::Array(a) => Bson::Array(a.into_iter().map(convert).collect()),
+            serde_json::Value::Object(o) => {
+                Bson::Document(o.into_iter().map(|(k, v)| (k, convert(v))).collect())
+            }
+        }
+    }
+    serde_json::to_value(value)
+        .map(convert)
+        .map_err(|e| Error::Store {
+            backend: BACKEND,
+            message: format!("cannot encode {what}: {e}"),
+            source: Some(Box::new(e)),
+        })
 }
 
 fn validate_database(name: &str) -> Result<()> {
@@ -922,7 +986,7 @@ impl MessageStore for MongoStore {
     }
 
     async fn update(&self, message: &Message) -> Result<()> {
-        let change = changes(message);
+        let change = changes(message)?;
         // See the module documentation for why a checkpoint is two writes and no transaction.
         let updated = self
             .messages

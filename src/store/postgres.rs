@@ -217,7 +217,7 @@ impl SqlBackend for PostgresStore {
             "INSERT INTO messages (",
             message_columns!(),
             ", seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             $16, $17, $18)"
+             $16, $17, $18, $19, $20, $21)"
         ),
         get_message: concat!(
             "SELECT ",
@@ -339,9 +339,10 @@ impl SqlBackend for PostgresStore {
 const UPDATE: &str = "WITH m AS ( \
         UPDATE messages SET content = $1, reasoning = $2, tool_calls = $3, status = $4, \
         finish_reason = $5, usage_input_tokens = $6, usage_output_tokens = $7, error = $8, \
-        updated_at = $9 WHERE id = $10 AND owner = $11 RETURNING owner, chat_id \
+        parts = $9, thinking = $10, generation = $11, \
+        updated_at = $12 WHERE id = $13 AND owner = $14 RETURNING owner, chat_id \
     ) \
-    UPDATE chats SET updated_at = GREATEST(chats.updated_at, $9) \
+    UPDATE chats SET updated_at = GREATEST(chats.updated_at, $12) \
     FROM m WHERE chats.owner = m.owner AND chats.id = m.chat_id";
 
 sql::impl_message_store!(PostgresStore);

@@ -18,7 +18,7 @@ use crate::{Chat, ChatId, ChatKey, Error, Message, MessageId, Result, UserId};
 mod row;
 
 pub(crate) use row::{Columns, as_stored, chat_columns, message_columns};
-use row::{RawChat, RawMessage, tool_calls_to_json, usage_columns};
+use row::{Extras, RawChat, RawMessage, tool_calls_to_json, usage_columns};
 
 /// The assistant messages still `streaming`, oldest first. No parameters, so no dialect.
 pub(crate) const STREAMING_REPLIES: &str = concat!(
@@ -598,17 +598,21 @@ where
             .bind(m.reply_to.map(|id| *id.as_uuid()))
             .bind(columns.created_at)
             .bind(columns.updated_at)
+            .bind(columns.extras.parts.as_deref())
+            .bind(columns.extras.thinking.as_deref())
+            .bind(columns.extras.generation.as_deref())
     }
 
     /// Binds what a checkpoint saves, in this order: content, reasoning, tool calls, status,
-    /// finish reason, input and output tokens, error, `updated_at`, then the message's id and
-    /// owner (a checkpoint writes only a message of its owner).
+    /// finish reason, input and output tokens, error, parts, thinking, generation, `updated_at`,
+    /// then the message's id and owner (a checkpoint writes only a message of its owner).
     pub(crate) fn bind_checkpoint<'q>(
         &self,
         query: Query<'q, B::Db>,
         message: &'q Message,
     ) -> Result<Query<'q, B::Db>> {
         let (input_tokens, output_tokens) = usage_columns(message.usage);
+        let extras = Extras::of(B::BACKEND, message)?;
         Ok(query
             .bind(message.content.as_str())
             .bind(message.reasoning.as_deref())
@@ -618,6 +622,9 @@ where
             .bind(input_tokens)
             .bind(output_tokens)
             .bind(message.error.as_deref())
+            .bind(extras.parts)
+            .bind(extras.thinking)
+            .bind(extras.generation)
             .bind(B::encode_time(message.updated_at)?)
             .bind(message.id.as_uuid())
             .bind(message.owner.as_str()))

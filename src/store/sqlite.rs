@@ -213,7 +213,7 @@ impl SqlBackend for SqliteStore {
         insert_message: concat!(
             "INSERT INTO messages (",
             message_columns!(),
-            ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ", seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ),
         get_message: concat!(
             "SELECT ",
@@ -368,7 +368,8 @@ impl SqlBackend for SqliteStore {
 /// owner again.
 const UPDATE_SCRIPT: &str = "BEGIN IMMEDIATE;
 UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, finish_reason = ?,
-    usage_input_tokens = ?, usage_output_tokens = ?, error = ?, updated_at = ?
+    usage_input_tokens = ?, usage_output_tokens = ?, error = ?, parts = ?, thinking = ?,
+    generation = ?, updated_at = ?
     WHERE id = ? AND owner = ? RETURNING chat_id;
 UPDATE chats SET updated_at = MAX(updated_at, ?)
     WHERE owner = ? AND id = (SELECT chat_id FROM messages WHERE id = ? AND owner = ?);
@@ -385,14 +386,14 @@ INSERT INTO chats (owner, id, title, created_at, updated_at) VALUES (?, ?, NULL,
 INSERT INTO messages (",
     message_columns!(),
     ", seq)
-    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq FROM chats
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq FROM chats
     WHERE owner = ? AND id = ?
     AND NOT EXISTS (SELECT 1 FROM messages
         WHERE owner = ? AND chat_id = ? AND client_message_id = ?);
 INSERT INTO messages (",
     message_columns!(),
     ", seq)
-    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq + 1 FROM chats
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, next_seq + 1 FROM chats
     WHERE owner = ? AND id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
 UPDATE chats SET next_seq = next_seq + 2, updated_at = MAX(updated_at, ?)
     WHERE owner = ? AND id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?);

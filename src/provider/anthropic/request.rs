@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use crate::{
-    Error, Result, Role,
-    provider::{ChatRequest, JsonSchema, ResponseFormat, ThinkingBlock, ToolChoice},
+    ContentPart, Error, Result, Role,
+    provider::{ChatRequest, RequestMessage, JsonSchema, ResponseFormat, ThinkingBlock, ToolChoice},
 };
 
 #[derive(Serialize)]
@@ -81,6 +81,9 @@ enum Block<'a> {
     Text {
         text: &'a str,
     },
+    Image {
+        source: ImageSource<'a>,
+    },
     ToolUse {
         id: &'a str,
         name: &'a str,
@@ -90,6 +93,39 @@ enum Block<'a> {
         tool_use_id: &'a str,
         content: &'a str,
     },
+}
+
+/// `{"type":"url","url":…}` or `{"type":"base64","media_type":…,"data":…}`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSource<'a> {
+    Url { url: &'a str },
+    Base64 { media_type: &'a str, data: &'a str },
+}
+
+/// The text and image blocks of a message's content; none for empty text (the API rejects
+/// empty text blocks).
+fn content_blocks(m: &RequestMessage) -> Vec<Block<'_>> {
+    let Some(parts) = m.rich_parts() else {
+        return if m.content.is_empty() {
+            Vec::new()
+        } else {
+            vec![Block::Text { text: &m.content }]
+        };
+    };
+    parts
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Text { text } if text.is_empty() => None,
+            ContentPart::Text { text } => Some(Block::Text { text }),
+            ContentPart::ImageUrl { url } => Some(Block::Image {
+                source: ImageSource::Url { url },
+            }),
+            ContentPart::ImageBase64 { media_type, data } => Some(Block::Image {
+                source: ImageSource::Base64 { media_type, data },
+            }),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -117,6 +153,7 @@ pub(super) fn request_body<'a>(
                 system.push(m.content.as_str());
                 continue;
             }
+            Role::User if m.rich_parts().is_some() => ("user", content_blocks(m)),
             Role::User => ("user", vec![Block::Text { text: &m.content }]),
             Role::Assistant => {
                 let mut blocks = Vec::with_capacity(1 + m.thinking.len() + m.tool_calls.len());
@@ -129,7 +166,9 @@ pub(super) fn request_body<'a>(
                     ThinkingBlock::Redacted { data } => Block::RedactedThinking { data },
                 }));
                 // The API rejects empty text blocks; a message of tool calls only has none.
-                if !m.content.is_empty() || m.tool_calls.is_empty() {
+                if m.rich_parts().is_some() {
+                    blocks.extend(content_blocks(m));
+                } else if !m.content.is_empty() || m.tool_calls.is_empty() {
                     blocks.push(Block::Text { text: &m.content });
                 }
                 for call in &m.tool_calls {
@@ -216,7 +255,7 @@ pub(super) fn request_body<'a>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::provider::{RequestMessage, tests::tool_round};
+    use crate::provider::tests::tool_round;
 
     #[test]
     fn request_body_shape() {
@@ -253,6 +292,28 @@ mod tests {
                 ],
                 "tools": [{"name": "get_time", "input_schema": {"type": "object"}}],
             })
+        );
+    }
+
+    #[test]
+    fn image_parts_on_the_wire() {
+        let request = ChatRequest::new(vec![RequestMessage::with_parts(
+            Role::User,
+            [
+                ContentPart::text("Compare."),
+                ContentPart::image_url("https://example.com/a.png"),
+                ContentPart::image_base64("image/jpeg", "/9j/4AAQ"),
+            ],
+        )]);
+        let body = serde_json::to_value(request_body(&request, "c", 100).unwrap()).unwrap();
+        assert_eq!(
+            body["messages"],
+            serde_json::json!([{"role": "user", "content": [
+                {"type": "text", "text": "Compare."},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+                {"type": "image", "source":
+                    {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}},
+            ]}])
         );
     }
 

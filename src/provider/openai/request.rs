@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::{
-    Role,
+    ContentPart, Role,
     provider::{
         ChatRequest, JsonSchema, ReasoningEffort, RequestMessage, ResponseFormat, TokenLimitField,
         ToolChoice, ToolSpec,
@@ -69,11 +69,42 @@ struct StreamOptions {
 struct WireMessage<'a> {
     role: &'static str,
     /// `null` for an assistant message that only calls tools.
-    content: Option<&'a str>,
+    content: Option<WireContent<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<WireToolCall<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_call_id: Option<&'a str>,
+}
+
+/// A string, or an array of parts for a message with an image.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(&'a str),
+    Parts(Vec<WirePart<'a>>),
+}
+
+/// `{"type":"text","text":…}` or `{"type":"image_url","image_url":{"url":…}}`; an inline image
+/// is a `data:` URL.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WirePart<'a> {
+    Text { text: &'a str },
+    ImageUrl { image_url: WireUrl<'a> },
+}
+
+#[derive(Serialize)]
+struct WireUrl<'a> {
+    url: std::borrow::Cow<'a, str>,
+}
+
+fn wire_part(part: &ContentPart) -> Option<WirePart<'_>> {
+    match part {
+        ContentPart::Text { text } => Some(WirePart::Text { text }),
+        image => image.to_url().map(|url| WirePart::ImageUrl {
+            image_url: WireUrl { url },
+        }),
+    }
 }
 
 #[derive(Serialize)]
@@ -109,7 +140,10 @@ fn wire_message(m: &RequestMessage) -> WireMessage<'_> {
     let calls_only = m.role == Role::Assistant && !m.tool_calls.is_empty() && m.content.is_empty();
     WireMessage {
         role: m.role.as_str(),
-        content: (!calls_only).then_some(m.content.as_str()),
+        content: (!calls_only).then(|| match m.rich_parts() {
+            Some(parts) => WireContent::Parts(parts.iter().filter_map(wire_part).collect()),
+            None => WireContent::Text(&m.content),
+        }),
         tool_calls: m
             .tool_calls
             .iter()
@@ -216,6 +250,28 @@ mod tests {
                     "name": "get_time", "description": "Current time",
                     "parameters": {"type": "object"}}}],
             })
+        );
+    }
+
+    #[test]
+    fn image_parts_on_the_wire() {
+        let request = ChatRequest::new(vec![RequestMessage::with_parts(
+            Role::User,
+            [
+                ContentPart::text("What is this?"),
+                ContentPart::image_url("https://example.com/a.png"),
+                ContentPart::image_base64("image/png", "iVBORw0KGgo="),
+            ],
+        )]);
+        let body =
+            serde_json::to_value(request_body(&request, "m", TokenLimitField::MaxTokens)).unwrap();
+        assert_eq!(
+            body["messages"],
+            serde_json::json!([{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ]}])
         );
     }
 

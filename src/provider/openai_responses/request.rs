@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::{
-    Error, Result, Role,
+    ContentPart, Error, Result, Role,
     provider::{ChatRequest, JsonSchema, ReasoningEffort, ResponseFormat, ToolChoice},
 };
 
@@ -35,7 +35,7 @@ pub(super) struct WireRequest<'a> {
 enum Item<'a> {
     Message {
         role: &'static str,
-        content: &'a str,
+        content: ItemContent<'a>,
     },
     FunctionCall {
         call_id: &'a str,
@@ -46,6 +46,45 @@ enum Item<'a> {
         call_id: &'a str,
         output: &'a str,
     },
+}
+
+/// A string, or an array of parts for a message with an image.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ItemContent<'a> {
+    Text(&'a str),
+    Parts(Vec<InputPart<'a>>),
+}
+
+/// `{"type":"input_text","text":…}` (`output_text` in an assistant message) or
+/// `{"type":"input_image","image_url":…}`; an inline image is a `data:` URL.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum InputPart<'a> {
+    InputText {
+        text: &'a str,
+    },
+    OutputText {
+        text: &'a str,
+    },
+    InputImage {
+        image_url: std::borrow::Cow<'a, str>,
+    },
+}
+
+fn input_parts(role: Role, parts: &[ContentPart]) -> Vec<InputPart<'_>> {
+    parts
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Text { text } if role == Role::Assistant => {
+                Some(InputPart::OutputText { text })
+            }
+            ContentPart::Text { text } => Some(InputPart::InputText { text }),
+            image => image
+                .to_url()
+                .map(|image_url| InputPart::InputImage { image_url }),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -118,7 +157,10 @@ pub(super) fn request_body<'a>(
                 if !m.content.is_empty() || m.tool_calls.is_empty() {
                     input.push(Item::Message {
                         role: role.as_str(),
-                        content: &m.content,
+                        content: match m.rich_parts() {
+                            Some(parts) => ItemContent::Parts(input_parts(role, parts)),
+                            None => ItemContent::Text(&m.content),
+                        },
                     });
                 }
                 input.extend(m.tool_calls.iter().map(|call| Item::FunctionCall {
@@ -210,6 +252,27 @@ mod tests {
                 "text": {"format": {"type": "json_schema", "name": "t",
                                     "schema": {"type": "object"}, "strict": true}},
             })
+        );
+    }
+
+    #[test]
+    fn image_parts_on_the_wire() {
+        let request = ChatRequest::new(vec![crate::RequestMessage::with_parts(
+            Role::User,
+            [
+                ContentPart::text("What is this?"),
+                ContentPart::image_url("https://example.com/a.png"),
+                ContentPart::image_base64("image/webp", "UklGRg=="),
+            ],
+        )]);
+        let body = serde_json::to_value(request_body(&request, "m", false).unwrap()).unwrap();
+        assert_eq!(
+            body["input"],
+            json!([{"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "What is this?"},
+                {"type": "input_image", "image_url": "https://example.com/a.png"},
+                {"type": "input_image", "image_url": "data:image/webp;base64,UklGRg=="},
+            ]}])
         );
     }
 

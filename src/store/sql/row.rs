@@ -13,7 +13,7 @@ macro_rules! message_columns {
     () => {
         "id, owner, chat_id, role, content, reasoning, tool_calls, tool_call_id, status, finish_reason, \
          usage_input_tokens, usage_output_tokens, error, client_message_id, reply_to, created_at, \
-         updated_at"
+         updated_at, parts, thinking, generation"
     };
 }
 pub(crate) use message_columns;
@@ -30,6 +30,7 @@ pub(crate) use chat_columns;
 pub(crate) struct Columns<'a, T> {
     pub(crate) message: &'a Message,
     pub(crate) tool_calls: Option<String>,
+    pub(crate) extras: Extras,
     pub(crate) input_tokens: Option<i64>,
     pub(crate) output_tokens: Option<i64>,
     pub(crate) created_at: T,
@@ -43,6 +44,7 @@ impl<'a, T> Columns<'a, T> {
         Ok(Columns {
             message,
             tool_calls: tool_calls_to_json(B::BACKEND, &message.tool_calls)?,
+            extras: Extras::of(B::BACKEND, message)?,
             input_tokens,
             output_tokens,
             created_at: B::encode_time(message.created_at)?,
@@ -65,16 +67,61 @@ pub(crate) fn tool_calls_to_json(
     backend: &'static str,
     calls: &[ToolCall],
 ) -> Result<Option<String>> {
-    if calls.is_empty() {
+    to_json(backend, "tool calls", calls, calls.is_empty())
+}
+
+/// `value` as JSON text, `None` when `absent`.
+fn to_json<V: serde::Serialize + ?Sized>(
+    backend: &'static str,
+    what: &str,
+    value: &V,
+    absent: bool,
+) -> Result<Option<String>> {
+    if absent {
         return Ok(None);
     }
-    serde_json::to_string(calls)
+    serde_json::to_string(value)
         .map(Some)
         .map_err(|e| Error::Store {
             backend,
-            message: format!("cannot encode tool calls: {e}"),
+            message: format!("cannot encode {what}: {e}"),
             source: Some(Box::new(e)),
         })
+}
+
+/// The JSON text columns of a message that most messages leave NULL: its content parts (only a
+/// message with an image has any), its thinking blocks and its generation.
+pub(crate) struct Extras {
+    pub(crate) parts: Option<String>,
+    pub(crate) thinking: Option<String>,
+    pub(crate) generation: Option<String>,
+}
+
+impl Extras {
+    pub(crate) fn of(backend: &'static str, m: &Message) -> Result<Self> {
+        Ok(Extras {
+            parts: to_json(backend, "content parts", &m.parts, m.parts.is_empty())?,
+            thinking: to_json(backend, "thinking blocks", &m.thinking, m.thinking.is_empty())?,
+            generation: to_json(
+                backend,
+                "generation",
+                &m.generation,
+                m.generation.is_none(),
+            )?,
+        })
+    }
+}
+
+/// A JSON text column read back: its default when NULL.
+fn from_json<V: serde::de::DeserializeOwned + Default>(
+    backend: &'static str,
+    what: &str,
+    column: Option<&str>,
+) -> Result<V> {
+    match column {
+        None | Some("") => Ok(V::default()),
+        Some(json) => serde_json::from_str(json).map_err(|e| corrupt(backend, what, e)),
+    }
 }
 
 /// Token counts as stored: signed 64-bit integers.
@@ -119,16 +166,18 @@ pub(crate) struct RawMessage<T> {
     reply_to: Option<uuid::Uuid>,
     created_at: T,
     updated_at: T,
+    parts: Option<String>,
+    thinking: Option<String>,
+    generation: Option<String>,
 }
 
 impl<T> RawMessage<T> {
     pub(crate) fn into_message<B: SqlBackend<Time = T>>(self) -> Result<Message> {
         let bad = |detail: Error| corrupt(B::BACKEND, "message", detail);
-        let tool_calls = match self.tool_calls.as_deref() {
-            None | Some("") => Vec::new(),
-            Some(json) => serde_json::from_str(json)
-                .map_err(|e| corrupt(B::BACKEND, "message tool calls", e))?,
-        };
+        let tool_calls = from_json(B::BACKEND, "message tool calls", self.tool_calls.as_deref())?;
+        let parts = from_json(B::BACKEND, "message content parts", self.parts.as_deref())?;
+        let thinking = from_json(B::BACKEND, "message thinking blocks", self.thinking.as_deref())?;
+        let generation = from_json(B::BACKEND, "message generation", self.generation.as_deref())?;
         let count = |n: Option<i64>| n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
         let usage =
             (self.usage_input_tokens.is_some() || self.usage_output_tokens.is_some()).then(|| {
@@ -143,12 +192,15 @@ impl<T> RawMessage<T> {
             chat_id: self.chat_id.parse().map_err(bad)?,
             role: self.role.parse::<Role>().map_err(bad)?,
             content: self.content,
+            parts,
             reasoning: self.reasoning,
+            thinking,
             tool_calls,
             tool_call_id: self.tool_call_id,
             status: self.status.parse::<MessageStatus>().map_err(bad)?,
             finish_reason: self.finish_reason.as_deref().map(FinishReason::parse),
             usage,
+            generation,
             error: self.error,
             client_message_id: self.client_message_id,
             reply_to: self.reply_to.map(MessageId::from_uuid),
