@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{
     ApiError, AppState,
+    attachments::{Attachment, ImageLimits, image_parts},
     chats::{MAX_PAGE, accepted},
     extract::{ApiJson, ApiQuery, ChatParam, LastEventId, Owner, chat_id},
     limits::live_turn,
@@ -32,7 +33,11 @@ const MAX_CLIENT_MESSAGE_ID: usize = 128;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct SendMessage {
     chat_id: String,
+    /// The text; may be empty when there are attachments.
     content: String,
+    /// Images sent with the text (see [`attachments`](super::attachments)).
+    #[serde(default)]
+    attachments: Vec<Attachment>,
     #[serde(default = "user_sender")]
     sender: String,
     client_message_id: Option<String>,
@@ -108,13 +113,21 @@ pub(crate) async fn send(
             "sender must be \"user\"",
         ));
     }
-    if body.content.trim().is_empty() {
+    if body.content.trim().is_empty() && body.attachments.is_empty() {
         return Err(ApiError::bad_request(
             "empty_content",
             "content must not be empty",
         ));
     }
+    let images = image_parts(
+        body.attachments,
+        ImageLimits {
+            max_bytes: state.options.max_image_bytes,
+            max_count: state.options.max_images,
+        },
+    )?;
     let mut input = UserInput::new(body.content);
+    input.images = images;
     if let Some(key) = body.client_message_id {
         input = input.with_client_message_id(client_message_id(key, "clientMessageId")?);
     }

@@ -6,7 +6,7 @@
 //! | `GET /api/chats`, `POST /api/chats` | list chats (most recent first), create one (`{"id"?, "title"?}`) |
 //! | `PATCH /api/chats/{chatId}`, `DELETE /api/chats/{chatId}` | rename (`{"title"}`); delete, stopping its live reply first |
 //! | `POST /api/chats/{chatId}/regenerate` | answer the last user message again (202, 409 while a reply is live) |
-//! | `POST /api/messages` | send `{"chatId","content","clientMessageId"?,"model"?,"options"?}`: 202 with the stored user message and the reply's id; idempotent by `clientMessageId`; 409 while a reply is live; `options` are the reply's [`SendOptions`](crate::SendOptions) in camelCase (`system`, `temperature`, `topP`, `maxOutputTokens`, `stop`, `reasoningEffort`, `thinkingBudget`, `tools`, `toolChoice`, `responseFormat`, `extra`), a bad value a 422 `invalid_options` |
+//! | `POST /api/messages` | send `{"chatId","content","attachments"?,"clientMessageId"?,"model"?,"options"?}`: 202 with the stored user message and the reply's id; idempotent by `clientMessageId`; 409 while a reply is live; `options` are the reply's [`SendOptions`](crate::SendOptions) in camelCase (`system`, `temperature`, `topP`, `maxOutputTokens`, `stop`, `reasoningEffort`, `thinkingBudget`, `tools`, `toolChoice`, `responseFormat`, `extra`), a bad value a 422 `invalid_options`; `attachments` are images `[{"url"}]`, `data:` (png, jpeg, gif, webp; at most [`ServerOptions::max_image_bytes`] decoded) or `https:` URLs, a bad one a 4xx naming it (`invalid_attachment`, `unsupported_media_type`, `attachment_too_large`, `too_many_attachments`) |
 //! | `GET /api/messages/{chatId}?limit&before` | a page of history, oldest first |
 //! | `GET /api/stream/{chatId}` | the live reply as SSE (`start`, `delta`…, `error`?, `done`), numbered; `Last-Event-ID` or `?after=N` resumes; 204 when nothing is left |
 //! | `POST /api/stream/{chatId}/terminate` | stop the live reply (upstream closed, partial reply saved `cancelled`) |
@@ -68,6 +68,7 @@
 //! ```
 
 mod access;
+mod attachments;
 pub mod auth;
 mod chats;
 mod error;
@@ -134,6 +135,15 @@ pub struct ServerOptions {
     pub auth: auth::AuthOptions,
     /// Per-user limits (default none).
     pub limits: Limits,
+    /// The largest image attachment, in bytes once decoded (default 5 MiB): a larger `data:`
+    /// URL in `POST /api/messages` or `/v1/chat/completions` is a `413`
+    /// `attachment_too_large`. Those two routes take a body of up to
+    /// [`body_limit`](Self::body_limit) plus room for [`max_images`](Self::max_images) such
+    /// images in base64.
+    pub max_image_bytes: usize,
+    /// The most image attachments of one message (default 4); more is a `422`
+    /// `too_many_attachments`.
+    pub max_images: usize,
     /// The metrics served at `GET /metrics` (feature `metrics`; default none, and no such
     /// route): see [`with_metrics`](Self::with_metrics).
     #[cfg(feature = "metrics")]
@@ -150,6 +160,8 @@ impl Default for ServerOptions {
             cancel_on_disconnect: false,
             auth: auth::AuthOptions::default(),
             limits: Limits::default(),
+            max_image_bytes: 5 * 1024 * 1024,
+            max_images: 4,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -211,6 +223,14 @@ impl ServerOptions {
         self
     }
 
+    /// Sets [`max_image_bytes`](Self::max_image_bytes) and [`max_images`](Self::max_images).
+    #[must_use]
+    pub fn with_image_limits(mut self, max_bytes: usize, max_images: usize) -> Self {
+        self.max_image_bytes = max_bytes;
+        self.max_images = max_images;
+        self
+    }
+
     /// Sets [`Limits::max_live_per_user`].
     #[must_use]
     pub fn with_max_live_per_user(mut self, max: usize) -> Self {
@@ -241,6 +261,10 @@ struct AppState {
 /// with [`serve`] or `axum::serve`, or nest it into an application's router.
 pub fn router(service: ChatService, options: ServerOptions) -> Router {
     let body_limit = options.body_limit;
+    // The routes that take images take room for them too.
+    let image_body_limit = DefaultBodyLimit::max(body_limit.saturating_add(
+        attachments::body_allowance(options.max_image_bytes, options.max_images),
+    ));
     let cors = cors(&options.cors_origins);
     let gate = access::Gate {
         rate: options
@@ -261,7 +285,10 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
             axum::routing::delete(chats::delete).patch(chats::rename),
         )
         .route("/api/chats/{chat_id}/regenerate", post(chats::regenerate))
-        .route("/api/messages", post(messages::send))
+        .route(
+            "/api/messages",
+            post(messages::send).layer(image_body_limit.clone()),
+        )
         .route("/api/messages/{chat_id}", get(messages::history))
         .route("/api/stream/{chat_id}", get(messages::stream))
         .route("/api/stream/{chat_id}/terminate", post(messages::terminate))
@@ -269,7 +296,10 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
         .route("/api/chat/{chat_id}/stream", get(ui::resume))
         .route("/api/chat/{chat_id}/stop", post(ui::stop))
         .route("/api/chat/{chat_id}/messages", get(ui::messages))
-        .route("/v1/chat/completions", post(openai::completions))
+        .route(
+            "/v1/chat/completions",
+            post(openai::completions).layer(image_body_limit),
+        )
         .route("/v1/models", get(openai::models))
         // Every route above needs a principal; the ones below do not.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 
 use crate::{
-    Accumulator, ChatRequest, Delta, DeltaStream, FinishReason, RequestMessage, Role, ToolCall,
+    Accumulator, ChatRequest, ContentPart, Delta, DeltaStream, FinishReason, RequestMessage, Role, ToolCall,
     ToolSpec, Usage,
     provider::{JsonSchema, ResponseFormat, TokenLimitField, ToolChoice},
 };
@@ -23,7 +23,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, extract::ApiJson, sse::sse_response};
+use super::{ApiError, AppState, attachments, extract::ApiJson, sse::sse_response};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct CompletionRequest {
@@ -150,10 +150,55 @@ enum Content {
     Parts(Vec<Part>),
 }
 
+/// A part of a message's content: `{"type":"text","text"}` or
+/// `{"type":"image_url","image_url":{"url","detail"?}}` (or the URL as a string).
 #[derive(Debug, Deserialize)]
 struct Part {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    image_url: Option<InImageUrl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InImageUrl {
+    Url(String),
+    Object { url: String },
+}
+
+/// A message's content as the library keeps it: its text, and its parts when it has an image
+/// (checked like an attachment of `POST /api/messages`). A part of any other type is refused: it
+/// would otherwise be dropped without a word.
+fn content(content: Option<Content>, max_image_bytes: usize) -> Result<(String, Vec<ContentPart>), ApiError> {
+    let parts = match content {
+        None => return Ok((String::new(), Vec::new())),
+        Some(Content::Text(text)) => return Ok((text, Vec::new())),
+        Some(Content::Parts(parts)) => parts,
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.into_iter().enumerate() {
+        let what = format!("content part {}", i + 1);
+        match (part.kind.as_deref(), part.text, part.image_url) {
+            (Some("text") | None, Some(text), _) => out.push(ContentPart::text(text)),
+            (Some("image_url") | None, None, Some(InImageUrl::Url(url) | InImageUrl::Object { url })) => {
+                out.push(attachments::image_part(url, max_image_bytes, &what)?);
+            }
+            (kind, _, _) => {
+                return Err(ApiError::unprocessable(
+                    "unsupported_content",
+                    format!(
+                        "{what}: {} is not supported: use text and image_url parts",
+                        kind.map_or_else(|| "a part without a type".to_owned(), |k| format!("type {k:?}"))
+                    ),
+                ));
+            }
+        }
+    }
+    let text = crate::message::text_of(&out);
+    Ok((text, crate::message::kept_parts(out)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,7 +249,10 @@ fn modelled<T: serde::de::DeserializeOwned>(
 }
 
 impl CompletionRequest {
-    fn into_chat_request(mut self) -> Result<(ChatRequest, bool, bool), ApiError> {
+    fn into_chat_request(
+        mut self,
+        max_image_bytes: usize,
+    ) -> Result<(ChatRequest, bool, bool), ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::bad_request(
                 "empty_messages",
@@ -214,18 +262,12 @@ impl CompletionRequest {
         let messages = self
             .messages
             .into_iter()
-            .map(|m| RequestMessage {
+            .map(|m| {
+                let (content, parts) = content(m.content, max_image_bytes)?;
+                Ok(RequestMessage {
                 role: m.role.into(),
-                content: match m.content {
-                    None => String::new(),
-                    Some(Content::Text(t)) => t,
-                    Some(Content::Parts(parts)) => parts
-                        .into_iter()
-                        .filter_map(|p| p.text)
-                        .collect::<Vec<_>>()
-                        .join(""),
-                },
-                parts: Vec::new(),
+                content,
+                parts,
                 tool_calls: m
                     .tool_calls
                     .into_iter()
@@ -240,7 +282,8 @@ impl CompletionRequest {
                 tool_call_id: m.tool_call_id,
                 thinking: Vec::new(),
             })
-            .collect();
+            })
+            .collect::<Result<_, ApiError>>()?;
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         let extra = &mut self.extra;
         let tool_choice = modelled("tool_choice", self.tool_choice, extra).map(|c| match c {
@@ -307,7 +350,8 @@ pub(crate) async fn completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let (request, stream, include_usage) = body.into_chat_request()?;
+    let (request, stream, include_usage) =
+        body.into_chat_request(state.options.max_image_bytes)?;
     let model = request
         .model
         .clone()

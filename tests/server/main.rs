@@ -14,6 +14,7 @@ mod auth;
 mod common;
 mod configuration;
 mod contract;
+mod images;
 mod instances;
 mod mongodb;
 mod observability;

@@ -82,9 +82,13 @@ async fn rejected(
 
 #[tokio::test]
 async fn every_route_answers_malformed_requests_with_json_errors() {
+    // The routes that take images take room for them beyond the body limit: with images of
+    // at most LIMIT / 4 bytes, a body of twice the limit is still too large for them.
     let s = serve(
         Arc::new(DemoProvider::new()),
-        ServerOptions::default().with_body_limit(LIMIT),
+        ServerOptions::default()
+            .with_body_limit(LIMIT)
+            .with_image_limits(LIMIT / 4, 1),
     )
     .await;
     let mut checked = 0;
@@ -211,4 +215,63 @@ async fn every_route_answers_malformed_requests_with_json_errors() {
         checked += 1;
     }
     assert!(checked > 60, "only {checked} requests were checked");
+}
+
+#[tokio::test]
+async fn bad_image_attachments_are_refused_with_json_errors() {
+    let png = crate::images::PNG;
+    let s = serve(
+        Arc::new(DemoProvider::new()),
+        ServerOptions::default().with_image_limits(100, 2),
+    )
+    .await;
+    let data = |media: &str, b64: &str| serde_json::json!({"url": format!("data:{media};base64,{b64}")});
+    // A PNG signature and 150 zero bytes: 159 bytes, over the limit of 100.
+    let big = format!("iVBORw0KGgoA{}", "AAAA".repeat(50));
+    let cases = [
+        (serde_json::json!([{"url": "http://example.com/a.png"}]), 422, "invalid_attachment"),
+        (serde_json::json!([{"url": "ftp://example.com/a.png"}]), 422, "invalid_attachment"),
+        (serde_json::json!([{"url": "https://"}]), 422, "invalid_attachment"),
+        (serde_json::json!([{"url": "data:image/png,notbase64"}]), 422, "invalid_attachment"),
+        (serde_json::json!([data("image/png", "%%%")]), 422, "invalid_attachment"),
+        (serde_json::json!([data("image/svg+xml", "PHN2Zz4=")]), 415, "unsupported_media_type"),
+        (serde_json::json!([data("text/html", "PGI+")]), 415, "unsupported_media_type"),
+        // PNG bytes named as a GIF.
+        (serde_json::json!([data("image/gif", png)]), 415, "unsupported_media_type"),
+        (serde_json::json!([data("image/png", &big)]), 413, "attachment_too_large"),
+        (
+            serde_json::json!([data("image/png", png), data("image/png", png), data("image/png", png)]),
+            422,
+            "too_many_attachments",
+        ),
+        (serde_json::json!([{"href": "https://example.com/a.png"}]), 422, "invalid_body"),
+        (serde_json::json!("https://example.com/a.png"), 422, "invalid_body"),
+    ];
+    for (attachments, status, code) in cases {
+        let body = serde_json::json!({"chatId": "imgs", "content": "look", "attachments": attachments});
+        let (got_status, got_code) = rejected(
+            &s,
+            "POST",
+            "/api/messages",
+            Some("application/json"),
+            Some(body.to_string()),
+            &[],
+        )
+        .await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{attachments}");
+    }
+    // Nothing was stored by any of them.
+    assert_eq!(s.history("imgs").await, Vec::<Value>::new());
+    // Without text or image, a send is empty.
+    let body = serde_json::json!({"chatId": "imgs", "content": " ", "attachments": []});
+    let (status, code) = rejected(
+        &s,
+        "POST",
+        "/api/messages",
+        Some("application/json"),
+        Some(body.to_string()),
+        &[],
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "empty_content"));
 }
