@@ -1459,3 +1459,125 @@ async fn the_page_signs_in_by_cookie_streams_keeps_the_session_and_signs_out() {
     assert_eq!(status, json!(401));
     c.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn images_are_attached_by_picker_paste_and_drop_shown_and_kept_in_history() {
+    if !have_browser("images_are_attached_by_picker_paste_and_drop_shown_and_kept_in_history") {
+        return;
+    }
+    let page = Page::open().await;
+    let c = &page.c;
+    const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let window = ".window:nth-child(1)";
+
+    // The picker: a file given to the (hidden) file input.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dot.png");
+    let bytes: Vec<u8> = js(c, &format!("Array.from(atob('{PNG}'), (ch) => ch.charCodeAt(0))"))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect();
+    std::fs::write(&file, bytes).unwrap();
+    c.find(Locator::Css(&format!("{window} input[type=file]")))
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    wait_until(
+        c,
+        "a thumbnail of the picked image",
+        &format!("document.querySelectorAll('{window} .thumbs img').length === 1"),
+    )
+    .await;
+
+    // Paste and drop: the events a browser fires, with a PNG file and a text file.
+    let fire = |event: &str, target: &str, file_name: &str, kind: &str| {
+        format!(
+            r#"(() => {{
+              const bytes = Uint8Array.from(atob('{PNG}'), (ch) => ch.charCodeAt(0));
+              const dt = new DataTransfer();
+              dt.items.add(new File([bytes], '{file_name}', {{ type: '{kind}' }}));
+              const target = document.querySelector('{window} {target}');
+              const e = '{event}' === 'paste'
+                ? new ClipboardEvent('paste', {{ clipboardData: dt, bubbles: true, cancelable: true }})
+                : new DragEvent('drop', {{ dataTransfer: dt, bubbles: true, cancelable: true }});
+              target.dispatchEvent(e);
+              return true;
+            }})()"#
+        )
+    };
+    js(c, &fire("paste", "textarea", "pasted.png", "image/png")).await;
+    wait_until(
+        c,
+        "a thumbnail of the pasted image",
+        &format!("document.querySelectorAll('{window} .thumbs img').length === 2"),
+    )
+    .await;
+    js(c, &fire("drop", ".messages", "notes.txt", "text/plain")).await;
+    wait_until(
+        c,
+        "a text file refused",
+        &format!(
+            "document.querySelector('{window} .notice').textContent.includes('not a PNG, JPEG, GIF or WebP')"
+        ),
+    )
+    .await;
+    js(c, &fire("drop", ".messages", "dropped.png", "image/png")).await;
+    wait_until(
+        c,
+        "a thumbnail of the dropped image",
+        &format!("document.querySelectorAll('{window} .thumbs img').length === 3"),
+    )
+    .await;
+    // One removed before sending.
+    click(c, &format!("{window} .thumbs figure:nth-child(2) button.remove")).await;
+    assert_eq!(
+        js(c, &format!("[...document.querySelectorAll('{window} .thumbs img')].map((i) => i.alt)")).await,
+        json!(["dot.png", "dropped.png"])
+    );
+
+    type_and_send(c, 1, "What are these?").await;
+    let shown = format!(
+        "document.querySelectorAll('{window} .msg.user .images img[src^=\"data:image/png;base64,\"]').length === 2 \
+         && document.querySelector('{window} .thumbs').hidden \
+         && !document.querySelector('{window} .msg.streaming') \
+         && document.querySelector('{window} .msg.assistant')"
+    );
+    wait_until(c, "the sent images in the chat", &shown).await;
+    let chat = js(c, &format!("document.querySelector('{window}').dataset.chat")).await;
+    let history = js_async(
+        c,
+        &format!(
+            "fetch('/api/messages/{}').then((r) => r.json()).then(done);",
+            chat.as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        history[0]["parts"],
+        json!([
+            {"type": "text", "text": "What are these?"},
+            {"type": "imageBase64", "mediaType": "image/png", "data": PNG},
+            {"type": "imageBase64", "mediaType": "image/png", "data": PNG},
+        ])
+    );
+
+    // After a reload, history shows them again, after the text.
+    c.refresh().await.unwrap();
+    wait_until(c, "the images after a reload", &shown).await;
+    assert_eq!(
+        js(
+            c,
+            &format!(
+                "[...document.querySelector('{window} .msg.user .body').children].map((e) => e.className)"
+            )
+        )
+        .await,
+        json!(["text", "images", "footer"])
+    );
+    page.close().await;
+}

@@ -32,6 +32,10 @@ const enc = encodeURIComponent;
 const STORE_KEY = "chatstream.windows";
 /** Messages per history page: a chat opens on its newest page, whatever its length. */
 const PAGE = 50;
+/** The images the server takes (`ServerOptions`' defaults): types, size each, and count. */
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+const MAX_IMAGE_BYTES = 5 * 1024 * 1024;
+const MAX_IMAGES = 4;
 
 /**
  * Every request of the page goes through here: JSON in and out, and errors thrown with the
@@ -281,7 +285,7 @@ class MessageView {
     this.body = h("div", "body");
     if (m.role === "assistant") this.buildAssistant();
     else if (m.role === "tool") this.buildTool(m);
-    else this.body.appendChild(h("div", "text", this.text));
+    else this.buildParts(m);
     this.footer = h("div", "footer");
     this.metaEl = h("span", "meta");
     this.timeEl = h("time");
@@ -322,6 +326,31 @@ class MessageView {
     this.errorEl = h("div", "error");
     this.body.append(this.details, this.toolsEl, this.textEl, this.errorEl);
     this.cards = [];
+  }
+  /** A user's text and images, in their order; an image by https URL is a link (not fetched). */
+  buildParts(m) {
+    const parts = m.parts && m.parts.length ? m.parts : [{ type: "text", text: this.text }];
+    let images = null;
+    for (const p of parts) {
+      if (p.type === "text") {
+        if (p.text) this.body.appendChild(h("div", "text", p.text));
+        images = null;
+        continue;
+      }
+      if (!images) images = this.body.appendChild(h("div", "images"));
+      if (p.type === "imageBase64") {
+        const img = h("img");
+        img.src = `data:${p.mediaType};base64,${p.data}`;
+        img.alt = "Attached image";
+        images.appendChild(img);
+      } else if (p.type === "imageUrl") {
+        const a = h("a", "image-link", "Image: " + p.url);
+        a.href = /^https:/i.test(p.url) ? p.url : "#";
+        a.rel = "noopener noreferrer";
+        a.target = "_blank";
+        images.appendChild(a);
+      }
+    }
   }
   buildTool(m) {
     const d = h("details", "tool-call");
@@ -531,8 +560,22 @@ class ChatWindow {
     this.sendBtn = h("button", "primary send", "Send");
     this.sendBtn.type = "submit";
     this.stopBtn = button("Stop", "stop", () => this.stop());
-    composer.append(label, this.input, this.sendBtn, this.stopBtn);
-    this.el.append(head, this.list, this.announcer, this.notice, composer);
+    // Images: picked, pasted or dropped; shown as thumbnails until sent.
+    this.attached = [];
+    this.fileInput = h("input");
+    this.fileInput.type = "file";
+    this.fileInput.accept = IMAGE_TYPES.join(",");
+    this.fileInput.multiple = true;
+    this.fileInput.hidden = true;
+    this.fileInput.setAttribute("aria-label", "Attach images");
+    this.attachBtn = button("\u{1F4CE}", "icon attach", () => this.fileInput.click());
+    this.attachBtn.setAttribute("aria-label", "Attach image");
+    this.attachBtn.title = "Attach image (or paste or drop one)";
+    this.thumbs = h("div", "thumbs");
+    this.thumbs.setAttribute("aria-label", "Images to send");
+    this.thumbs.hidden = true;
+    composer.append(label, this.fileInput, this.attachBtn, this.input, this.sendBtn, this.stopBtn);
+    this.el.append(head, this.list, this.announcer, this.notice, this.thumbs, composer);
     this.setTitle(this.title);
 
     composer.addEventListener("submit", (e) => { e.preventDefault(); this.send(); });
@@ -540,6 +583,28 @@ class ChatWindow {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); this.send(); }
     });
     this.input.addEventListener("input", () => this.fitInput());
+    this.fileInput.addEventListener("change", () => {
+      this.attach([...this.fileInput.files]);
+      this.fileInput.value = "";
+    });
+    this.input.addEventListener("paste", (e) => {
+      const files = [...(e.clipboardData ? e.clipboardData.files : [])];
+      if (files.length) { e.preventDefault(); this.attach(files); }
+    });
+    this.el.addEventListener("dragover", (e) => {
+      if (e.dataTransfer && [...e.dataTransfer.types].includes("Files")) {
+        e.preventDefault();
+        this.el.classList.add("dropping");
+      }
+    });
+    this.el.addEventListener("dragleave", (e) => {
+      if (!this.el.contains(e.relatedTarget)) this.el.classList.remove("dropping");
+    });
+    this.el.addEventListener("drop", (e) => {
+      this.el.classList.remove("dropping");
+      const files = [...(e.dataTransfer ? e.dataTransfer.files : [])];
+      if (files.length) { e.preventDefault(); this.attach(files); }
+    });
     this.el.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && this.source) { e.preventDefault(); this.stop(); }
     });
@@ -678,14 +743,61 @@ class ChatWindow {
     });
   }
 
+  /** Adds image files to the message being written, refusing what the server would refuse. */
+  async attach(files) {
+    for (const file of files) {
+      if (!IMAGE_TYPES.includes(file.type)) {
+        this.say(`${file.name || "That file"} is not a PNG, JPEG, GIF or WebP image.`);
+        continue;
+      }
+      if (file.size > MAX_IMAGE_BYTES) {
+        this.say(`${file.name || "That image"} is larger than ${MAX_IMAGE_BYTES / 1048576} MiB.`);
+        continue;
+      }
+      if (this.attached.length >= MAX_IMAGES) {
+        this.say(`At most ${MAX_IMAGES} images per message.`);
+        break;
+      }
+      const url = await new Promise((resolve, reject) => {
+        const reader = new FileReader();
+        reader.onload = () => resolve(reader.result);
+        reader.onerror = () => reject(reader.error);
+        reader.readAsDataURL(file);
+      }).catch((e) => { this.say(`Could not read ${file.name}: ${e.message}`); return null; });
+      if (url) this.attached.push({ url, name: file.name || "pasted image" });
+    }
+    this.paintThumbs();
+  }
+  paintThumbs() {
+    this.thumbs.replaceChildren();
+    this.thumbs.hidden = this.attached.length === 0;
+    this.attached.forEach((a, i) => {
+      const item = h("figure", "thumb");
+      const img = h("img");
+      img.src = a.url;
+      img.alt = a.name;
+      const remove = button("\u00d7", "icon remove", () => {
+        this.attached.splice(i, 1);
+        this.paintThumbs();
+        this.input.focus();
+      });
+      remove.setAttribute("aria-label", `Remove ${a.name}`);
+      item.append(img, remove);
+      this.thumbs.appendChild(item);
+    });
+  }
+
   async send() {
     const content = this.input.value.trim();
-    if (!content || this.source) return;
+    if ((!content && !this.attached.length) || this.source) return;
     this.say("");
     try {
-      const res = await api("POST", "/api/messages",
-        { chatId: this.chatId, content, sender: "user", clientMessageId: uuid() });
+      const body = { chatId: this.chatId, content, sender: "user", clientMessageId: uuid() };
+      if (this.attached.length) body.attachments = this.attached.map((a) => ({ url: a.url }));
+      const res = await api("POST", "/api/messages", body);
       this.input.value = "";
+      this.attached = [];
+      this.paintThumbs();
       this.fitInput();
       this.view(res.userMessage);
       this.toBottom();
