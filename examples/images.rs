@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use chatstream::{
-    ChatService, ChatSession, ChatId, ContentPart, Delta, EventPayload, UserInput,
+    ChatId, ChatService, ChatSession, ContentPart, Delta, EventPayload, UserInput,
     provider::{Script, ScriptedProvider},
     store::{HistoryPage, MemoryStore},
 };

@@ -74,7 +74,12 @@ impl Accumulator {
             usage: message.usage,
             finish_reason: message.finish_reason,
             deltas: 0,
-            thinking: message.thinking.iter().cloned().map(Thinking::Kept).collect(),
+            thinking: message
+                .thinking
+                .iter()
+                .cloned()
+                .map(Thinking::Kept)
+                .collect(),
         }
     }
 
@@ -378,7 +383,7 @@ mod tests {
             text: "a".into(),
             signature: "s1".into(),
         };
-        assert_eq!(m.thinking, [first.clone()]);
+        assert_eq!(m.thinking, std::slice::from_ref(&first));
         // A reply continued after a recovery keeps its blocks and adds the new ones.
         let mut acc = Accumulator::from_message(&m);
         acc.extend([

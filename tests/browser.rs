@@ -1473,13 +1473,16 @@ async fn images_are_attached_by_picker_paste_and_drop_shown_and_kept_in_history(
     // The picker: a file given to the (hidden) file input.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dot.png");
-    let bytes: Vec<u8> = js(c, &format!("Array.from(atob('{PNG}'), (ch) => ch.charCodeAt(0))"))
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap() as u8)
-        .collect();
+    let bytes: Vec<u8> = js(
+        c,
+        &format!("Array.from(atob('{PNG}'), (ch) => ch.charCodeAt(0))"),
+    )
+    .await
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|b| b.as_u64().unwrap() as u8)
+    .collect();
     std::fs::write(&file, bytes).unwrap();
     c.find(Locator::Css(&format!("{window} input[type=file]")))
         .await
@@ -1534,9 +1537,17 @@ async fn images_are_attached_by_picker_paste_and_drop_shown_and_kept_in_history(
     )
     .await;
     // One removed before sending.
-    click(c, &format!("{window} .thumbs figure:nth-child(2) button.remove")).await;
+    click(
+        c,
+        &format!("{window} .thumbs figure:nth-child(2) button.remove"),
+    )
+    .await;
     assert_eq!(
-        js(c, &format!("[...document.querySelectorAll('{window} .thumbs img')].map((i) => i.alt)")).await,
+        js(
+            c,
+            &format!("[...document.querySelectorAll('{window} .thumbs img')].map((i) => i.alt)")
+        )
+        .await,
         json!(["dot.png", "dropped.png"])
     );
 
@@ -1548,7 +1559,11 @@ async fn images_are_attached_by_picker_paste_and_drop_shown_and_kept_in_history(
          && document.querySelector('{window} .msg.assistant')"
     );
     wait_until(c, "the sent images in the chat", &shown).await;
-    let chat = js(c, &format!("document.querySelector('{window}').dataset.chat")).await;
+    let chat = js(
+        c,
+        &format!("document.querySelector('{window}').dataset.chat"),
+    )
+    .await;
     let history = js_async(
         c,
         &format!(

@@ -1249,7 +1249,13 @@ async fn thinking_and_images_are_persisted_and_sent_back(store: DynMessageStore)
             generation.max_output_tokens,
             generation.temperature,
         ),
-        ("anthropic", "claude-sonnet-4-5", Some(2048), Some(4096), Some(1.0))
+        (
+            "anthropic",
+            "claude-sonnet-4-5",
+            Some(2048),
+            Some(4096),
+            Some(1.0)
+        )
     );
     assert_eq!(
         message(&store, user.id).await.parts,
@@ -1261,11 +1267,13 @@ async fn thinking_and_images_are_persisted_and_sent_back(store: DynMessageStore)
     );
 
     let reply = session
-        .send(UserInput::new("And 28 * 453?").with_options(
-            SendOptions::default()
-                .with_thinking_budget(2048)
-                .with_max_output_tokens(4096),
-        ))
+        .send(
+            UserInput::new("And 28 * 453?").with_options(
+                SendOptions::default()
+                    .with_thinking_budget(2048)
+                    .with_max_output_tokens(4096),
+            ),
+        )
         .await
         .unwrap();
     drain(reply.events).await;

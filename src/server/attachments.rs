@@ -64,7 +64,11 @@ pub(crate) fn image_parts(
 }
 
 /// One image given by URL, checked as the [module docs](self) say; `what` names it in errors.
-pub(crate) fn image_part(url: String, max_bytes: usize, what: &str) -> Result<ContentPart, ApiError> {
+pub(crate) fn image_part(
+    url: String,
+    max_bytes: usize,
+    what: &str,
+) -> Result<ContentPart, ApiError> {
     let invalid = |message: String| ApiError::unprocessable("invalid_attachment", message);
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
@@ -113,8 +117,8 @@ fn https_image(url: String, what: &str) -> Result<ContentPart, ApiError> {
             "{what}: the URL is longer than {MAX_URL} bytes"
         )));
     }
-    let parsed = reqwest::Url::parse(&url)
-        .map_err(|e| invalid(format!("{what}: not a valid URL: {e}")))?;
+    let parsed =
+        reqwest::Url::parse(&url).map_err(|e| invalid(format!("{what}: not a valid URL: {e}")))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(invalid(format!("{what}: the URL has no host")));
     }
@@ -185,14 +189,22 @@ mod tests {
             ("file:///etc/passwd", 422, "invalid_attachment"),
             ("data:image/png,rawbytes", 422, "invalid_attachment"),
             ("data:image/png;base64,!!!!", 422, "invalid_attachment"),
-            ("data:image/svg+xml;base64,PHN2Zz4=", 415, "unsupported_media_type"),
+            (
+                "data:image/svg+xml;base64,PHN2Zz4=",
+                415,
+                "unsupported_media_type",
+            ),
             // PNG bytes named as a JPEG.
             (
                 "data:image/jpeg;base64,iVBORw0KGgoAAAANSUhEUg==",
                 415,
                 "unsupported_media_type",
             ),
-            ("https://user:pw@example.com/a.png", 422, "invalid_attachment"),
+            (
+                "https://user:pw@example.com/a.png",
+                422,
+                "invalid_attachment",
+            ),
         ] {
             let e = image_part(url.into(), 100, "a").unwrap_err();
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{url}");

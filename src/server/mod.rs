@@ -287,7 +287,7 @@ pub fn router(service: ChatService, options: ServerOptions) -> Router {
         .route("/api/chats/{chat_id}/regenerate", post(chats::regenerate))
         .route(
             "/api/messages",
-            post(messages::send).layer(image_body_limit.clone()),
+            post(messages::send).layer(image_body_limit),
         )
         .route("/api/messages/{chat_id}", get(messages::history))
         .route("/api/stream/{chat_id}", get(messages::stream))

@@ -10,8 +10,8 @@
 use std::convert::Infallible;
 
 use crate::{
-    Accumulator, ChatRequest, ContentPart, Delta, DeltaStream, FinishReason, RequestMessage, Role, ToolCall,
-    ToolSpec, Usage,
+    Accumulator, ChatRequest, ContentPart, Delta, DeltaStream, FinishReason, RequestMessage, Role,
+    ToolCall, ToolSpec, Usage,
     provider::{JsonSchema, ResponseFormat, TokenLimitField, ToolChoice},
 };
 use axum::{
@@ -172,7 +172,10 @@ enum InImageUrl {
 /// A message's content as the library keeps it: its text, and its parts when it has an image
 /// (checked like an attachment of `POST /api/messages`). A part of any other type is refused: it
 /// would otherwise be dropped without a word.
-fn content(content: Option<Content>, max_image_bytes: usize) -> Result<(String, Vec<ContentPart>), ApiError> {
+fn content(
+    content: Option<Content>,
+    max_image_bytes: usize,
+) -> Result<(String, Vec<ContentPart>), ApiError> {
     let parts = match content {
         None => return Ok((String::new(), Vec::new())),
         Some(Content::Text(text)) => return Ok((text, Vec::new())),
@@ -183,7 +186,11 @@ fn content(content: Option<Content>, max_image_bytes: usize) -> Result<(String, 
         let what = format!("content part {}", i + 1);
         match (part.kind.as_deref(), part.text, part.image_url) {
             (Some("text") | None, Some(text), _) => out.push(ContentPart::text(text)),
-            (Some("image_url") | None, None, Some(InImageUrl::Url(url) | InImageUrl::Object { url })) => {
+            (
+                Some("image_url") | None,
+                None,
+                Some(InImageUrl::Url(url) | InImageUrl::Object { url }),
+            ) => {
                 out.push(attachments::image_part(url, max_image_bytes, &what)?);
             }
             (kind, _, _) => {
@@ -191,7 +198,10 @@ fn content(content: Option<Content>, max_image_bytes: usize) -> Result<(String, 
                     "unsupported_content",
                     format!(
                         "{what}: {} is not supported: use text and image_url parts",
-                        kind.map_or_else(|| "a part without a type".to_owned(), |k| format!("type {k:?}"))
+                        kind.map_or_else(
+                            || "a part without a type".to_owned(),
+                            |k| format!("type {k:?}")
+                        )
                     ),
                 ));
             }
@@ -265,23 +275,23 @@ impl CompletionRequest {
             .map(|m| {
                 let (content, parts) = content(m.content, max_image_bytes)?;
                 Ok(RequestMessage {
-                role: m.role.into(),
-                content,
-                parts,
-                tool_calls: m
-                    .tool_calls
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, c)| ToolCall {
-                        index: i as u32,
-                        id: c.id,
-                        name: c.function.name,
-                        arguments: c.function.arguments,
-                    })
-                    .collect(),
-                tool_call_id: m.tool_call_id,
-                thinking: Vec::new(),
-            })
+                    role: m.role.into(),
+                    content,
+                    parts,
+                    tool_calls: m
+                        .tool_calls
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, c)| ToolCall {
+                            index: i as u32,
+                            id: c.id,
+                            name: c.function.name,
+                            arguments: c.function.arguments,
+                        })
+                        .collect(),
+                    tool_call_id: m.tool_call_id,
+                    thinking: Vec::new(),
+                })
             })
             .collect::<Result<_, ApiError>>()?;
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
@@ -350,8 +360,7 @@ pub(crate) async fn completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let (request, stream, include_usage) =
-        body.into_chat_request(state.options.max_image_bytes)?;
+    let (request, stream, include_usage) = body.into_chat_request(state.options.max_image_bytes)?;
     let model = request
         .model
         .clone()

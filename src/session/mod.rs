@@ -131,7 +131,8 @@ impl UserInput {
         media_type: impl Into<String>,
         data: impl Into<String>,
     ) -> Self {
-        self.images.push(ContentPart::image_base64(media_type, data));
+        self.images
+            .push(ContentPart::image_base64(media_type, data));
         self
     }
 

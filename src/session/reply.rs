@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Accumulator, ChatRequest, Error, Generation, Message, MessageStatus, hub::EventPayload, hub::ReplyPublisher,
+    Accumulator, ChatRequest, Error, Generation, Message, MessageStatus, hub::EventPayload,
+    hub::ReplyPublisher,
 };
 
 use super::{
@@ -68,10 +69,7 @@ async fn tick(interval: &mut Option<Interval>) {
 impl ReplyRun {
     /// The reply's task. Its span opens here, in the caller's span (the request that started
     /// the reply), rather than in the task, which has none.
-    pub(super) fn run(
-        mut self,
-        request: ChatRequest,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    pub(super) fn run(mut self, request: ChatRequest) -> impl Future<Output = ()> + Send + 'static {
         let provider = self.service.provider.as_ref();
         let model = request
             .model

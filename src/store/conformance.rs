@@ -923,13 +923,21 @@ pub async fn content_parts(store: &dyn MessageStore) {
     let mut reply = Message::assistant_streaming(chat.key()).replying_to(user.id);
     reply.created_at = at;
     reply.updated_at = at;
-    ok(store, store.append_turn(&user, &reply).await, "append_turn with images");
+    ok(
+        store,
+        store.append_turn(&user, &reply).await,
+        "append_turn with images",
+    );
     let got = ok(
         store,
         store.get_message(&UserId::anonymous(), &user.id).await,
         "get_message",
     );
-    assert_eq!(got.as_ref(), Some(&user), "[{b}] a message with images must round-trip exactly");
+    assert_eq!(
+        got.as_ref(),
+        Some(&user),
+        "[{b}] a message with images must round-trip exactly"
+    );
     assert_eq!(
         all_history(store, &chat.key()).await.first(),
         Some(&user),
@@ -962,7 +970,11 @@ pub async fn content_parts(store: &dyn MessageStore) {
     reply.status = MessageStatus::Complete;
     reply.finish_reason = Some(FinishReason::Stop);
     reply.updated_at = at + Duration::seconds(1);
-    ok(store, store.update(&reply).await, "update with thinking and generation");
+    ok(
+        store,
+        store.update(&reply).await,
+        "update with thinking and generation",
+    );
     assert_eq!(
         ok(
             store,

@@ -225,30 +225,80 @@ async fn bad_image_attachments_are_refused_with_json_errors() {
         ServerOptions::default().with_image_limits(100, 2),
     )
     .await;
-    let data = |media: &str, b64: &str| serde_json::json!({"url": format!("data:{media};base64,{b64}")});
+    let data =
+        |media: &str, b64: &str| serde_json::json!({"url": format!("data:{media};base64,{b64}")});
     // A PNG signature and 150 zero bytes: 159 bytes, over the limit of 100.
     let big = format!("iVBORw0KGgoA{}", "AAAA".repeat(50));
     let cases = [
-        (serde_json::json!([{"url": "http://example.com/a.png"}]), 422, "invalid_attachment"),
-        (serde_json::json!([{"url": "ftp://example.com/a.png"}]), 422, "invalid_attachment"),
-        (serde_json::json!([{"url": "https://"}]), 422, "invalid_attachment"),
-        (serde_json::json!([{"url": "data:image/png,notbase64"}]), 422, "invalid_attachment"),
-        (serde_json::json!([data("image/png", "%%%")]), 422, "invalid_attachment"),
-        (serde_json::json!([data("image/svg+xml", "PHN2Zz4=")]), 415, "unsupported_media_type"),
-        (serde_json::json!([data("text/html", "PGI+")]), 415, "unsupported_media_type"),
-        // PNG bytes named as a GIF.
-        (serde_json::json!([data("image/gif", png)]), 415, "unsupported_media_type"),
-        (serde_json::json!([data("image/png", &big)]), 413, "attachment_too_large"),
         (
-            serde_json::json!([data("image/png", png), data("image/png", png), data("image/png", png)]),
+            serde_json::json!([{"url": "http://example.com/a.png"}]),
+            422,
+            "invalid_attachment",
+        ),
+        (
+            serde_json::json!([{"url": "ftp://example.com/a.png"}]),
+            422,
+            "invalid_attachment",
+        ),
+        (
+            serde_json::json!([{"url": "https://"}]),
+            422,
+            "invalid_attachment",
+        ),
+        (
+            serde_json::json!([{"url": "data:image/png,notbase64"}]),
+            422,
+            "invalid_attachment",
+        ),
+        (
+            serde_json::json!([data("image/png", "%%%")]),
+            422,
+            "invalid_attachment",
+        ),
+        (
+            serde_json::json!([data("image/svg+xml", "PHN2Zz4=")]),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            serde_json::json!([data("text/html", "PGI+")]),
+            415,
+            "unsupported_media_type",
+        ),
+        // PNG bytes named as a GIF.
+        (
+            serde_json::json!([data("image/gif", png)]),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            serde_json::json!([data("image/png", &big)]),
+            413,
+            "attachment_too_large",
+        ),
+        (
+            serde_json::json!([
+                data("image/png", png),
+                data("image/png", png),
+                data("image/png", png)
+            ]),
             422,
             "too_many_attachments",
         ),
-        (serde_json::json!([{"href": "https://example.com/a.png"}]), 422, "invalid_body"),
-        (serde_json::json!("https://example.com/a.png"), 422, "invalid_body"),
+        (
+            serde_json::json!([{"href": "https://example.com/a.png"}]),
+            422,
+            "invalid_body",
+        ),
+        (
+            serde_json::json!("https://example.com/a.png"),
+            422,
+            "invalid_body",
+        ),
     ];
     for (attachments, status, code) in cases {
-        let body = serde_json::json!({"chatId": "imgs", "content": "look", "attachments": attachments});
+        let body =
+            serde_json::json!({"chatId": "imgs", "content": "look", "attachments": attachments});
         let (got_status, got_code) = rejected(
             &s,
             "POST",
@@ -258,7 +308,11 @@ async fn bad_image_attachments_are_refused_with_json_errors() {
             &[],
         )
         .await;
-        assert_eq!((got_status, got_code.as_str()), (status, code), "{attachments}");
+        assert_eq!(
+            (got_status, got_code.as_str()),
+            (status, code),
+            "{attachments}"
+        );
     }
     // Nothing was stored by any of them.
     assert_eq!(s.history("imgs").await, Vec::<Value>::new());

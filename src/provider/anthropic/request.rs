@@ -5,7 +5,9 @@ use serde::Serialize;
 
 use crate::{
     ContentPart, Error, Result, Role,
-    provider::{ChatRequest, RequestMessage, JsonSchema, ResponseFormat, ThinkingBlock, ToolChoice},
+    provider::{
+        ChatRequest, JsonSchema, RequestMessage, ResponseFormat, ThinkingBlock, ToolChoice,
+    },
 };
 
 #[derive(Serialize)]

@@ -101,13 +101,13 @@ impl Extras {
     pub(crate) fn of(backend: &'static str, m: &Message) -> Result<Self> {
         Ok(Extras {
             parts: to_json(backend, "content parts", &m.parts, m.parts.is_empty())?,
-            thinking: to_json(backend, "thinking blocks", &m.thinking, m.thinking.is_empty())?,
-            generation: to_json(
+            thinking: to_json(
                 backend,
-                "generation",
-                &m.generation,
-                m.generation.is_none(),
+                "thinking blocks",
+                &m.thinking,
+                m.thinking.is_empty(),
             )?,
+            generation: to_json(backend, "generation", &m.generation, m.generation.is_none())?,
         })
     }
 }
@@ -176,7 +176,11 @@ impl<T> RawMessage<T> {
         let bad = |detail: Error| corrupt(B::BACKEND, "message", detail);
         let tool_calls = from_json(B::BACKEND, "message tool calls", self.tool_calls.as_deref())?;
         let parts = from_json(B::BACKEND, "message content parts", self.parts.as_deref())?;
-        let thinking = from_json(B::BACKEND, "message thinking blocks", self.thinking.as_deref())?;
+        let thinking = from_json(
+            B::BACKEND,
+            "message thinking blocks",
+            self.thinking.as_deref(),
+        )?;
         let generation = from_json(B::BACKEND, "message generation", self.generation.as_deref())?;
         let count = |n: Option<i64>| n.map_or(0, |n| u64::try_from(n).unwrap_or(0));
         let usage =
