@@ -617,6 +617,50 @@ mod tests {
     }
 
     #[test]
+    fn parts_are_kept_only_with_an_image_and_round_trip_in_json() {
+        let chat: ChatId = "c1".parse().unwrap();
+        let text_only = Message::with_parts(
+            chat.clone(),
+            Role::User,
+            [ContentPart::text("a"), ContentPart::text("b")],
+        );
+        assert_eq!(text_only.content, "ab");
+        let v = serde_json::to_value(&text_only).unwrap();
+        for absent in ["parts", "thinking", "generation"] {
+            assert!(v.get(absent).is_none(), "{absent} in {v}");
+        }
+        let m = Message::with_parts(
+            chat,
+            Role::User,
+            [
+                ContentPart::image("data:image/webp;base64,UklGRg=="),
+                ContentPart::text("which?"),
+                ContentPart::image("https://example.com/b.gif"),
+            ],
+        );
+        assert_eq!(m.content, "which?");
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            v["parts"],
+            serde_json::json!([
+                {"type": "imageBase64", "mediaType": "image/webp", "data": "UklGRg=="},
+                {"type": "text", "text": "which?"},
+                {"type": "imageUrl", "url": "https://example.com/b.gif"},
+            ])
+        );
+        assert_eq!(serde_json::from_value::<Message>(v).unwrap(), m);
+        // Not a base64 data: URL: kept as a URL.
+        assert_eq!(
+            ContentPart::image("data:text/plain,hello"),
+            ContentPart::image_url("data:text/plain,hello")
+        );
+        assert_eq!(
+            parse_data_url("DATA:image/png;charset=x;base64,AAAA"),
+            Some(("image/png", "AAAA"))
+        );
+    }
+
+    #[test]
     fn owners_stay_out_of_json() {
         let alice = ChatKey::new("alice".parse().unwrap(), "c1".parse().unwrap());
         let m = Message::user(alice.clone(), "hi");

@@ -6,6 +6,11 @@
 //! `response_format`, `reasoning_effort`); every other field (`seed`, `user`, `logit_bias`,
 //! `metadata`, …), and a value of a modelled field in a shape it does not model, is forwarded
 //! upstream unchanged through [`ChatRequest::extra`].
+//!
+//! A message's content parts are read too: `text` parts, and `image_url` parts, checked like the
+//! attachments of `POST /api/messages` (see `attachments`) and passed upstream as image parts
+//! in the upstream API's shape. A part of any other type is refused (422
+//! `unsupported_content`), never dropped.
 
 use std::convert::Infallible;
 
