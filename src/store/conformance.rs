@@ -961,7 +961,22 @@ pub async fn content_parts(store: &dyn MessageStore) {
             .with_max_tokens(4096)
             .with_reasoning_effort(ReasoningEffort::High)
             .with_thinking_budget(2048)
-            .with_extra("seed", 7),
+            // JSON Schemas name `$schema` and `$defs`, and extra fields are anyone's: keys
+            // with `$` and `.` must be kept like any other.
+            .with_response_format(crate::provider::JsonSchema::new(
+                "answer",
+                serde_json::json!({
+                    "$schema": "https://json-schema.org/draft/2020-12/schema",
+                    "$defs": {"city": {"type": "string"}},
+                    "type": "object",
+                    "properties": {"city": {"$ref": "#/$defs/city"}},
+                }),
+            ))
+            .with_extra("seed", 7)
+            .with_extra(
+                "metadata",
+                serde_json::json!({"a.b": 1, "$c": [1.5, null, true]}),
+            ),
         "anthropic",
         "claude-sonnet-4-5",
     );
