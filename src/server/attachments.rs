@@ -112,6 +112,15 @@ pub(crate) fn image_part(
 
 fn https_image(url: String, what: &str) -> Result<ContentPart, ApiError> {
     let invalid = |message: String| ApiError::unprocessable("invalid_attachment", message);
+    // `https:host/path` parses (the URL standard forgives it), but is not what anyone means.
+    if !url
+        .get(..8)
+        .is_some_and(|start| start.eq_ignore_ascii_case("https://"))
+    {
+        return Err(invalid(format!(
+            "{what}: an https URL starts with https://"
+        )));
+    }
     if url.len() > MAX_URL {
         return Err(invalid(format!(
             "{what}: the URL is longer than {MAX_URL} bytes"
@@ -205,6 +214,8 @@ mod tests {
                 422,
                 "invalid_attachment",
             ),
+            ("https:example.com/a.png", 422, "invalid_attachment"),
+            ("https://", 422, "invalid_attachment"),
         ] {
             let e = image_part(url.into(), 100, "a").unwrap_err();
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{url}");
