@@ -89,6 +89,17 @@ async fn attachments_are_stored_returned_and_sent_upstream() {
         ]}])
     );
 
+    // The AI SDK's view of the chat shows the images as file parts.
+    let ui: Value = s.get("/api/chat/pics/messages").await.json().await.unwrap();
+    assert_eq!(
+        ui[0]["parts"],
+        json!([
+            {"type": "text", "text": "Which is the cat?"},
+            {"type": "file", "mediaType": "image/png", "url": format!("data:image/png;base64,{PNG}")},
+            {"type": "file", "mediaType": "image/jpeg", "url": "https://example.com/cat.jpg"},
+        ])
+    );
+
     // An image alone is a message.
     let resp = s
         .client

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{FinishReason, Message, MessageId, MessageStatus, Role, Usage};
+use crate::{ContentPart, FinishReason, Message, MessageId, MessageStatus, Role, Usage};
 
 /// A message as the AI SDK's `UIMessage`.
 #[derive(Debug, Serialize)]
@@ -103,7 +103,7 @@ pub(crate) fn ui_messages(messages: &[Message]) -> Vec<UiMessage> {
                 } else {
                     "system"
                 },
-                parts: vec![json!({"type": "text", "text": m.content})],
+                parts: content_parts(m),
                 metadata: None,
             }),
             Role::Assistant => out.push(assistant(m)),
@@ -111,6 +111,40 @@ pub(crate) fn ui_messages(messages: &[Message]) -> Vec<UiMessage> {
         }
     }
     out
+}
+
+/// A user or system message's content as UI parts: its text, or its text and images in order,
+/// an image as a `file` part (`{"type":"file","mediaType","url"}`, an inline image as a `data:`
+/// URL; an image by URL gets the media type its extension names, else `image/*`).
+fn content_parts(m: &Message) -> Vec<Value> {
+    if m.parts.is_empty() {
+        return vec![json!({"type": "text", "text": m.content})];
+    }
+    m.parts
+        .iter()
+        .map(|part| match part {
+            ContentPart::Text { text } => json!({"type": "text", "text": text}),
+            ContentPart::ImageBase64 { media_type, .. } => {
+                json!({"type": "file", "mediaType": media_type, "url": part.to_url()})
+            }
+            ContentPart::ImageUrl { url } => {
+                json!({"type": "file", "mediaType": media_type_of(url), "url": url})
+            }
+        })
+        .collect()
+}
+
+/// The image type a URL's path names by its extension, else `image/*`.
+fn media_type_of(url: &str) -> &'static str {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let extension = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        _ => "image/*",
+    }
 }
 
 fn assistant(m: &Message) -> UiMessage {
