@@ -255,6 +255,9 @@ impl Session {
             options.max_output_tokens,
             options.thinking_budget,
         );
+        if let Some(limit) = &limit {
+            limit.load().await;
+        }
         // Tool definitions take their share of the window too.
         let overhead = match (&limit, &options.tools) {
             (Some(limit), Some(tools)) => tools

@@ -139,6 +139,13 @@ impl Limit {
         }
     }
 
+    /// Loads what counting needs, off the runtime's thread (a tokenizer's tables).
+    pub(super) async fn load(&self) {
+        if let Measure::Tokens(counter) = &self.measure {
+            counter.load().await;
+        }
+    }
+
     /// What a piece of request text outside the messages costs (a tool's definition).
     pub(super) fn cost_text(&self, text: &str) -> usize {
         match &self.measure {
