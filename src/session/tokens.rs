@@ -206,8 +206,9 @@ mod bpe {
     }
 
     /// The tokens of `text` by OpenAI's tokenizer. The tables load once per process, on first
-    /// use (0.2 to 0.9 s in a release build for `o200k_base` on a 2-core machine, several
-    /// seconds in a debug build), and are shared from then on.
+    /// use, and are shared from then on. Measured on a busy 2-core machine, a release build
+    /// loads `o200k_base` in about 0.9 s and `cl100k_base` in 0.2 s (a debug build in 2.7 s
+    /// and 1.7 s), then counts a message of 100 characters in about 18 µs.
     pub(super) fn count(encoding: Encoding, text: &str) -> usize {
         let bpe = match encoding {
             Encoding::Cl100k => tiktoken_rs::cl100k_base_singleton(),
