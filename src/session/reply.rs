@@ -137,6 +137,10 @@ impl ReplyRun {
                 }
                 item = upstream.next() => match item {
                     Some(Ok(delta)) => {
+                        if delta.is_output() {
+                            // Past the first output, a refusal can no longer be retried.
+                            too_long_retry = None;
+                        }
                         acc.push(&delta);
                         telemetry.delta(&delta);
                         if unsaved == 0 {
@@ -162,9 +166,11 @@ impl ReplyRun {
                     Some(Err(e)) => {
                         if e.is_context_length_exceeded()
                             && !acc.has_output()
-                            && let Some(smaller) = too_long_retry.take().and_then(|(r, b)| b.tighten(&r))
+                            && let Some((smaller, _)) = too_long_retry
+                                .take()
+                                .and_then(|(request, built)| built.tighten(&request))
                         {
-                            upstream = self.retry_shorter(smaller.0, &e).await;
+                            upstream = self.retry_shorter(smaller, &e).await;
                             continue;
                         }
                         break End::Failed(e);
