@@ -33,6 +33,23 @@ pub enum Error {
         /// Whether repeating the request may succeed.
         retryable: bool,
     },
+    /// The model refused the request as longer than its context window: OpenAI's
+    /// `context_length_exceeded` (chat completions and Responses), Anthropic's `prompt is too
+    /// long`, and the like from compatible servers (see
+    /// [`is_context_length_exceeded`](Error::is_context_length_exceeded)). Repeating the same
+    /// request fails again, so it is not retryable; a [`ChatSession`](crate::ChatSession) sends
+    /// the reply's request once more with about half its history before it gives up.
+    #[error("{provider}: the request exceeds the model's context window{}{}: {message}", fmt_status(*.status), fmt_kind(.kind.as_deref()))]
+    ContextLengthExceeded {
+        /// The provider's name.
+        provider: String,
+        /// The HTTP status, when the error came as a status code (usually 400).
+        status: Option<u16>,
+        /// The provider's error type or code.
+        kind: Option<String>,
+        /// The provider's error message.
+        message: String,
+    },
     /// The connection to the upstream API failed, or broke while reading the body.
     #[error("{provider}: connection error: {source}")]
     Connect {
@@ -190,7 +207,7 @@ impl Error {
     /// The HTTP status of an upstream error, if it came as a status code.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Error::Upstream { status, .. } => *status,
+            Error::Upstream { status, .. } | Error::ContextLengthExceeded { status, .. } => *status,
             Error::RetriesExhausted { source, .. } => source.status(),
             _ => None,
         }
@@ -201,6 +218,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Upstream { .. } => "upstream",
+            Error::ContextLengthExceeded { .. } => "context_length_exceeded",
             Error::Connect { .. } => "connect",
             Error::Truncated { .. } => "truncated",
             Error::Timeout { .. } => "timeout",
@@ -218,8 +236,43 @@ impl Error {
         }
     }
 
+    /// Whether the model refused the request as longer than its context window
+    /// ([`Error::ContextLengthExceeded`], also after a retrying wrapper gave up on it).
+    pub fn is_context_length_exceeded(&self) -> bool {
+        match self {
+            Error::ContextLengthExceeded { .. } => true,
+            Error::RetriesExhausted { source, .. } => source.is_context_length_exceeded(),
+            _ => false,
+        }
+    }
+
     /// Builds an upstream error from an HTTP status, classifying retryability by status and the
-    /// provider's error type.
+    /// provider's error type. A 4xx that says the request exceeds the model's context window
+    /// (by its code or its message, see
+    /// [`ContextLengthExceeded`](Error::ContextLengthExceeded)) is that error instead.
+    ///
+    /// ```
+    /// use chatstream::Error;
+    ///
+    /// let openai = Error::from_status(
+    ///     "openai",
+    ///     400,
+    ///     Some("context_length_exceeded".into()),
+    ///     "This model's maximum context length is 128000 tokens.",
+    ///     None,
+    /// );
+    /// assert!(openai.is_context_length_exceeded());
+    /// assert_eq!(openai.code(), "context_length_exceeded");
+    /// let anthropic = Error::from_status(
+    ///     "anthropic",
+    ///     400,
+    ///     Some("invalid_request_error".into()),
+    ///     "prompt is too long: 208310 tokens > 200000 maximum",
+    ///     None,
+    /// );
+    /// assert!(anthropic.is_context_length_exceeded());
+    /// assert!(!Error::from_status("openai", 400, None, "bad", None).is_context_length_exceeded());
+    /// ```
     pub fn from_status(
         provider: impl Into<String>,
         status: u16,
@@ -227,6 +280,15 @@ impl Error {
         message: impl Into<String>,
         retry_after: Option<Duration>,
     ) -> Self {
+        let message = message.into();
+        if (400..500).contains(&status) && is_context_length(kind.as_deref(), &message) {
+            return Error::ContextLengthExceeded {
+                provider: provider.into(),
+                status: Some(status),
+                kind,
+                message,
+            };
+        }
         let retryable = kind
             .as_deref()
             .and_then(kind_is_retryable)
@@ -235,7 +297,7 @@ impl Error {
             provider: provider.into(),
             status: Some(status),
             kind,
-            message: message.into(),
+            message,
             retry_after,
             retryable,
         }
@@ -271,6 +333,26 @@ pub(crate) fn kind_is_retryable(kind: &str) -> Option<bool> {
     }
 }
 
+/// Whether an upstream error says that the request exceeds the model's context window: by its
+/// code (OpenAI's `context_length_exceeded`, llama.cpp's `exceed_context_size_error`) or, where
+/// the API has no code for it, by its message (Anthropic's `prompt is too long`, the `maximum
+/// context length` of vLLM and other OpenAI-compatible servers, the Responses API's `exceeds
+/// the context window`, Gemini's `input token count … exceeds the maximum`).
+pub(crate) fn is_context_length(kind: Option<&str>, message: &str) -> bool {
+    if matches!(
+        kind,
+        Some("context_length_exceeded" | "exceed_context_size_error")
+    ) {
+        return true;
+    }
+    let message = message.to_ascii_lowercase();
+    message.contains("prompt is too long")
+        || message.contains("maximum context length")
+        || message.contains("exceeds the context window")
+        || message.contains("context_length_exceeded")
+        || (message.contains("input token count") && message.contains("exceeds the maximum"))
+}
+
 /// Whether an HTTP status is worth retrying: 408, 409, 429, 5xx and 529.
 pub fn status_is_retryable(status: u16) -> bool {
     matches!(status, 408 | 409 | 429) || (500..=599).contains(&status)
@@ -298,6 +380,61 @@ mod tests {
         assert!(!quota.is_retryable());
         let overloaded = Error::from_status("p", 400, Some("overloaded_error".into()), "m", None);
         assert!(overloaded.is_retryable());
+    }
+
+    #[test]
+    fn context_length_errors_are_their_own_kind() {
+        let cases = [
+            (400, Some("context_length_exceeded"), "too many tokens"),
+            (
+                400,
+                Some("invalid_request_error"),
+                "prompt is too long: 208310 tokens > 200000 maximum",
+            ),
+            (
+                400,
+                None,
+                "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.",
+            ),
+            (
+                400,
+                Some("invalid_request_error"),
+                "Your input exceeds the context window of this model. Please adjust your input and try again.",
+            ),
+            (
+                400,
+                Some("INVALID_ARGUMENT"),
+                "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+            ),
+            (
+                400,
+                Some("exceed_context_size_error"),
+                "the request exceeds the available context size",
+            ),
+        ];
+        for (status, kind, message) in cases {
+            let e = Error::from_status("p", status, kind.map(Into::into), message, None);
+            assert!(e.is_context_length_exceeded(), "{e}");
+            assert!(!e.is_retryable(), "{e}");
+            assert_eq!(e.code(), "context_length_exceeded");
+            assert_eq!(e.status(), Some(status));
+            let exhausted = Error::RetriesExhausted {
+                attempts: 2,
+                source: Box::new(e),
+            };
+            assert!(exhausted.is_context_length_exceeded());
+        }
+        // Not a context error: a server error that happens to say so, a body too large in bytes.
+        let e = Error::from_status("p", 500, None, "maximum context length", None);
+        assert!(!e.is_context_length_exceeded());
+        let e = Error::from_status(
+            "p",
+            413,
+            Some("request_too_large".into()),
+            "Request exceeds the maximum size",
+            None,
+        );
+        assert!(!e.is_context_length_exceeded());
     }
 
     #[test]

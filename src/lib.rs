@@ -40,7 +40,8 @@
 //! - [`ChatService`] and [`ChatSession`]: conversations — send a message, get the reply's events
 //!   and a cancel handle, regenerate, read history; replies run detached and are checkpointed as
 //!   they grow ([`session`]: the service, the session, the context window and the reply task,
-//!   one file each).
+//!   one file each). A request carries as much history as the model's context window holds
+//!   ([`ContextBudget`], by default from a table of well-known models).
 //! - [`StreamHub`]: live replies as numbered events, replayable after any event id, followed by
 //!   any number of subscribers, terminated by chat key — [`hub`] has the in-process
 //!   [`LocalHub`] and, with the `redis` feature, `RedisHub` for several instances sharing live
@@ -56,6 +57,7 @@
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `sqlite` | the SQLite message store (sqlx) | yes |
+//! | `tiktoken` | OpenAI's tokenizers (`tiktoken-rs`) for [`session::TokenCounter`], to count OpenAI models' requests exactly against the [`ContextBudget`]; without it every model is estimated | yes |
 //! | `postgres` | the PostgreSQL message store (sqlx) | no |
 //! | `mongodb` | the MongoDB message store (the official driver; a replica set or sharded cluster) | no |
 //! | `redis` | the Redis stream hub, to share live replies across instances | no |

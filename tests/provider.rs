@@ -1025,6 +1025,82 @@ async fn unauthorized_and_insufficient_quota_are_not_retryable() {
     assert!(!error.is_retryable());
 }
 
+/// A request longer than the model's window is refused with a 400 by each API, in its own words:
+/// each is the context error, not retryable as it stands.
+#[tokio::test]
+async fn context_length_errors_are_classified_for_every_api() {
+    let openai = json!({"error": {"message": "This model's maximum context length is 128000 \
+        tokens. However, your messages resulted in 130012 tokens. Please reduce the length of \
+        the messages.", "type": "invalid_request_error", "param": "messages",
+        "code": "context_length_exceeded"}});
+    let (_server, provider) =
+        openai_answering(ResponseTemplate::new(400).set_body_json(openai)).await;
+    let error = only_error(provider.stream(ChatRequest::user("hi"))).await;
+    assert!(
+        matches!(&error, Error::ContextLengthExceeded { status: Some(400), kind: Some(k), message, .. }
+            if k == "context_length_exceeded" && message.contains("maximum context length")),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(error.code(), "context_length_exceeded");
+
+    let anthropic = json!({"type": "error", "error": {"type": "invalid_request_error",
+        "message": "prompt is too long: 208310 tokens > 200000 maximum"}});
+    let (_server, provider) =
+        anthropic_answering(ResponseTemplate::new(400).set_body_json(anthropic)).await;
+    let error = only_error(provider.stream(ChatRequest::user("hi"))).await;
+    assert!(
+        matches!(
+            &error,
+            Error::ContextLengthExceeded {
+                status: Some(400),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("prompt is too long"), "{error}");
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": "Your input exceeds the context window of this model. Please adjust \
+                your input and try again.",
+            "type": "invalid_request_error", "param": "input",
+            "code": "context_length_exceeded"}})))
+        .mount(&server)
+        .await;
+    let provider = OpenAiResponsesProvider::builder()
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    let error = only_error(provider.stream(ChatRequest::user("hi"))).await;
+    assert!(error.is_context_length_exceeded(), "{error:?}");
+    assert_eq!(error.status(), Some(400));
+
+    // Anthropic's refusal as a stream event is the same error.
+    let (_server, provider) = anthropic_answering(ResponseTemplate::new(200).set_body_raw(
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\
+             \"message\":\"prompt is too long: 201000 tokens > 200000 maximum\"}}\n\n",
+        "text/event-stream",
+    ))
+    .await;
+    let error = only_error(provider.stream(ChatRequest::user("hi"))).await;
+    assert!(
+        matches!(&error, Error::ContextLengthExceeded { status: None, .. }),
+        "{error:?}"
+    );
+    // Another 400 is not.
+    let (_server, provider) = openai_answering(ResponseTemplate::new(400).set_body_json(
+        json!({"error": {"message": "Invalid value for 'temperature'", "type": "invalid_request_error",
+            "param": "temperature", "code": "invalid_value"}}),
+    ))
+    .await;
+    let error = only_error(provider.stream(ChatRequest::user("hi"))).await;
+    assert!(!error.is_context_length_exceeded(), "{error:?}");
+    assert_eq!(upstream(&error).0, Some(400));
+}
+
 #[tokio::test]
 async fn overloaded_is_retryable() {
     let (_server, provider) = anthropic_answering(ResponseTemplate::new(529).set_body_json(

@@ -296,6 +296,48 @@ async fn respects_the_total_budget() {
     assert_eq!(start.elapsed(), Duration::ZERO);
 }
 
+/// A request longer than the model's window fails the same way every time: the standard stack
+/// passes it on at once, as itself (the session decides what to send instead).
+#[tokio::test(start_paused = true)]
+async fn a_context_length_error_is_not_retried_or_recovered() {
+    let too_long = || {
+        Error::from_status(
+            "scripted",
+            400,
+            Some("context_length_exceeded".into()),
+            "This model's maximum context length is 8192 tokens.",
+            None,
+        )
+    };
+    let upstream = ScriptedProvider::new()
+        .then(Script::new().fail(too_long))
+        .then(Script::reply(["never"]));
+    let start = Instant::now();
+    let error = Outcome::of(
+        upstream
+            .clone()
+            .with_timeouts(Timeouts::default())
+            .with_retry(RetryPolicy::default())
+            .with_recovery(RecoveryPolicy::default())
+            .stream(request()),
+    )
+    .await
+    .failure();
+    assert!(
+        matches!(
+            error,
+            Error::ContextLengthExceeded {
+                status: Some(400),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.code(), "context_length_exceeded");
+    assert_eq!(upstream.started(), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failure_after_output_passes_through_retrying_unchanged() {
     let upstream = ScriptedProvider::new()

@@ -14,8 +14,9 @@ use chatstream::provider::{Script, ScriptedProvider};
 use chatstream::{
     Chat, ChatId, ChatKey, ChatRequest, ChatService, ChatSession, ContextBudget, Delta,
     DeltaStream, Error, EventPayload, FinishReason, HubEvent, HubEventStream, LlmProvider,
-    LocalHub, Message, MessageId, MessageStatus, MessageStore, RetryNotice, Role, UserId,
-    UserInput,
+    LocalHub, Message, MessageId, MessageStatus, MessageStore, RetryNotice, Role, SendOptions,
+    UserId, UserInput,
+    session::TokenCounter,
     store::{Appended, ChatPage, DynMessageStore, HistoryPage, MemoryStore},
 };
 use chrono::{DateTime, Utc};
@@ -501,6 +502,8 @@ struct Recording {
     updates: Mutex<Vec<(Instant, MessageStatus, String)>>,
     fail_updates: Mutex<u32>,
     fail_history: Mutex<u32>,
+    /// How many messages `history` returned, in all.
+    rows_read: Mutex<usize>,
 }
 
 impl Recording {
@@ -510,10 +513,15 @@ impl Recording {
             updates: Mutex::new(Vec::new()),
             fail_updates: Mutex::new(0),
             fail_history: Mutex::new(0),
+            rows_read: Mutex::new(0),
         })
     }
     fn updates(&self) -> Vec<(Instant, MessageStatus, String)> {
         self.updates.lock().unwrap().clone()
+    }
+    /// The messages `history` returned since the last call.
+    fn take_rows_read(&self) -> usize {
+        std::mem::take(&mut *self.rows_read.lock().unwrap())
     }
 }
 
@@ -586,7 +594,9 @@ impl MessageStore for Recording {
                 });
             }
         }
-        self.inner.history(chat, page).await
+        let page = self.inner.history(chat, page).await?;
+        *self.rows_read.lock().unwrap() += page.len();
+        Ok(page)
     }
     async fn recover_streaming(&self, before: Option<DateTime<Utc>>) -> chatstream::Result<u64> {
         self.inner.recover_streaming(before).await
@@ -854,6 +864,254 @@ async fn the_context_budget_drops_the_oldest_and_keeps_the_system_prompt(store: 
         .unwrap();
     drain(reply.events).await;
     assert_eq!(sent(3).len(), 1 + 4 + 2 * 3 + 1);
+}
+
+/// A chat of 5,000 messages: a send reads the history only as far back as its budget reaches,
+/// and the request it sends fits that budget, with the default budget (the window assumed for
+/// a model the table does not know) and with a window set for one send (counted by OpenAI's
+/// tokenizer for `gpt-4o`).
+async fn a_long_chat_reads_and_sends_only_what_the_budget_holds(store: DynMessageStore) {
+    const HISTORY: usize = 5_000;
+    let chat_id = chat();
+    store
+        .create_chat(&UserId::anonymous(), Some(chat_id.clone()), None)
+        .await
+        .unwrap();
+    for i in 0..HISTORY {
+        let role = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        let text = format!("message {i}: {}", "lorem ipsum dolor sit amet ".repeat(3));
+        store
+            .append(&Message::new(chat_id.clone(), role, text))
+            .await
+            .unwrap();
+    }
+    let recording = Recording::new(store.clone());
+    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider.clone()))
+        .store(recording.clone())
+        .system_prompt("Be brief.")
+        .build()
+        .unwrap();
+    let session = service.session(chat_id.clone());
+    let sends = [
+        (SendOptions::default(), "scripted"),
+        (
+            SendOptions::default()
+                .with_model("gpt-4o")
+                .with_context_budget(ContextBudget::Window(4_000))
+                .with_max_output_tokens(1_000),
+            "gpt-4o",
+        ),
+    ];
+    for (i, (options, model)) in sends.into_iter().enumerate() {
+        let budget = options.context_budget.unwrap_or_default();
+        let limit = budget
+            .input_limit(model, options.max_output_tokens)
+            .unwrap();
+        recording.take_rows_read();
+        let reply = session
+            .send(UserInput::new("and now?").with_options(options))
+            .await
+            .unwrap();
+        let rows = recording.take_rows_read();
+        drain(reply.events).await;
+        let request = &provider.requests()[i];
+        let counter = TokenCounter::for_model(model);
+        let used: usize = request.messages.iter().map(|m| counter.count(m)).sum();
+        let sent = request.messages.len();
+        assert!(
+            used <= limit,
+            "{model}: {used} tokens sent, {limit} allowed"
+        );
+        // Full: one more message of this chat would not have fitted.
+        assert!(
+            used + 40 > limit,
+            "{model}: {used} tokens sent, {limit} allowed"
+        );
+        assert_eq!(request.messages[0].content, "Be brief.");
+        assert_eq!(request.messages[sent - 1].content, "and now?");
+        // Read a page at a time (64 messages), stopping at the first that did not fit.
+        assert!(
+            rows <= sent + 64,
+            "{model}: read {rows} messages to send {sent}"
+        );
+        assert!(sent > 20 && sent < HISTORY / 10, "{model}: sent {sent}");
+    }
+    assert_eq!(
+        TokenCounter::for_model("gpt-4o").is_exact(),
+        cfg!(feature = "tiktoken")
+    );
+    // Nothing left the chat: the budget shapes requests, not the history.
+    let all = session
+        .history(HistoryPage::newest(HISTORY + 10))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), HISTORY + 4);
+}
+
+/// An upstream that answers `400 context_length_exceeded` to its first `refusals` requests and
+/// streams a reply after that, and a service on it with `history` messages in a chat.
+async fn refusing_upstream(
+    store: DynMessageStore,
+    refusals: u64,
+    history: usize,
+) -> (wiremock::MockServer, ChatService, ChatId) {
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": {
+                "message": "This model's maximum context length is 128000 tokens. However, your \
+                    messages resulted in 131000 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded"
+            }})),
+        )
+        .up_to_n_times(refusals)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let sse = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/fixtures/openai/text.sse"),
+    )
+    .unwrap();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(sse, "text/event-stream"))
+        .mount(&server)
+        .await;
+    let provider = chatstream::provider::OpenAiProvider::builder()
+        .api_key("k")
+        .base_url(server.uri())
+        .build()
+        .unwrap();
+    // The standard retry around it: a context error is not one it repeats.
+    let provider = chatstream::resilience::ResilienceExt::with_retry(
+        provider,
+        chatstream::resilience::RetryPolicy::default(),
+    );
+    let chat_id = chat();
+    store
+        .create_chat(&UserId::anonymous(), Some(chat_id.clone()), None)
+        .await
+        .unwrap();
+    for i in 0..history {
+        let role = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        store
+            .append(&Message::new(chat_id.clone(), role, format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    let service = ChatService::builder()
+        .provider(Arc::new(provider))
+        .store(store)
+        .system_prompt("SYS")
+        .model("gpt-4o")
+        .build()
+        .unwrap();
+    (server, service, chat_id)
+}
+
+async fn sent_messages(server: &wiremock::MockServer) -> Vec<Vec<String>> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// The model refuses the request as too long: it is sent once more with about half the history,
+/// and the reply completes; the history keeps every message.
+async fn a_request_refused_as_too_long_is_sent_again_with_less_history(store: DynMessageStore) {
+    let (server, service, chat_id) = refusing_upstream(store.clone(), 1, 40).await;
+    let session = service.session(chat_id);
+    let reply = session.send("the question".into()).await.unwrap();
+    let d = drain(reply.events).await;
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Complete));
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    assert!(d.text.starts_with("Streaming"), "{}", d.text);
+    // Followers were told of the second attempt.
+    assert!(
+        d.events.iter().any(|e| matches!(
+            &*e.payload,
+            EventPayload::Delta(Delta::Retry(RetryNotice { attempt: 2, .. }))
+        )),
+        "{:?}",
+        d.events
+    );
+    let sent = sent_messages(&server).await;
+    assert_eq!(sent.len(), 2, "one refusal, one retry");
+    assert_eq!(
+        sent[0].len(),
+        1 + 40 + 1,
+        "the whole history fits gpt-4o's budget"
+    );
+    assert!(
+        sent[1].len() < sent[0].len() / 2 + 2,
+        "{} then {} messages",
+        sent[0].len(),
+        sent[1].len()
+    );
+    for request in &sent {
+        assert_eq!(request[0], "SYS");
+        assert_eq!(request.last().unwrap(), "the question");
+    }
+    // The newest messages are the ones kept.
+    assert_eq!(sent[1][sent[1].len() - 2], "message 39");
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(m.status, MessageStatus::Complete);
+    assert_eq!(
+        session
+            .history(HistoryPage::newest(100))
+            .await
+            .unwrap()
+            .len(),
+        40 + 2
+    );
+}
+
+/// Refused again with less history: the reply fails with the context error, once.
+async fn a_request_refused_twice_as_too_long_fails_the_reply(store: DynMessageStore) {
+    let (server, service, chat_id) = refusing_upstream(store.clone(), u64::MAX, 10).await;
+    let session = service.session(chat_id);
+    let reply = session.send("the question".into()).await.unwrap();
+    let d = drain(reply.events).await;
+    assert_eq!(d.errors, ["context_length_exceeded"]);
+    assert_eq!(d.done.map(|d| d.0), Some(MessageStatus::Failed));
+    assert_eq!(sent_messages(&server).await.len(), 2, "retried once only");
+    let m = message(&store, reply.assistant_message_id).await;
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert!(
+        m.error.as_deref().unwrap().contains("context window"),
+        "{:?}",
+        m.error
+    );
+    // With nothing left to leave out, a refusal is not retried at all.
+    let session = service.session(chat());
+    let reply = session.send("alone".into()).await.unwrap();
+    let d = drain(reply.events).await;
+    assert_eq!(d.errors, ["context_length_exceeded"]);
+    assert_eq!(sent_messages(&server).await.len(), 3);
 }
 
 async fn finished_replies_expire_after_the_grace_period(store: DynMessageStore) {
@@ -1337,6 +1595,12 @@ mod every_store {
         retry_notices_pass_through_without_touching_the_text,
         #[tokio::test]
         the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
+        #[tokio::test]
+        a_long_chat_reads_and_sends_only_what_the_budget_holds,
+        #[tokio::test]
+        a_request_refused_as_too_long_is_sent_again_with_less_history,
+        #[tokio::test]
+        a_request_refused_twice_as_too_long_fails_the_reply,
         #[tokio::test]
         regenerate_replaces_the_last_reply_in_the_context,
         #[tokio::test]

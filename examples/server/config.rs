@@ -3,7 +3,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use chatstream::{
-    UserId,
+    ContextBudget, UserId,
     provider::ProviderKind,
     server::{
         ServerOptions,
@@ -44,6 +44,12 @@ pub struct Config {
     /// The model sent upstream [default: the provider's usual one].
     #[arg(long, env = "CHATSTREAM_MODEL")]
     pub model: Option<String>,
+
+    /// The model's context window in tokens, in place of the table's: a request carries as
+    /// much history as this less the reply's room holds [default: the model's window from
+    /// the table in the README; 8192 for a model it does not know].
+    #[arg(long, env = "CHATSTREAM_CONTEXT_TOKENS", value_name = "TOKENS")]
+    pub context_tokens: Option<usize>,
 
     /// Share live replies with other instances through this Redis (redis://…).
     #[arg(long, env = "CHATSTREAM_REDIS_URL", value_name = "URL")]
@@ -226,6 +232,12 @@ impl Config {
     /// The upstream: the one named, else the one the environment implies.
     pub fn provider_kind(&self) -> chatstream::Result<ProviderKind> {
         self.provider.map_or_else(ProviderKind::from_env, Ok)
+    }
+
+    /// How much history a request carries: the window set, else the model's.
+    pub fn context_budget(&self) -> ContextBudget {
+        self.context_tokens
+            .map_or(ContextBudget::Model, ContextBudget::Window)
     }
 
     /// The Redis lease, when one is set (at least 100 ms).

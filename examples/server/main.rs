@@ -60,7 +60,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = ChatService::builder()
         .provider(provider)
         .store(store)
-        .hub(hub);
+        .hub(hub)
+        .context_budget(config.context_budget());
     if let Some(model) = &config.model {
         builder = builder.model(model.clone());
     }

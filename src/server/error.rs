@@ -102,7 +102,8 @@ impl IntoResponse for ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            // The request the client sent (to `/v1`) does not fit the model: as the model said.
+            Error::Invalid { .. } | Error::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::AlreadyExists { .. } | Error::Busy { .. } => StatusCode::CONFLICT,
             Error::Upstream { .. }

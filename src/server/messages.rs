@@ -21,7 +21,7 @@ use super::{
     sse::sse_response,
 };
 use crate::{
-    ChatKey, ChatSession, Message, MessageId, SendOptions, ToolSpec, UserInput,
+    ChatKey, ChatSession, ContextBudget, Message, MessageId, SendOptions, ToolSpec, UserInput,
     provider::{ReasoningEffort, ResponseFormat, ToolChoice},
     store::HistoryPage,
 };
@@ -62,6 +62,8 @@ pub(crate) struct SendOptionsBody {
     response_format: Option<ResponseFormat>,
     #[serde(default)]
     extra: serde_json::Map<String, serde_json::Value>,
+    /// The model's context window for this send, in tokens ([`ContextBudget::Window`]).
+    context_tokens: Option<usize>,
 }
 
 impl From<SendOptionsBody> for SendOptions {
@@ -79,6 +81,7 @@ impl From<SendOptionsBody> for SendOptions {
             tool_choice: body.tool_choice,
             response_format: body.response_format,
             extra: body.extra,
+            context_budget: body.context_tokens.map(ContextBudget::Window),
         }
     }
 }

@@ -6,14 +6,14 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::{
-    ChatKey, Error, Message, MessageStatus, MessageStoreExt, Result, Role,
+    ChatKey, ChatRequest, Error, Message, MessageId, MessageStatus, MessageStoreExt, Result, Role,
     hub::{EventPayload, HubEventStream, LiveReply},
     store::HistoryPage,
 };
 
 use super::{
     ChatService, ChatSession, ReplyHandle, SendOptions, UserInput,
-    context::build_request,
+    context::{Built, Plan, build_request},
     handle::{Control, summary_events},
     reply::{ReplyRun, persist_final},
 };
@@ -237,6 +237,59 @@ impl Session {
         self.start(live, user, assistant, replacing, options).await
     }
 
+    /// The request for the next reply, with `options`: the system prompt, the history the
+    /// context budget holds (leaving out the replies to `superseded_replies_to`), and the
+    /// options.
+    async fn build_request(
+        &self,
+        options: &SendOptions,
+        superseded_replies_to: Option<MessageId>,
+    ) -> Result<(ChatRequest, Built)> {
+        let inner = &self.service.inner;
+        let settings = &inner.settings;
+        let system = match &options.system {
+            Some(system) => Some(system.as_str()).filter(|s| !s.is_empty()),
+            None => settings.system_prompt.as_deref(),
+        };
+        let model = options
+            .model
+            .as_deref()
+            .or(settings.model.as_deref())
+            .unwrap_or_else(|| inner.provider.default_model());
+        let limit = options.context_budget.unwrap_or(settings.budget).limit(
+            model,
+            options.max_output_tokens,
+            options.thinking_budget,
+        );
+        if let Some(limit) = &limit {
+            limit.load().await;
+        }
+        // Tool definitions take their share of the window too.
+        let overhead = match (&limit, &options.tools) {
+            (Some(limit), Some(tools)) => tools
+                .iter()
+                .map(|t| limit.cost_text(&serde_json::to_string(t).unwrap_or_default()))
+                .sum(),
+            _ => 0,
+        };
+        let plan = Plan {
+            system,
+            model: settings.model.as_deref(),
+            limit,
+            overhead,
+        };
+        let (mut request, built) = build_request(
+            inner.store.as_ref(),
+            &self.key,
+            &plan,
+            superseded_replies_to,
+        )
+        .await?;
+        // The system prompt is already the one these options ask for: the first message.
+        options.apply_to(&mut request, system.is_some());
+        Ok((request, built))
+    }
+
     /// Starts the reply task for `assistant`, already stored as `streaming`. Should that fail,
     /// the stored reply is marked `failed` with the error, so it does not wait for crash
     /// recovery.
@@ -254,14 +307,9 @@ impl Session {
             cancel,
         } = live;
         let started = async {
-            let mut request = build_request(
-                inner.store.as_ref(),
-                &self.key,
-                &inner.settings,
-                replacing.then_some(user.id),
-            )
-            .await?;
-            options.apply_to(&mut request, inner.settings.system_prompt.is_some());
+            let (request, built) = self
+                .build_request(options, replacing.then_some(user.id))
+                .await?;
             publisher
                 .publish(EventPayload::Start {
                     chat_id: self.key.id.clone(),
@@ -278,10 +326,10 @@ impl Session {
                     message: "a reply just started is not in the hub".into(),
                     source: None,
                 })?;
-            Ok::<_, Error>((request, events))
+            Ok::<_, Error>((request, built, events))
         }
         .await;
-        let (request, events) = match started {
+        let (request, built, events) = match started {
             Ok(started) => started,
             Err(e) => {
                 assistant.status = MessageStatus::Failed;
@@ -303,7 +351,7 @@ impl Session {
             message: assistant.clone(),
             checkpoint_write: None,
         };
-        inner.tasks.spawn(run.run(request));
+        inner.tasks.spawn(run.run(request, built));
         Ok(ReplyHandle {
             chat_id: self.key.id.clone(),
             user_message: user,

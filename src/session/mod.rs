@@ -7,11 +7,17 @@
 //! 1. the user message is persisted (once per client message id: a repeat returns the existing
 //!    reply instead of starting a second one);
 //! 2. the assistant message is created with status `streaming` and persisted;
-//! 3. the request is built from the chat's history, newest first until the
-//!    [`ContextBudget`] is spent (the service's system prompt is always sent);
+//! 3. the request is built from the chat's history, read newest first until the
+//!    [`ContextBudget`] is spent — by default the model's context window ([`context_window`])
+//!    less the reply's room, counted by the model's [`TokenCounter`] (the system prompt and the
+//!    newest user message are always sent);
 //! 4. the reply runs in its own task: deltas go to the [`StreamHub`](crate::StreamHub) as numbered events, the
 //!    growing message is checkpointed to the store at a bounded rate, and the final state is
-//!    persisted once (`complete`, `cancelled` or `failed`) before the `done` event.
+//!    persisted once (`complete`, `cancelled` or `failed`) before the `done` event. Should the
+//!    model refuse the request as too long
+//!    ([`Error::ContextLengthExceeded`](crate::Error::ContextLengthExceeded)) before any output,
+//!    the request is sent once more with about half its history (the oldest left out of the
+//!    request, not out of the chat).
 //!
 //! The reply does not depend on anyone watching it: dropping every subscriber (a closed browser
 //! tab) leaves it running to the end. Only a cancel stops it (or, when configured, nobody watching
@@ -53,6 +59,7 @@ mod recovery;
 mod reply;
 mod service;
 mod telemetry;
+mod tokens;
 
 use std::fmt;
 
@@ -67,6 +74,7 @@ pub use context::ContextBudget;
 pub use handle::ReplyHandle;
 pub use options::SendOptions;
 pub use service::{ChatService, ChatServiceBuilder};
+pub use tokens::{DEFAULT_CONTEXT_WINDOW, TokenCounter, context_window};
 
 /// What the user sends.
 ///

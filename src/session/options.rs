@@ -2,7 +2,7 @@
 //! tools, response format and extra provider fields — over the service's defaults.
 
 use crate::{
-    ChatRequest, Error, RequestMessage, Result, Role, ToolSpec,
+    ChatRequest, ContextBudget, Error, RequestMessage, Result, Role, ToolSpec,
     provider::{ReasoningEffort, ResponseFormat, ToolChoice},
 };
 
@@ -63,6 +63,9 @@ pub struct SendOptions {
     /// Fields merged into the upstream request body ([`ChatRequest::extra`]); `stream`,
     /// `messages` and `input` are the library's and refused.
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// How much history the request carries (default: the service's, which is
+    /// [`ContextBudget::Model`] unless set).
+    pub context_budget: Option<ContextBudget>,
 }
 
 impl SendOptions {
@@ -143,6 +146,22 @@ impl SendOptions {
         self
     }
 
+    /// Sets how much history the request carries: a context window of 32,000 tokens for a
+    /// model served with one, say.
+    ///
+    /// ```
+    /// use chatstream::{ContextBudget, SendOptions, UserInput};
+    ///
+    /// let input = UserInput::new("And the next step?")
+    ///     .with_options(SendOptions::default().with_context_budget(ContextBudget::Window(32_000)));
+    /// assert_eq!(input.options.context_budget, Some(ContextBudget::Window(32_000)));
+    /// ```
+    #[must_use]
+    pub fn with_context_budget(mut self, budget: ContextBudget) -> Self {
+        self.context_budget = Some(budget);
+        self
+    }
+
     /// Adds a field to merge into the upstream body.
     #[must_use]
     pub fn with_extra(
@@ -179,6 +198,7 @@ impl SendOptions {
             tool_choice: or(self.tool_choice, &defaults.tool_choice),
             response_format: or(self.response_format, &defaults.response_format),
             extra: self.extra,
+            context_budget: self.context_budget.or(defaults.context_budget),
         }
     }
 

@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Accumulator, ChatRequest, Error, Generation, Message, MessageStatus, hub::EventPayload,
-    hub::ReplyPublisher,
+    Accumulator, ChatRequest, Delta, Error, Generation, Message, MessageStatus, RetryNotice,
+    hub::EventPayload, hub::ReplyPublisher,
 };
 
 use super::{
+    context::Built,
     service::Inner,
     telemetry::{Outcome, ReplyTelemetry, timed_write},
 };
@@ -69,7 +70,11 @@ async fn tick(interval: &mut Option<Interval>) {
 impl ReplyRun {
     /// The reply's task. Its span opens here, in the caller's span (the request that started
     /// the reply), rather than in the task, which has none.
-    pub(super) fn run(mut self, request: ChatRequest) -> impl Future<Output = ()> + Send + 'static {
+    pub(super) fn run(
+        mut self,
+        request: ChatRequest,
+        built: Built,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let provider = self.service.provider.as_ref();
         let model = request
             .model
@@ -88,12 +93,14 @@ impl ReplyRun {
             self.message.id,
         );
         let span = telemetry.span();
-        self.generate(request, telemetry).instrument(span)
+        self.generate(request, built, telemetry).instrument(span)
     }
 
-    async fn generate(mut self, request: ChatRequest, mut telemetry: ReplyTelemetry) {
+    async fn generate(mut self, request: ChatRequest, built: Built, mut telemetry: ReplyTelemetry) {
         let service = self.service.clone();
         let settings = &service.settings;
+        // Kept for the one retry with less history, should the model refuse it as too long.
+        let mut too_long_retry = Some((request.clone(), built));
         let mut upstream = service.provider.stream(request);
         let mut acc = Accumulator::new();
         let token = self.cancel.clone();
@@ -136,6 +143,10 @@ impl ReplyRun {
                 }
                 item = upstream.next() => match item {
                     Some(Ok(delta)) => {
+                        if delta.is_output() {
+                            // Past the first output, a refusal can no longer be retried.
+                            too_long_retry = None;
+                        }
                         acc.push(&delta);
                         telemetry.delta(&delta);
                         if unsaved == 0 {
@@ -158,7 +169,18 @@ impl ReplyRun {
                         // must not starve other tasks of this worker.
                         tokio::task::consume_budget().await;
                     }
-                    Some(Err(e)) => break End::Failed(e),
+                    Some(Err(e)) => {
+                        if e.is_context_length_exceeded()
+                            && !acc.has_output()
+                            && let Some((smaller, _)) = too_long_retry
+                                .take()
+                                .and_then(|(request, built)| built.tighten(&request))
+                        {
+                            upstream = self.retry_shorter(smaller, &e).await;
+                            continue;
+                        }
+                        break End::Failed(e);
+                    }
                     None if acc.finish_reason().is_some() => break End::Complete,
                     None => break End::Failed(Error::Truncated {
                         provider: service.provider.name().to_owned(),
@@ -170,6 +192,27 @@ impl ReplyRun {
         drop(upstream);
         // Boxed: the ending's state is only needed at the end, not for the whole live reply.
         Box::pin(self.finish(acc, end, telemetry)).await;
+    }
+
+    /// Sends `request` (the reply's request with less history) after the model refused the
+    /// longer one with `error`, and tells the reply's followers.
+    async fn retry_shorter(&mut self, request: ChatRequest, error: &Error) -> crate::DeltaStream {
+        let provider = self.service.provider.clone();
+        tracing::warn!(
+            chat_id = %self.message.chat_id,
+            messages = request.messages.len(),
+            %error,
+            "the request exceeds the model's context window; sending it with less history"
+        );
+        let notice = Delta::Retry(RetryNotice {
+            attempt: 2,
+            provider: provider.name().to_owned(),
+            reason: error.to_string(),
+        });
+        if let Err(e) = self.publisher.publish(EventPayload::Delta(notice)).await {
+            tracing::warn!(chat_id = %self.message.chat_id, error = %e, "hub publish failed");
+        }
+        provider.stream(request)
     }
 
     async fn unwatched_for_too_long(&self, since: &mut Option<Instant>) -> bool {

@@ -18,9 +18,10 @@ use super::{ContextBudget, SendOptions, Session, recovery::Recovery};
 pub(super) struct Settings {
     pub(super) system_prompt: Option<String>,
     pub(super) model: Option<String>,
-    /// The other defaults of every send; its model and system prompt are always unset, kept in
-    /// the two fields above.
+    /// The other defaults of every send; its model, system prompt and context budget are
+    /// always unset, kept in the fields beside it.
     pub(super) defaults: SendOptions,
+    /// The context budget of every send that sets none.
     pub(super) budget: ContextBudget,
     pub(super) checkpoint_every: Duration,
     pub(super) checkpoint_deltas: u64,
@@ -33,7 +34,7 @@ impl Default for Settings {
             system_prompt: None,
             model: None,
             defaults: SendOptions::default(),
-            budget: ContextBudget::Unlimited,
+            budget: ContextBudget::Model,
             checkpoint_every: Duration::from_millis(250),
             checkpoint_deltas: 64,
             unwatched_timeout: None,
@@ -153,8 +154,9 @@ impl ChatServiceBuilder {
 
     /// The options of every send unless the send sets its own, field by field (see
     /// [`SendOptions::over`]): sampling, token limit, reasoning, tools, response format, extra
-    /// fields. Its model and system prompt are the same settings as [`model`](Self::model) and
-    /// [`system_prompt`](Self::system_prompt): whichever is called last wins.
+    /// fields. Its model, system prompt and context budget are the same settings as
+    /// [`model`](Self::model), [`system_prompt`](Self::system_prompt) and
+    /// [`context_budget`](Self::context_budget): whichever is called last wins.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -174,11 +176,27 @@ impl ChatServiceBuilder {
         if let Some(system) = options.system.take() {
             self.settings.system_prompt = Some(system);
         }
+        if let Some(budget) = options.context_budget.take() {
+            self.settings.budget = budget;
+        }
         self.settings.defaults = options;
         self
     }
 
-    /// How much history a request may carry (default: all of it).
+    /// How much history a request may carry, unless a send sets its own (default:
+    /// [`ContextBudget::Model`], the model's context window less the reply's room).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use chatstream::{ChatService, ContextBudget, provider::DemoProvider};
+    ///
+    /// // A local model served with a 32k window.
+    /// let service = ChatService::builder()
+    ///     .provider(Arc::new(DemoProvider::new()))
+    ///     .context_budget(ContextBudget::Window(32_768))
+    ///     .build()?;
+    /// # Ok::<(), chatstream::Error>(())
+    /// ```
     pub fn context_budget(mut self, budget: ContextBudget) -> Self {
         self.settings.budget = budget;
         self

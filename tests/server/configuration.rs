@@ -55,6 +55,13 @@ fn configuration_from_the_environment() {
         .to_string();
     assert!(e.contains("openai, anthropic or demo"), "{e}");
     assert!(Config::try_parse_from(["server", "--addr", "nope"]).is_err());
+    assert_eq!(c.context_budget(), chatstream::ContextBudget::Model);
+    let c = Config::try_parse_from(["server", "--context-tokens", "32768"]).unwrap();
+    assert_eq!(
+        c.context_budget(),
+        chatstream::ContextBudget::Window(32_768)
+    );
+    assert!(Config::try_parse_from(["server", "--context-tokens", "lots"]).is_err());
     let c = Config::try_parse_from([
         "server",
         "--cors-origins",

@@ -396,6 +396,17 @@ async fn send_options_reach_the_upstream_over_the_service_defaults() {
     // Without options, the service's prompt and defaults.
     assert_eq!(s.send("opts", "Again", None).await.status(), 202);
     s.settled_history("opts").await;
+    // A context window for this send only: the history it cannot hold stays out of the
+    // request (20 tokens, 5 kept for the reply: the prompt and the new message fill it).
+    let resp = s
+        .client
+        .post(s.url("/api/messages"))
+        .json(&json!({"chatId": "opts", "content": "Third", "options": {"contextTokens": 20}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    s.settled_history("opts").await;
 
     let requests = provider.requests();
     let first = &requests[0];
@@ -442,6 +453,24 @@ async fn send_options_reach_the_upstream_over_the_service_defaults() {
     assert_eq!((second.top_p, second.max_tokens), (None, None));
     assert!(second.tools.is_empty() && second.tool_choice.is_none());
     assert_eq!(Value::Object(second.extra.clone()), json!({"seed": 1}));
+    assert_eq!(
+        second.messages.len(),
+        4,
+        "the whole chat fits the default budget"
+    );
+
+    assert_eq!(
+        requests[2].messages,
+        [
+            RequestMessage::new(Role::System, "Service prompt."),
+            RequestMessage::new(Role::User, "Third"),
+        ]
+    );
+    assert_eq!(
+        s.history("opts").await.len(),
+        6,
+        "the chat keeps every message"
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,10 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
 
 use super::decode::Str;
-use crate::{Error, error::kind_is_retryable};
+use crate::{
+    Error,
+    error::{is_context_length, kind_is_retryable},
+};
 
 /// The most of an error body read to describe an HTTP error.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -67,6 +70,17 @@ impl ErrorObject<'_> {
     /// The error as an item of a stream (no HTTP status).
     pub(crate) fn into_midstream(self, provider: &str) -> Error {
         let kind = self.kind();
+        let text = self.message.as_ref().map_or("", |m| m.as_str());
+        if is_context_length(kind.as_deref(), text) {
+            return Error::ContextLengthExceeded {
+                provider: provider.to_owned(),
+                status: None,
+                message: self
+                    .message()
+                    .unwrap_or_else(|| "the request exceeds the context window".to_owned()),
+                kind,
+            };
+        }
         Error::Upstream {
             provider: provider.to_owned(),
             status: None,
