@@ -647,13 +647,15 @@ impl Client {
         })
     }
 
-    /// `n` streams at once; the wall time from the first request to the last end.
+    /// `n` streams at once; the wall time from the first request to the last end. A failed
+    /// stream fails the bench, unless `lenient`: then the failures are counted.
     async fn concurrent(
         self: &Arc<Self>,
         n: usize,
         tokens: usize,
         delay_ms: u64,
-    ) -> (Duration, Vec<Streamed>) {
+        lenient: bool,
+    ) -> (Duration, Vec<Streamed>, usize) {
         let start = Instant::now();
         let tasks: Vec<_> = (0..n)
             .map(|_| {
@@ -669,13 +671,20 @@ impl Client {
             })
             .collect();
         let mut out = Vec::with_capacity(n);
+        let mut failed = 0;
         for t in tasks {
             match t.await.expect("stream task") {
                 Ok(s) => out.push(s),
+                Err(e) if lenient => {
+                    if failed == 0 {
+                        eprintln!("{:?}: a stream failed: {e}", self.path);
+                    }
+                    failed += 1;
+                }
                 Err(e) => panic!("{:?}: a stream failed: {e}", self.path),
             }
         }
-        (start.elapsed(), out)
+        (start.elapsed(), out, failed)
     }
 }
 
@@ -708,6 +717,8 @@ struct Figures {
     /// Time to first delta of the slow streams started all at once.
     slow_ttfd_p50: Duration,
     slow_ttfd_p99: Duration,
+    /// Slow streams started at once that failed (refused or cut off).
+    slow_failed: usize,
     /// Server process CPU time per delta, one stream and concurrent streams.
     cpu_one: Duration,
     cpu_aggregate: Duration,
@@ -826,7 +837,9 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
         for i in 0..n {
             let cpu = cpu_of(servers[i].pid());
             let writes = writes_of(servers[i].pid());
-            let (wall, streams) = clients[i].concurrent(p.streams, p.stream_tokens, 0).await;
+            let (wall, streams, _) = clients[i]
+                .concurrent(p.streams, p.stream_tokens, 0, false)
+                .await;
             cpu_all[i] += cpu_of(servers[i].pid()) - cpu;
             writes_all[i] += writes_of(servers[i].pid()) - writes;
             let tokens: usize = streams.iter().map(|s| s.tokens).sum();
@@ -837,11 +850,13 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
     // Many new slow streams arriving at once (each stateful one a new chat), timed from the
     // request (the stateful path's from its POST) to the first text.
     let mut slow_firsts = vec![Vec::new(); n];
+    let mut slow_failed = vec![0; n];
     for _ in 0..p.bursts {
         for i in 0..n {
-            let (_, streams) = clients[i]
-                .concurrent(p.slow_streams, p.slow_tokens, p.slow_delay_ms)
+            let (_, streams, failed) = clients[i]
+                .concurrent(p.slow_streams, p.slow_tokens, p.slow_delay_ms, true)
                 .await;
+            slow_failed[i] += failed;
             slow_firsts[i].extend(streams.iter().map(|s| s.to_first));
         }
     }
@@ -862,6 +877,7 @@ async fn measure_rates(upstream: &str, dir: &std::path::Path, p: &Params) -> Vec
                 ttfd_p99: percentile(&firsts[i], 0.99),
                 slow_ttfd_p50: percentile(&slow_firsts[i], 0.50),
                 slow_ttfd_p99: percentile(&slow_firsts[i], 0.99),
+                slow_failed: slow_failed[i],
                 cpu_one: cpu_one[i] / (p.long_runs * p.long_tokens) as u32,
                 cpu_aggregate: cpu_all[i] / (p.rounds * p.streams * p.stream_tokens) as u32,
                 writes_aggregate: writes_all[i] as f64
@@ -935,7 +951,7 @@ async fn measure_memory(
         .as_millis() as u64;
     client.start_at_ms.store(start_at_ms, Ordering::Relaxed);
     client
-        .concurrent(p.slow_streams, p.slow_tokens, p.slow_delay_ms)
+        .concurrent(p.slow_streams, p.slow_tokens, p.slow_delay_ms, false)
         .await;
     done.store(true, Ordering::Relaxed);
     let most_live = sampler.await.expect("sampler");
@@ -1084,6 +1100,11 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
         format!("first delta p99, {} new slow streams", p.slow_streams),
         &|f| ms(f.slow_ttfd_p99),
         " ms",
+    );
+    row(
+        format!("failed of {} new slow streams", p.bursts * p.slow_streams),
+        &|f| f.slow_failed as f64,
+        "",
     );
     row(
         "server CPU per delta, 1 stream".into(),
