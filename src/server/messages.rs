@@ -1,14 +1,14 @@
 //! The message routes: send, history, the live reply's event stream, terminate.
 
-use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::{
     Json,
     extract::State,
     http::StatusCode,
-    response::{IntoResponse, Response, sse::Event},
+    response::{IntoResponse, Response},
 };
-use futures::StreamExt;
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -18,10 +18,12 @@ use super::{
     chats::{MAX_PAGE, accepted},
     extract::{ApiJson, ApiQuery, ChatParam, LastEventId, Owner, chat_id},
     limits::live_turn,
-    sse::sse_response,
+    sse,
 };
 use crate::{
-    ChatKey, ChatSession, ContextBudget, Message, MessageId, SendOptions, ToolSpec, UserInput,
+    ChatKey, ChatSession, ContextBudget, Message, MessageId, Result, SendOptions, ToolSpec,
+    UserInput,
+    hub::{HubEvent, HubEventStream},
     provider::{ReasoningEffort, ResponseFormat, ToolChoice},
     store::HistoryPage,
 };
@@ -199,27 +201,40 @@ pub(crate) async fn stream(
     let Some(events) = state.service.session(chat).subscribe(after).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let events = events.map(|event| {
-        Ok::<_, Infallible>(match event {
-            // Serialized straight into the event's buffer. A payload always serializes (strings,
-            // numbers, enums, string-keyed maps); the fallback only keeps the stream well-formed.
-            Ok(e) => Event::default()
-                .id(e.seq.to_string())
-                .event(e.event_name())
-                .json_data(&*e.payload)
-                .unwrap_or_else(|err| {
-                    Event::default()
-                        .event("error")
-                        .data(json!({"code": "internal", "message": err.to_string()}).to_string())
-                }),
-            // The hub lost the reply (e.g. its backend went away): tell the client to reload
-            // history instead of leaving it hanging.
-            Err(e) => Event::default().event("error").data(
-                json!({"code": e.code(), "message": e.to_string(), "reload": true}).to_string(),
-            ),
-        })
-    });
-    Ok(sse_response(events, state.options.keep_alive))
+    Ok(hub_response(events, state.options.keep_alive))
+}
+
+/// A reply's hub events as SSE (`id:` the sequence number, `event:` the payload's name, `data:`
+/// the payload); the events ready at once (a subscriber that was busy finds several in the hub)
+/// leave in one frame.
+pub(crate) fn hub_response(events: HubEventStream, keep_alive: Duration) -> Response {
+    sse::batched_response(events, encode_hub_event, keep_alive)
+}
+
+fn encode_hub_event(event: Result<HubEvent>, out: &mut BytesMut) {
+    let error = match event {
+        Ok(e) => {
+            let start = out.len();
+            sse::id(out, e.seq);
+            sse::field(out, "event", e.event_name());
+            // Serialized straight into the frame. A payload always serializes (strings,
+            // numbers, enums, string-keyed maps); the fallback only keeps the stream
+            // well-formed.
+            match sse::json_data(out, &*e.payload) {
+                Ok(()) => return sse::end(out),
+                Err(err) => {
+                    out.truncate(start);
+                    json!({"code": "internal", "message": err.to_string()})
+                }
+            }
+        }
+        // The hub lost the reply (e.g. its backend went away): tell the client to reload
+        // history instead of leaving it hanging.
+        Err(e) => json!({"code": e.code(), "message": e.to_string(), "reload": true}),
+    };
+    sse::field(out, "event", "error");
+    sse::data(out, error.to_string().as_bytes());
+    sse::end(out);
 }
 
 /// `POST /api/stream/{chatId}/terminate`: `{"terminated": true|false}`.
@@ -229,4 +244,115 @@ pub(crate) async fn terminate(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let terminated = state.service.terminate(&chat).await?;
     Ok(Json(json!({ "terminated": terminated })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        Delta, Error, MessageStatus,
+        hub::{EventPayload, LocalHub, StreamHub},
+        server::sse::testing::*,
+    };
+    use axum::response::sse::Event;
+    use bytes::Bytes;
+    use futures::{FutureExt, StreamExt, stream};
+
+    /// How the route wrote an event with axum's `Event`.
+    fn axum_event(event: &HubEvent) -> Event {
+        Event::default()
+            .id(event.seq.to_string())
+            .event(event.event_name())
+            .json_data(&*event.payload)
+            .unwrap()
+    }
+
+    fn reply(chat: &ChatKey, message_id: MessageId) -> Vec<EventPayload> {
+        vec![
+            EventPayload::Start {
+                chat_id: chat.id.clone(),
+                message_id,
+                user_message_id: MessageId::generate(),
+            },
+            EventPayload::Delta(Delta::text("Hel")),
+            EventPayload::Delta(Delta::text("lo \"there\"\n")),
+            EventPayload::Delta(Delta::Reasoning { text: "hm".into() }),
+            EventPayload::error(&Error::invalid("upstream", "it broke")),
+            EventPayload::done(message_id, MessageStatus::Failed),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_events_is_one_frame_of_the_same_bytes() {
+        let chat = ChatKey::new("alice".parse().unwrap(), "demo".parse().unwrap());
+        let events: Vec<HubEvent> = reply(&chat, MessageId::generate())
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| HubEvent::new(i as u64 + 1, payload))
+            .collect();
+        let lost = Error::invalid("hub", "lost");
+        let items = events
+            .clone()
+            .into_iter()
+            .map(Ok)
+            .chain([Err(Error::invalid("hub", "lost"))]);
+        let frames = body_frames(hub_response(
+            stream::iter(items).boxed(),
+            Duration::from_secs(15),
+        ))
+        .await;
+        let mut expected: Vec<Event> = events.iter().map(axum_event).collect();
+        expected.push(Event::default().event("error").data(
+            json!({"code": lost.code(), "message": lost.to_string(), "reload": true}).to_string(),
+        ));
+        assert_eq!(
+            frames,
+            [
+                Bytes::from_static(b": open\n\n"),
+                axum_bytes(expected).await
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_stream_replays_exactly_what_followed() {
+        let hub = LocalHub::new();
+        let chat = ChatKey::new("alice".parse().unwrap(), "demo".parse().unwrap());
+        let message_id = MessageId::generate();
+        let mut live = hub.start(&chat, message_id).await.unwrap();
+        let payloads = reply(&chat, message_id);
+        let events: Vec<HubEvent> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| HubEvent::new(i as u64 + 1, p.clone()))
+            .collect();
+        for payload in payloads {
+            live.publisher.publish(payload).await.unwrap();
+        }
+        for after in 0..events.len() as u64 {
+            let subscription = hub.subscribe(&chat, Some(after)).await.unwrap().unwrap();
+            let frames = body_frames(hub_response(subscription, Duration::from_secs(15))).await;
+            let expected = events[after as usize..].iter().map(axum_event).collect();
+            assert_eq!(
+                frames[1..].concat(),
+                axum_bytes(expected).await,
+                "after {after}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_event_leaves_at_once() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let response = hub_response(rx.boxed(), Duration::from_secs(15));
+        let mut body = response.into_body().into_data_stream();
+        let mut next = || body.next().now_or_never().flatten().map(Result::unwrap);
+        assert_eq!(next().as_deref(), Some(&b": open\n\n"[..]));
+        let event = HubEvent::new(2, EventPayload::Delta(Delta::text("first")));
+        tx.unbounded_send(Ok(event)).unwrap();
+        assert_eq!(
+            next().as_deref(),
+            Some(&b"id: 2\nevent: delta\ndata: {\"type\":\"text\",\"text\":\"first\"}\n\n"[..])
+        );
+    }
 }

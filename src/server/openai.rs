@@ -12,8 +12,6 @@
 //! in the upstream API's shape. A part of any other type is refused (422
 //! `unsupported_content`), never dropped.
 
-use std::convert::Infallible;
-
 use crate::{
     Accumulator, ChatRequest, ContentPart, Delta, DeltaStream, FinishReason, RequestMessage, Role,
     ToolCall, ToolSpec, Usage,
@@ -22,13 +20,14 @@ use crate::{
 use axum::{
     Json,
     extract::State,
-    response::{IntoResponse, Response, sse::Event},
+    response::{IntoResponse, Response},
 };
-use futures::{Stream, StreamExt};
+use bytes::{BufMut, BytesMut};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, attachments, extract::ApiJson, sse::sse_response};
+use super::{ApiError, AppState, attachments, extract::ApiJson, sse};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct CompletionRequest {
@@ -374,8 +373,8 @@ pub(crate) async fn completions(
     let created = chrono::Utc::now().timestamp();
     let deltas = state.service.provider().stream(request);
     if stream {
-        let chunks = stream_chunks(deltas, id, model, created, include_usage);
-        return Ok(sse_response(chunks, state.options.keep_alive));
+        let encoder = ChunkEncoder::new(&id, &model, created, include_usage);
+        return Ok(stream_chunks(deltas, encoder, state.options.keep_alive));
     }
     let mut acc = Accumulator::new();
     let mut deltas = deltas;
@@ -424,109 +423,322 @@ fn usage_json(u: Usage) -> Value {
     })
 }
 
-struct ChunkState {
-    deltas: DeltaStream,
-    id: String,
-    model: String,
-    created: i64,
+/// Writes the `chat.completion.chunk` events of a streamed completion straight from the deltas:
+/// a chunk per text, reasoning or tool-call delta (the first with `"role":"assistant"`), one with
+/// the finish reason, then the usage chunk (when asked for) and `[DONE]`; an error ends the
+/// stream with an `{"error":…}` event instead.
+///
+/// The JSON is written by hand, in OpenAI's key order (`id`, `object`, `created`, `model`,
+/// `choices`, `usage`), without building a `serde_json::Value` per chunk; strings go through
+/// serde_json's escaping.
+#[derive(Debug)]
+struct ChunkEncoder {
+    /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…`, the same in every chunk.
+    head: Vec<u8>,
     include_usage: bool,
     sent_role: bool,
     usage: Option<Usage>,
     done: bool,
 }
 
-impl ChunkState {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
-        let body = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        Event::default().data(body.to_string())
+impl ChunkEncoder {
+    fn new(id: &str, model: &str, created: i64, include_usage: bool) -> Self {
+        let mut head = br#"{"id":"#.to_vec();
+        json_str(&mut head, id);
+        head.extend_from_slice(br#","object":"chat.completion.chunk","created":"#);
+        head.extend_from_slice(created.to_string().as_bytes());
+        head.extend_from_slice(br#","model":"#);
+        json_str(&mut head, model);
+        ChunkEncoder {
+            head,
+            include_usage,
+            sent_role: false,
+            usage: None,
+            done: false,
+        }
+    }
+
+    /// Writes what `item` makes of the stream (`None`: the deltas ended).
+    fn encode(&mut self, item: Option<Result<Delta, crate::Error>>, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        match item {
+            Some(Ok(Delta::Text { text })) => self.chunk(out, |o| {
+                o.put_slice(br#"{"content":"#);
+                json_str(o, &text);
+            }),
+            Some(Ok(Delta::Reasoning { text })) => self.chunk(out, |o| {
+                o.put_slice(br#"{"reasoning_content":"#);
+                json_str(o, &text);
+            }),
+            Some(Ok(Delta::ToolCall(c))) => self.chunk(out, |o| {
+                o.put_slice(br#"{"tool_calls":[{"index":"#);
+                o.put_slice(c.index.to_string().as_bytes());
+                o.put_slice(br#","function":{"arguments":"#);
+                json_str(o, &c.arguments);
+                if let Some(name) = &c.name {
+                    o.put_slice(br#","name":"#);
+                    json_str(o, name);
+                }
+                o.put_u8(b'}');
+                if let Some(id) = &c.id {
+                    o.put_slice(br#","id":"#);
+                    json_str(o, id);
+                    o.put_slice(br#","type":"function""#);
+                }
+                o.put_slice(b"}]");
+            }),
+            Some(Ok(Delta::Usage(u))) => self.usage = Some(u),
+            Some(Ok(Delta::Finish { reason })) => {
+                self.begin(out);
+                out.put_slice(br#"{},"finish_reason":"#);
+                json_str(out, finish_name(Some(reason)).unwrap_or("stop"));
+                self.close(out);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                self.done = true;
+                let body = json!({"error": {"message": e.to_string(), "type": e.code(), "code": e.code()}});
+                sse::data(out, body.to_string().as_bytes());
+                sse::end(out);
+            }
+            None => {
+                self.done = true;
+                if self.include_usage {
+                    let u = self.usage.unwrap_or_default();
+                    out.put_slice(b"data: ");
+                    out.put_slice(&self.head);
+                    out.put_slice(br#","choices":[],"usage":{"prompt_tokens":"#);
+                    out.put_slice(u.input_tokens.to_string().as_bytes());
+                    out.put_slice(br#","completion_tokens":"#);
+                    out.put_slice(u.output_tokens.to_string().as_bytes());
+                    out.put_slice(br#","total_tokens":"#);
+                    let total = u.input_tokens.saturating_add(u.output_tokens);
+                    out.put_slice(total.to_string().as_bytes());
+                    out.put_slice(b"}}\n");
+                    sse::end(out);
+                }
+                sse::data(out, b"[DONE]");
+                sse::end(out);
+            }
+        }
+    }
+
+    /// A chunk whose delta `delta` writes as an object missing its closing brace (the role is
+    /// added to the first).
+    fn chunk(&mut self, out: &mut BytesMut, delta: impl FnOnce(&mut BytesMut)) {
+        self.begin(out);
+        delta(out);
+        if !self.sent_role {
+            self.sent_role = true;
+            out.put_slice(br#","role":"assistant""#);
+        }
+        out.put_slice(br#"},"finish_reason":null"#);
+        self.close(out);
+    }
+
+    /// `data: {…,"choices":[{"index":0,"delta":`
+    fn begin(&self, out: &mut BytesMut) {
+        out.put_slice(b"data: ");
+        out.put_slice(&self.head);
+        out.put_slice(br#","choices":[{"index":0,"delta":"#);
+    }
+
+    /// `}]}` and the end of the event.
+    fn close(&self, out: &mut BytesMut) {
+        out.put_slice(b"}]}\n");
+        sse::end(out);
     }
 }
 
-/// Deltas as `chat.completion.chunk` events, then the usage chunk (when asked for) and `[DONE]`.
+/// Appends `s` as a JSON string, escaped as serde_json escapes it (no raw line breaks, so the
+/// event's data stays on one line).
+fn json_str(out: &mut impl BufMut, s: &str) {
+    // Serializing a string into memory cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
+}
+
+/// Deltas as `chat.completion.chunk` events, then the usage chunk (when asked for) and `[DONE]`;
+/// what is ready at once leaves in one frame.
 fn stream_chunks(
     deltas: DeltaStream,
-    id: String,
-    model: String,
-    created: i64,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let state = ChunkState {
-        deltas,
-        id,
-        model,
-        created,
-        include_usage,
-        sent_role: false,
-        usage: None,
-        done: false,
-    };
-    futures::stream::unfold(state, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        let mut events = Vec::new();
-        loop {
-            match s.deltas.next().await {
-                Some(Ok(delta)) => {
-                    let mut d = match delta {
-                        Delta::Text { text } => json!({"content": text}),
-                        Delta::Reasoning { text } => json!({"reasoning_content": text}),
-                        Delta::ToolCall(c) => {
-                            let mut call = json!({"index": c.index, "function": {"arguments": c.arguments}});
-                            if let Some(id) = c.id {
-                                call["id"] = json!(id);
-                                call["type"] = json!("function");
-                            }
-                            if let Some(name) = c.name {
-                                call["function"]["name"] = json!(name);
-                            }
-                            json!({"tool_calls": [call]})
-                        }
-                        Delta::Usage(u) => {
-                            s.usage = Some(u);
-                            continue;
-                        }
-                        Delta::Finish { reason } => {
-                            let e = s.chunk(json!({}), finish_name(Some(reason)));
-                            events.push(e);
-                            break;
-                        }
-                        _ => continue,
-                    };
-                    if !s.sent_role {
-                        d["role"] = json!("assistant");
-                        s.sent_role = true;
+    encoder: ChunkEncoder,
+    keep_alive: std::time::Duration,
+) -> Response {
+    let mut encoder = encoder;
+    // `None` marks the end of the deltas.
+    let items = deltas
+        .map(Some)
+        .chain(futures::stream::once(futures::future::ready(None)));
+    sse::batched_response(
+        items,
+        move |item, out| encoder.encode(item, out),
+        keep_alive,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, ToolCallDelta};
+
+    /// The chunks as they were encoded before they were written straight from the deltas:
+    /// through a `serde_json::Value` each, the data of one event each.
+    fn value_encoded(
+        deltas: &[Result<Delta, Error>],
+        id: &str,
+        model: &str,
+        created: i64,
+        include_usage: bool,
+    ) -> Vec<String> {
+        let chunk = |delta: Value, finish: Option<&str>| {
+            json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+            .to_string()
+        };
+        let (mut sent_role, mut usage, mut out) = (false, None, Vec::new());
+        for delta in deltas {
+            let mut d = match delta {
+                Ok(Delta::Text { text }) => json!({"content": text}),
+                Ok(Delta::Reasoning { text }) => json!({"reasoning_content": text}),
+                Ok(Delta::ToolCall(c)) => {
+                    let mut call =
+                        json!({"index": c.index, "function": {"arguments": c.arguments}});
+                    if let Some(id) = &c.id {
+                        call["id"] = json!(id);
+                        call["type"] = json!("function");
                     }
-                    events.push(s.chunk(d, None));
-                    break;
+                    if let Some(name) = &c.name {
+                        call["function"]["name"] = json!(name);
+                    }
+                    json!({"tool_calls": [call]})
                 }
-                Some(Err(e)) => {
+                Ok(Delta::Usage(u)) => {
+                    usage = Some(*u);
+                    continue;
+                }
+                Ok(Delta::Finish { reason }) => {
+                    out.push(chunk(json!({}), finish_name(Some(*reason))));
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => {
                     let body = json!({"error": {"message": e.to_string(), "type": e.code(), "code": e.code()}});
-                    events.push(Event::default().data(body.to_string()));
-                    s.done = true;
-                    break;
+                    out.push(body.to_string());
+                    return out;
                 }
-                None => {
-                    if s.include_usage {
-                        let body = json!({
-                            "id": s.id, "object": "chat.completion.chunk", "created": s.created,
-                            "model": s.model, "choices": [], "usage": usage_json(s.usage.unwrap_or_default()),
-                        });
-                        events.push(Event::default().data(body.to_string()));
-                    }
-                    events.push(Event::default().data("[DONE]"));
-                    s.done = true;
-                    break;
-                }
+            };
+            if !sent_role {
+                d["role"] = json!("assistant");
+                sent_role = true;
+            }
+            out.push(chunk(d, None));
+        }
+        if include_usage {
+            let body = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "choices": [], "usage": usage_json(usage.unwrap_or_default()),
+            });
+            out.push(body.to_string());
+        }
+        out.push("[DONE]".into());
+        out
+    }
+
+    fn tool_call(index: u32, id: Option<&str>, name: Option<&str>, arguments: &str) -> Delta {
+        Delta::ToolCall(ToolCallDelta {
+            index,
+            id: id.map(str::to_owned),
+            name: name.map(str::to_owned),
+            arguments: arguments.into(),
+        })
+    }
+
+    /// Every kind of delta, with text that needs escaping.
+    fn every_kind() -> Vec<Result<Delta, Error>> {
+        vec![
+            Ok(Delta::Reasoning {
+                text: "Think \"twice\"\n".into(),
+            }),
+            Ok(Delta::text("Hello,\twörld ✓ \u{1}")),
+            Ok(Delta::text(" again")),
+            Ok(tool_call(0, Some("call_1"), Some("get_weather"), "")),
+            Ok(tool_call(0, None, None, r#"{"city":"#)),
+            Ok(tool_call(1, Some("call_2"), None, "{}")),
+            Ok(tool_call(2, None, Some("lookup"), "[]")),
+            Ok(Delta::Usage(Usage {
+                input_tokens: 19,
+                output_tokens: 7,
+            })),
+            Ok(Delta::Finish {
+                reason: FinishReason::ToolCalls,
+            }),
+        ]
+    }
+
+    fn encoded(deltas: Vec<Result<Delta, Error>>, include_usage: bool, model: &str) -> Vec<String> {
+        let mut encoder = ChunkEncoder::new("chatcmpl-1\"x", model, 1_763_700_000, include_usage);
+        let mut out = BytesMut::new();
+        for delta in deltas {
+            encoder.encode(Some(delta), &mut out);
+        }
+        encoder.encode(None, &mut out);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        text.split_terminator("\n\n")
+            .map(|event| event.strip_prefix("data: ").unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn chunks_are_byte_for_byte_what_the_value_encoding_wrote() {
+        // What the `Value` encoding wrote depends on serde_json's `preserve_order` (on in this
+        // build, through bson): with it, keys in insertion order, which is OpenAI's order.
+        assert_eq!(json!({"b": 1, "a": 2}).to_string(), r#"{"b":1,"a":2}"#);
+        for include_usage in [false, true] {
+            for model in ["gpt-4o-mini", "my \"model\"/ü"] {
+                let expected = value_encoded(
+                    &every_kind(),
+                    "chatcmpl-1\"x",
+                    model,
+                    1_763_700_000,
+                    include_usage,
+                );
+                assert_eq!(encoded(every_kind(), include_usage, model), expected);
             }
         }
-        Some((futures::stream::iter(events.into_iter().map(Ok)), s))
-    })
-    .flatten()
+        // The role goes on the first chunk, whichever kind it is; a finish alone has none.
+        for first in every_kind().into_iter().map(Result::unwrap) {
+            let deltas = || {
+                vec![
+                    Ok(first.clone()),
+                    Ok(Delta::text("x")),
+                    Ok(Delta::Finish {
+                        reason: FinishReason::Stop,
+                    }),
+                ]
+            };
+            let expected = value_encoded(&deltas(), "chatcmpl-1\"x", "m", 1_763_700_000, true);
+            assert_eq!(encoded(deltas(), true, "m"), expected);
+        }
+    }
+
+    #[test]
+    fn an_error_ends_the_chunks_as_the_value_encoding_did() {
+        let deltas = || {
+            vec![
+                Ok(Delta::text("partial")),
+                Err(Error::invalid("upstream", "it broke")),
+                Ok(Delta::text("after the end")),
+            ]
+        };
+        let expected = value_encoded(&deltas(), "chatcmpl-1\"x", "m", 1_763_700_000, true);
+        assert_eq!(expected.len(), 2);
+        assert_eq!(encoded(deltas(), true, "m"), expected);
+    }
 }
