@@ -22,9 +22,9 @@ use axum::{
     extract::State,
     response::{IntoResponse, Response},
 };
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, attachments, extract::ApiJson, sse};
@@ -428,29 +428,80 @@ fn usage_json(u: Usage) -> Value {
 /// the finish reason, then the usage chunk (when asked for) and `[DONE]`; an error ends the
 /// stream with an `{"error":…}` event instead.
 ///
-/// The JSON is written by hand, in OpenAI's key order (`id`, `object`, `created`, `model`,
-/// `choices`, `usage`), without building a `serde_json::Value` per chunk; strings go through
-/// serde_json's escaping.
+/// Each chunk is serialized from borrowed structs in OpenAI's key order (`id`, `object`,
+/// `created`, `model`, `choices`, `usage`), without building a `serde_json::Value` per chunk.
 #[derive(Debug)]
 struct ChunkEncoder {
-    /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…`, the same in every chunk.
-    head: Vec<u8>,
+    id: String,
+    model: String,
+    created: i64,
     include_usage: bool,
     sent_role: bool,
     usage: Option<Usage>,
     done: bool,
 }
 
+/// One `chat.completion.chunk`.
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: &'a [Choice<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageOut>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    delta: ChunkDelta<'a>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Default, Serialize)]
+struct ChunkDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallOut<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    index: u32,
+    function: FunctionOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    arguments: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct UsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
 impl ChunkEncoder {
     fn new(id: &str, model: &str, created: i64, include_usage: bool) -> Self {
-        let mut head = br#"{"id":"#.to_vec();
-        json_str(&mut head, id);
-        head.extend_from_slice(br#","object":"chat.completion.chunk","created":"#);
-        head.extend_from_slice(created.to_string().as_bytes());
-        head.extend_from_slice(br#","model":"#);
-        json_str(&mut head, model);
         ChunkEncoder {
-            head,
+            id: id.to_owned(),
+            model: model.to_owned(),
+            created,
             include_usage,
             sent_role: false,
             usage: None,
@@ -464,38 +515,45 @@ impl ChunkEncoder {
             return;
         }
         match item {
-            Some(Ok(Delta::Text { text })) => self.chunk(out, |o| {
-                o.put_slice(br#"{"content":"#);
-                json_str(o, &text);
-            }),
-            Some(Ok(Delta::Reasoning { text })) => self.chunk(out, |o| {
-                o.put_slice(br#"{"reasoning_content":"#);
-                json_str(o, &text);
-            }),
-            Some(Ok(Delta::ToolCall(c))) => self.chunk(out, |o| {
-                o.put_slice(br#"{"tool_calls":[{"index":"#);
-                o.put_slice(c.index.to_string().as_bytes());
-                o.put_slice(br#","function":{"arguments":"#);
-                json_str(o, &c.arguments);
-                if let Some(name) = &c.name {
-                    o.put_slice(br#","name":"#);
-                    json_str(o, name);
-                }
-                o.put_u8(b'}');
-                if let Some(id) = &c.id {
-                    o.put_slice(br#","id":"#);
-                    json_str(o, id);
-                    o.put_slice(br#","type":"function""#);
-                }
-                o.put_slice(b"}]");
-            }),
+            Some(Ok(Delta::Text { text })) => self.delta(
+                out,
+                ChunkDelta {
+                    content: Some(&text),
+                    ..ChunkDelta::default()
+                },
+            ),
+            Some(Ok(Delta::Reasoning { text })) => self.delta(
+                out,
+                ChunkDelta {
+                    reasoning_content: Some(&text),
+                    ..ChunkDelta::default()
+                },
+            ),
+            Some(Ok(Delta::ToolCall(c))) => self.delta(
+                out,
+                ChunkDelta {
+                    tool_calls: Some([ToolCallOut {
+                        index: c.index,
+                        function: FunctionOut {
+                            arguments: &c.arguments,
+                            name: c.name.as_deref(),
+                        },
+                        id: c.id.as_deref(),
+                        kind: c.id.as_ref().map(|_| "function"),
+                    }]),
+                    ..ChunkDelta::default()
+                },
+            ),
             Some(Ok(Delta::Usage(u))) => self.usage = Some(u),
-            Some(Ok(Delta::Finish { reason })) => {
-                self.begin(out);
-                out.put_slice(br#"{},"finish_reason":"#);
-                json_str(out, finish_name(Some(reason)).unwrap_or("stop"));
-                self.close(out);
-            }
+            Some(Ok(Delta::Finish { reason })) => self.write(
+                out,
+                &[Choice {
+                    index: 0,
+                    delta: ChunkDelta::default(),
+                    finish_reason: finish_name(Some(reason)),
+                }],
+                None,
+            ),
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 self.done = true;
@@ -507,17 +565,12 @@ impl ChunkEncoder {
                 self.done = true;
                 if self.include_usage {
                     let u = self.usage.unwrap_or_default();
-                    out.put_slice(b"data: ");
-                    out.put_slice(&self.head);
-                    out.put_slice(br#","choices":[],"usage":{"prompt_tokens":"#);
-                    out.put_slice(u.input_tokens.to_string().as_bytes());
-                    out.put_slice(br#","completion_tokens":"#);
-                    out.put_slice(u.output_tokens.to_string().as_bytes());
-                    out.put_slice(br#","total_tokens":"#);
-                    let total = u.input_tokens.saturating_add(u.output_tokens);
-                    out.put_slice(total.to_string().as_bytes());
-                    out.put_slice(b"}}\n");
-                    sse::end(out);
+                    let usage = UsageOut {
+                        prompt_tokens: u.input_tokens,
+                        completion_tokens: u.output_tokens,
+                        total_tokens: u.input_tokens.saturating_add(u.output_tokens),
+                    };
+                    self.write(out, &[], Some(usage));
                 }
                 sse::data(out, b"[DONE]");
                 sse::end(out);
@@ -525,38 +578,34 @@ impl ChunkEncoder {
         }
     }
 
-    /// A chunk whose delta `delta` writes as an object missing its closing brace (the role is
-    /// added to the first).
-    fn chunk(&mut self, out: &mut BytesMut, delta: impl FnOnce(&mut BytesMut)) {
-        self.begin(out);
-        delta(out);
+    /// A chunk carrying `delta` (the first with the role).
+    fn delta(&mut self, out: &mut BytesMut, mut delta: ChunkDelta<'_>) {
         if !self.sent_role {
             self.sent_role = true;
-            out.put_slice(br#","role":"assistant""#);
+            delta.role = Some("assistant");
         }
-        out.put_slice(br#"},"finish_reason":null"#);
-        self.close(out);
+        let choice = Choice {
+            index: 0,
+            delta,
+            finish_reason: None,
+        };
+        self.write(out, std::slice::from_ref(&choice), None);
     }
 
-    /// `data: {…,"choices":[{"index":0,"delta":`
-    fn begin(&self, out: &mut BytesMut) {
-        out.put_slice(b"data: ");
-        out.put_slice(&self.head);
-        out.put_slice(br#","choices":[{"index":0,"delta":"#);
-    }
-
-    /// `}]}` and the end of the event.
-    fn close(&self, out: &mut BytesMut) {
-        out.put_slice(b"}]}\n");
+    /// One chunk event.
+    fn write(&self, out: &mut BytesMut, choices: &[Choice<'_>], usage: Option<UsageOut>) {
+        let chunk = Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        };
+        // Borrowed strings and numbers only: serializing them into memory cannot fail.
+        let _ = sse::json_data(out, &chunk);
         sse::end(out);
     }
-}
-
-/// Appends `s` as a JSON string, escaped as serde_json escapes it (no raw line breaks, so the
-/// event's data stays on one line).
-fn json_str(out: &mut impl BufMut, s: &str) {
-    // Serializing a string into memory cannot fail.
-    let _ = serde_json::to_writer(out.writer(), s);
 }
 
 /// Deltas as `chat.completion.chunk` events, then the usage chunk (when asked for) and `[DONE]`;
