@@ -49,7 +49,7 @@ pub struct Config {
     /// much history as this less the reply's room holds [default: the model's window from
     /// the table in the README; 8192 for a model it does not know].
     #[arg(long, env = "CHATSTREAM_CONTEXT_TOKENS", value_name = "TOKENS")]
-    pub context_tokens: Option<usize>,
+    pub context_tokens: Option<std::num::NonZeroUsize>,
 
     /// Share live replies with other instances through this Redis (redis://…).
     #[arg(long, env = "CHATSTREAM_REDIS_URL", value_name = "URL")]
@@ -237,7 +237,7 @@ impl Config {
     /// How much history a request carries: the window set, else the model's.
     pub fn context_budget(&self) -> ContextBudget {
         self.context_tokens
-            .map_or(ContextBudget::Model, ContextBudget::Window)
+            .map_or(ContextBudget::Model, |n| ContextBudget::Window(n.get()))
     }
 
     /// The Redis lease, when one is set (at least 100 ms).

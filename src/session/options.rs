@@ -230,6 +230,11 @@ impl SendOptions {
         if self.max_output_tokens == Some(0) {
             return invalid("the token limit must be at least 1".into());
         }
+        if let Some(ContextBudget::Window(0) | ContextBudget::Tokens(0) | ContextBudget::Chars(0)) =
+            self.context_budget
+        {
+            return invalid("the context budget must be at least 1".into());
+        }
         if self.stop.iter().flatten().any(String::is_empty) {
             return invalid("stop sequences must not be empty".into());
         }
@@ -421,6 +426,7 @@ mod tests {
             SendOptions::default().with_temperature(f32::NAN),
             SendOptions::default().with_top_p(-0.1),
             SendOptions::default().with_max_output_tokens(0),
+            SendOptions::default().with_context_budget(ContextBudget::Window(0)),
             SendOptions::default().with_stop([""]),
             SendOptions::default().with_thinking_budget(512),
             SendOptions::default()

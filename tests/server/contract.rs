@@ -482,6 +482,7 @@ async fn bad_send_options_are_422_and_write_nothing() {
         (json!({"temperature": 3}), "invalid_options"),
         (json!({"topP": 1.5}), "invalid_options"),
         (json!({"maxOutputTokens": 0}), "invalid_options"),
+        (json!({"contextTokens": 0}), "invalid_options"),
         (json!({"stop": ["", "x"]}), "invalid_options"),
         (json!({"thinkingBudget": 100}), "invalid_options"),
         (
