@@ -44,6 +44,12 @@
 //! event, with the same text), and a stream that did not deliver every token fails the bench.
 //! Every figure is printed with its ratio to the baseline relay's in the same run, and the
 //! targets of issue 18 judged on them.
+//!
+//! A last column, "upstream alone", has the client read a second upstream process itself, with
+//! no server in between: the most deltas/s any server could pass on, with the upstream and the
+//! client sharing the same cores (its CPU figures are the upstream's own). Where the relay is
+//! already near it, the rate rows cannot tell a faster server from a slower one; the server's
+//! CPU per delta still does.
 // A test, example or bench crate is its own root: `pub` marks what its modules share.
 #![allow(unreachable_pub)]
 // A benchmark stops at the first failure, like a test.
@@ -424,6 +430,10 @@ enum Path {
     Stateful,
     /// The stateful path with metrics and spans on.
     Observed,
+    /// No server: the client reads the upstream itself (`POST /v1/chat/completions`), for the
+    /// most deltas/s any server in between could reach with the same upstream and client on
+    /// the same cores.
+    Direct,
 }
 
 impl Path {
@@ -434,6 +444,7 @@ impl Path {
             Path::OpenAi => "POST /v1/chat/...",
             Path::Stateful => "stateful",
             Path::Observed => "stateful, observed",
+            Path::Direct => "upstream alone",
         }
     }
 }
@@ -536,7 +547,7 @@ impl Client {
                 .send()
                 .await
                 .map_err(|e| e.to_string())?,
-            Path::OpenAi => self
+            Path::OpenAi | Path::Direct => self
                 .http
                 .post(format!("{}/v1/chat/completions", self.base))
                 .json(&json!({"messages": [{"role": "user", "content": prompt}], "stream": true}))
@@ -552,12 +563,12 @@ impl Client {
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
-                if sent.status() != StatusCode::ACCEPTED {
-                    return Err(format!(
-                        "send: {} {}",
-                        sent.status(),
-                        sent.text().await.unwrap_or_default()
-                    ));
+                let status = sent.status();
+                // Read to its end, the POST's connection goes back to the client's pool and
+                // carries the GET, as a browser's would: one connection per chat.
+                let answer = sent.text().await.map_err(|e| e.to_string())?;
+                if status != StatusCode::ACCEPTED {
+                    return Err(format!("send: {status} {answer}"));
                 }
                 self.http
                     .get(format!("{}/api/stream/{chat}", self.base))
@@ -591,7 +602,7 @@ impl Client {
                         (d.content, false)
                     }
                 }
-                Path::OpenAi => {
+                Path::OpenAi | Path::Direct => {
                     if data == "[DONE]" || data.starts_with(r#"{"error""#) {
                         (None, true)
                     } else {
@@ -755,6 +766,9 @@ fn expected_len(tokens: usize) -> usize {
 fn spawn_server(path: Path, upstream: &str, dir: &std::path::Path, n: usize) -> ServerProcess {
     match path {
         Path::Baseline => ServerProcess::spawn(&["baseline", upstream]),
+        // The upstream's own figures: a process of its own, so that its CPU time is this
+        // path's alone.
+        Path::Direct => ServerProcess::spawn(&["upstream"]),
         Path::Single | Path::OpenAi | Path::Stateful | Path::Observed => {
             let db = dir.join(format!("bench-{n}.sqlite"));
             let kind = if path == Path::Observed {
@@ -785,12 +799,13 @@ async fn warm_up(client: &Client, p: &Params) {
     }
 }
 
-const PATHS: [Path; 5] = [
+const PATHS: [Path; 6] = [
     Path::Baseline,
     Path::Single,
     Path::OpenAi,
     Path::Stateful,
     Path::Observed,
+    Path::Direct,
 ];
 
 /// Throughput and latency, the four servers taking turns run by run, so that a burst of other
@@ -1031,7 +1046,9 @@ async fn bench() {
     let rates = measure_rates(&upstream.base, dir.path(), &p).await;
     let mut results = Vec::new();
     for (path, mut f) in PATHS.into_iter().zip(rates) {
-        measure_memory(path, &upstream.base, dir.path(), &p, &mut f).await;
+        if path != Path::Direct {
+            measure_memory(path, &upstream.base, dir.path(), &p, &mut f).await;
+        }
         results.push((path, f));
     }
     print_table(&results, &p);
@@ -1044,6 +1061,11 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
         let mut line = format!("{name:<42}");
         for (path, f) in results {
             let v = value(f);
+            if *path == Path::Direct && v == 0.0 {
+                // Not measured without a server (the memory rows).
+                line.push_str(&format!(" {:>24}", "—"));
+                continue;
+            }
             let number = if v < 100.0 && (!unit.is_empty() || v.fract() != 0.0) {
                 format!("{v:.2}{unit}")
             } else {
@@ -1141,7 +1163,7 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
     // The targets of issue 18, judged on this run's medians (the best runs show how noisy the
     // machine was).
     let check = |ok: bool| if ok { "met" } else { "MISSED" };
-    for (path, f) in &results[1..] {
+    for (path, f) in results[1..].iter().filter(|(p, _)| *p != Path::Direct) {
         let stateful = matches!(path, Path::Stateful | Path::Observed);
         let (one, all) = (f.one_stream / base.one_stream, f.aggregate / base.aggregate);
         let first = ms(f.slow_ttfd_p99) / ms(base.slow_ttfd_p99);
@@ -1157,6 +1179,16 @@ fn print_table(results: &[(Path, Figures)], p: &Params) {
         );
     }
     let of = |path: Path| results.iter().find(|(p, _)| *p == path).map(|(_, f)| f);
+    if let Some(direct) = of(Path::Direct) {
+        println!(
+            "ceiling: the client reading the upstream itself, with no server in between, got \
+             {:.2}× the relay's deltas/s (1 stream) and {:.2}× ({} streams); its CPU column is \
+             the upstream's",
+            direct.one_stream / base.one_stream,
+            direct.aggregate / base.aggregate,
+            p.streams,
+        );
+    }
     if let (Some(plain), Some(observed)) = (of(Path::Stateful), of(Path::Observed)) {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let on = match observe() {
