@@ -146,6 +146,7 @@ impl MessageStore for Discard {
         Ok(Appended {
             message: message.clone(),
             created: true,
+            first_in_chat: false,
         })
     }
     async fn update(&self, _: &Message) -> Result<()> {

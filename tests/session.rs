@@ -556,6 +556,9 @@ impl MessageStore for Recording {
     async fn append_idempotent(&self, message: &Message) -> chatstream::Result<Appended> {
         self.inner.append_idempotent(message).await
     }
+    async fn append_turn(&self, user: &Message, reply: &Message) -> chatstream::Result<Appended> {
+        self.inner.append_turn(user, reply).await
+    }
     async fn update(&self, message: &Message) -> chatstream::Result<()> {
         {
             let mut fail = self.fail_updates.lock().unwrap();
@@ -721,6 +724,15 @@ async fn a_send_that_cannot_start_leaves_a_failed_reply(store: DynMessageStore) 
         .build()
         .unwrap();
     let session = service.session(chat());
+    // A message before: the send reads the history (a chat's first turn needs no read).
+    store
+        .create_chat(&UserId::anonymous(), Some(session.key().id.clone()), None)
+        .await
+        .unwrap();
+    store
+        .append(&Message::user(session.key(), "earlier"))
+        .await
+        .unwrap();
     *recording.fail_history.lock().unwrap() = 1;
     match session.send(UserInput::new("first")).await {
         Err(Error::Store { message, .. }) => assert!(message.contains("injected"), "{message}"),
@@ -733,20 +745,20 @@ async fn a_send_that_cannot_start_leaves_a_failed_reply(store: DynMessageStore) 
         .history(session.key(), HistoryPage::default())
         .await
         .unwrap();
-    assert_eq!(stored.len(), 2, "the turn was stored: {stored:?}");
+    assert_eq!(stored.len(), 3, "the turn was stored: {stored:?}");
     assert_eq!(
-        (stored[0].role, stored[0].content.as_str()),
+        (stored[1].role, stored[1].content.as_str()),
         (Role::User, "first")
     );
-    assert_eq!(stored[1].status, MessageStatus::Failed);
+    assert_eq!(stored[2].status, MessageStatus::Failed);
     assert!(
-        stored[1]
+        stored[2]
             .error
             .as_deref()
             .unwrap_or_default()
             .contains("injected"),
         "{:?}",
-        stored[1].error
+        stored[2].error
     );
     assert!(!session.is_live().await.unwrap(), "the chat is free again");
     assert_eq!(provider.started(), 0, "no upstream request was made");
@@ -952,6 +964,58 @@ async fn a_long_chat_reads_and_sends_only_what_the_budget_holds(store: DynMessag
         .await
         .unwrap();
     assert_eq!(all.len(), HISTORY + 4);
+}
+
+/// A chat's first send starts its reply without reading the history back (the store said the
+/// turn is the chat's first); the request is the same as with the read. The next send reads it.
+async fn a_chats_first_send_reads_no_history(store: DynMessageStore) {
+    let recording = Recording::new(store.clone());
+    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider.clone()))
+        .store(recording.clone())
+        .system_prompt("Be brief.")
+        .build()
+        .unwrap();
+    let session = service.session(chat());
+    let first = session
+        .send(UserInput::new("hello").with_image_url("https://example.com/cat.png"))
+        .await
+        .unwrap();
+    assert_eq!(
+        recording.take_rows_read(),
+        0,
+        "{}: the first send read history",
+        store.backend()
+    );
+    drain(first.events).await;
+    let second = session.send(UserInput::new("and now?")).await.unwrap();
+    assert!(recording.take_rows_read() >= 3, "the second send read none");
+    drain(second.events).await;
+    let requests = provider.requests();
+    let sent = |i: usize| -> Vec<(Role, String, usize)> {
+        requests[i]
+            .messages
+            .iter()
+            .map(|m| (m.role, m.content.clone(), m.parts.len()))
+            .collect()
+    };
+    assert_eq!(
+        sent(0),
+        [
+            (Role::System, "Be brief.".to_string(), 0),
+            (Role::User, "hello".to_string(), 2),
+        ]
+    );
+    assert_eq!(
+        sent(1),
+        [
+            (Role::System, "Be brief.".to_string(), 0),
+            (Role::User, "hello".to_string(), 2),
+            (Role::Assistant, "ok".to_string(), 0),
+            (Role::User, "and now?".to_string(), 0),
+        ]
+    );
 }
 
 /// An upstream that answers `400 context_length_exceeded` to its first `refusals` requests and
@@ -1597,6 +1661,8 @@ mod every_store {
         the_context_budget_drops_the_oldest_and_keeps_the_system_prompt,
         #[tokio::test]
         a_long_chat_reads_and_sends_only_what_the_budget_holds,
+        #[tokio::test]
+        a_chats_first_send_reads_no_history,
         #[tokio::test]
         a_request_refused_as_too_long_is_sent_again_with_less_history,
         #[tokio::test]

@@ -85,7 +85,10 @@ impl ChatSession for Session {
             live.publisher.abort().await?;
             return self.existing_reply(appended.message, &options).await;
         }
-        self.start(live, user, assistant, false, &options).await
+        // A chat's first turn is its whole history: the reply starts without reading it back.
+        let first_turn = appended.first_in_chat;
+        self.start(live, user, assistant, false, first_turn, &options)
+            .await
     }
 
     async fn regenerate_with(&self, options: SendOptions) -> Result<ReplyHandle> {
@@ -234,16 +237,19 @@ impl Session {
             let _ = live.publisher.abort().await;
             return Err(e);
         }
-        self.start(live, user, assistant, replacing, options).await
+        self.start(live, user, assistant, replacing, false, options)
+            .await
     }
 
     /// The request for the next reply, with `options`: the system prompt, the history the
     /// context budget holds (leaving out the replies to `superseded_replies_to`), and the
-    /// options.
+    /// options. With `first_turn`, the chat holds that user message alone (and the reply being
+    /// generated), so the history is not read from the store.
     async fn build_request(
         &self,
         options: &SendOptions,
         superseded_replies_to: Option<MessageId>,
+        first_turn: Option<&Message>,
     ) -> Result<(ChatRequest, Built)> {
         let inner = &self.service.inner;
         let settings = &inner.settings;
@@ -278,27 +284,26 @@ impl Session {
             limit,
             overhead,
         };
-        let (mut request, built) = build_request(
-            inner.store.as_ref(),
-            &self.key,
-            &plan,
-            superseded_replies_to,
-        )
-        .await?;
+        let history = match first_turn {
+            Some(user) => stream::iter([Ok(user.clone())]).boxed(),
+            None => inner.store.newest_first(&self.key),
+        };
+        let (mut request, built) = build_request(history, &plan, superseded_replies_to).await?;
         // The system prompt is already the one these options ask for: the first message.
         options.apply_to(&mut request, system.is_some());
         Ok((request, built))
     }
 
-    /// Starts the reply task for `assistant`, already stored as `streaming`. Should that fail,
-    /// the stored reply is marked `failed` with the error, so it does not wait for crash
-    /// recovery.
+    /// Starts the reply task for `assistant`, already stored as `streaming`; with `first_turn`,
+    /// `user` is the chat's first message. Should that fail, the stored reply is marked
+    /// `failed` with the error, so it does not wait for crash recovery.
     async fn start(
         &self,
         live: LiveReply,
         user: Message,
         mut assistant: Message,
         replacing: bool,
+        first_turn: bool,
         options: &SendOptions,
     ) -> Result<ReplyHandle> {
         let inner = &self.service.inner;
@@ -308,7 +313,11 @@ impl Session {
         } = live;
         let started = async {
             let (request, built) = self
-                .build_request(options, replacing.then_some(user.id))
+                .build_request(
+                    options,
+                    replacing.then_some(user.id),
+                    first_turn.then_some(&user),
+                )
                 .await?;
             publisher
                 .publish(EventPayload::Start {

@@ -2,12 +2,9 @@
 
 use std::collections::HashSet;
 
-use futures::TryStreamExt;
+use futures::{TryStreamExt, stream::BoxStream};
 
-use crate::{
-    ChatKey, ChatRequest, MessageId, MessageStatus, MessageStore, MessageStoreExt, RequestMessage,
-    Result, Role,
-};
+use crate::{ChatRequest, Message, MessageId, MessageStatus, RequestMessage, Result, Role};
 
 use super::tokens::{DEFAULT_CONTEXT_WINDOW, TokenCounter, context_window};
 
@@ -312,12 +309,11 @@ impl Built {
     }
 }
 
-/// The request for a reply in `chat`: the system prompt, then the newest history that fits the
-/// plan's limit. With `superseded_replies_to`, the replies already given to that user message
+/// The request for a reply: the system prompt, then the newest of the chat's `messages` (given
+/// newest first) that fit the plan's limit. With `superseded_replies_to`, the replies already given to that user message
 /// are left out (a regenerated reply replaces them).
 pub(super) async fn build_request(
-    store: &dyn MessageStore,
-    chat: &ChatKey,
+    mut messages: BoxStream<'_, Result<Message>>,
     plan: &Plan<'_>,
     superseded_replies_to: Option<MessageId>,
 ) -> Result<(ChatRequest, Built)> {
@@ -331,7 +327,6 @@ pub(super) async fn build_request(
             .map_or(0, |m| limit.map_or(0, |l| l.cost(m)));
     let mut picker = Picker::new(limit, used);
     let mut answered: HashSet<MessageId> = superseded_replies_to.into_iter().collect();
-    let mut messages = store.newest_first(chat);
     while let Some(m) = messages.try_next().await? {
         // The reply being generated (and any stale one) is not context; an assistant message
         // that ended early is, with the part it got to.

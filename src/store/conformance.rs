@@ -328,6 +328,11 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
         .collect();
     let history = all_history(store, &chat.key()).await;
     assert_one_created(b, &results, &history);
+    assert!(
+        results.iter().all(|r| r.first_in_chat == r.created),
+        "[{b}] the send stored in an empty chat is its first message (`first_in_chat`), the \
+         repeats are not"
+    );
     let original = history[0].clone();
 
     let again =
@@ -345,6 +350,10 @@ pub async fn idempotent_append(store: &dyn MessageStore) {
     let other =
         message_at(&chat.key(), Role::User, "second", now()).with_client_message_id("send-2");
     let second = ok(store, store.append_idempotent(&other).await, "new key");
+    assert!(
+        !second.first_in_chat,
+        "[{b}] a chat's second message is not its first"
+    );
     assert!(
         second.created && second.message == other,
         "[{b}] a new key stores a new message"
@@ -420,6 +429,10 @@ pub async fn turns(store: &dyn MessageStore) {
         "[{b}] a new turn is created and returns its user message"
     );
     assert!(
+        first.first_in_chat,
+        "[{b}] the turn that creates a chat is its first (`first_in_chat`)"
+    );
+    assert!(
         ok(store, store.get_chat(&chat).await, "get_chat").is_some(),
         "[{b}] append_turn creates a missing chat"
     );
@@ -431,14 +444,15 @@ pub async fn turns(store: &dyn MessageStore) {
 
     // The next turn comes after the earlier messages, in an existing chat.
     let (keyed, keyed_reply) = turn(&chat, "second", Some("turn-1"));
+    let second = ok(
+        store,
+        store.append_turn(&keyed, &keyed_reply).await,
+        "append_turn",
+    );
+    assert!(second.created, "[{b}] a turn with a new key is created");
     assert!(
-        ok(
-            store,
-            store.append_turn(&keyed, &keyed_reply).await,
-            "append_turn"
-        )
-        .created,
-        "[{b}] a turn with a new key is created"
+        !second.first_in_chat,
+        "[{b}] a chat's second turn is not its first"
     );
     assert_eq!(
         ids(&all_history(store, &chat).await),
@@ -454,8 +468,21 @@ pub async fn turns(store: &dyn MessageStore) {
         "repeat turn",
     );
     assert!(
-        !repeat.created && repeat.message == keyed,
+        !repeat.created && repeat.message == keyed && !repeat.first_in_chat,
         "[{b}] a repeated key returns the original user message and creates nothing"
+    );
+
+    // A chat created empty: its first turn is its first message.
+    let empty = new_chat(store).await.key();
+    let (opening, opening_reply) = turn(&empty, "opening", None);
+    assert!(
+        ok(
+            store,
+            store.append_turn(&opening, &opening_reply).await,
+            "append_turn"
+        )
+        .first_in_chat,
+        "[{b}] the first turn of a chat created empty is its first"
     );
     assert_eq!(
         all_history(store, &chat).await.len(),
@@ -478,6 +505,11 @@ pub async fn turns(store: &dyn MessageStore) {
         winners.len(),
         1,
         "[{b}] exactly one of {DUPLICATE_SENDS} identical turns is created"
+    );
+    assert!(
+        results[winners[0]].first_in_chat
+            && results.iter().filter(|r| r.first_in_chat).count() == 1,
+        "[{b}] of identical turns in a new chat, the one created is the chat's first"
     );
     let (won_user, won_reply) = &turns[winners[0]];
     assert!(

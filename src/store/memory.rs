@@ -70,7 +70,8 @@ fn not_found(what: &'static str, id: impl ToString) -> Error {
 }
 
 impl Inner {
-    fn push(&mut self, message: &Message) -> Result<()> {
+    /// Stores `message` in its (existing) chat; its sequence number in the chat.
+    fn push(&mut self, message: &Message) -> Result<u64> {
         if self.messages.contains_key(&message.id) {
             return Err(Error::AlreadyExists {
                 what: "message",
@@ -100,7 +101,7 @@ impl Inner {
             chat.updated_at = chat.updated_at.max(message.updated_at);
         }
         self.messages.insert(message.id, (seq, message.clone()));
-        Ok(())
+        Ok(seq)
     }
 }
 
@@ -188,7 +189,7 @@ impl MessageStore for MemoryStore {
     }
 
     async fn append(&self, message: &Message) -> Result<()> {
-        self.lock().push(message)
+        self.lock().push(message).map(|_| ())
     }
 
     async fn append_idempotent(&self, message: &Message) -> Result<Appended> {
@@ -205,12 +206,64 @@ impl MessageStore for MemoryStore {
             return Ok(Appended {
                 message: original.clone(),
                 created: false,
+                first_in_chat: false,
             });
         }
-        inner.push(message)?;
+        let seq = inner.push(message)?;
         Ok(Appended {
             message: message.clone(),
             created: true,
+            first_in_chat: seq == 0,
+        })
+    }
+
+    async fn append_turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        super::same_chat(user, reply)?;
+        let mut inner = self.lock();
+        let entry = inner.chats.entry(user.key()).or_default();
+        if entry.chat.is_none() {
+            let now = Utc::now();
+            entry.chat = Some(Chat {
+                owner: user.owner.clone(),
+                id: user.chat_id.clone(),
+                title: None,
+                created_at: now,
+                updated_at: now,
+            });
+        }
+        let original = user
+            .client_message_id
+            .as_deref()
+            .and_then(|key| entry.by_client_key.get(key))
+            .copied();
+        if let Some((_, original)) = original.and_then(|id| inner.messages.get(&id)) {
+            return Ok(Appended {
+                message: original.clone(),
+                created: false,
+                first_in_chat: false,
+            });
+        }
+        // All or nothing: what would refuse the reply is checked before the user message is
+        // stored.
+        let reply_key_taken = reply.client_message_id.as_deref().is_some_and(|key| {
+            inner
+                .chats
+                .get(&reply.key())
+                .is_some_and(|e| e.by_client_key.contains_key(key))
+                || user.client_message_id.as_deref() == Some(key)
+        });
+        if inner.messages.contains_key(&reply.id) || reply.id == user.id || reply_key_taken {
+            return Err(Error::AlreadyExists {
+                what: "message",
+                id: reply.id.to_string(),
+            });
+        }
+        let seq = inner.push(user)?;
+        inner.push(reply)?;
+        Ok(Appended {
+            message: user.clone(),
+            created: true,
+            first_in_chat: seq == 0,
         })
     }
 

@@ -114,7 +114,7 @@ impl HistoryPage {
     }
 }
 
-/// What [`MessageStore::append_idempotent`] did.
+/// What [`MessageStore::append_idempotent`] or [`MessageStore::append_turn`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {
     /// The stored message: the new one, or the original one when this was a repeat.
@@ -122,6 +122,13 @@ pub struct Appended {
     /// `true` when the message was stored now, `false` when a message with the same client
     /// message id already existed in the chat.
     pub created: bool,
+    /// `true` when the message, stored now, is the first of its chat: nothing was stored in the
+    /// chat before it, so after [`append_turn`](MessageStore::append_turn) the chat holds just
+    /// the turn. A session then starts the reply without reading the history back.
+    ///
+    /// A hint: a store that cannot tell cheaply says `false`, which only costs its caller that
+    /// read. The crate's stores tell.
+    pub first_in_chat: bool,
 }
 
 /// Persistence for chats and messages, scoped by owner.
@@ -244,6 +251,7 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
             Appended {
                 message: user.clone(),
                 created: true,
+                first_in_chat: false,
             }
         };
         if appended.created {

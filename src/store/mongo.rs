@@ -650,7 +650,8 @@ struct ReplyTaken;
 
 /// What an insert inside a transaction did.
 enum Insert {
-    Created,
+    /// Stored, with this sequence number in its chat (0 for the chat's first message).
+    Created { seq: i64 },
     /// The chat already has a message with the key: nothing was written.
     Existing(Box<MessageDoc>),
     /// There is no such chat: nothing was written.
@@ -716,12 +717,16 @@ impl MongoStore {
             .insert_one(MessageDoc::new(message, seq))
             .session(session)
             .await?;
-        Ok(Insert::Created)
+        Ok(Insert::Created { seq })
     }
 
     /// Appends `message` in a transaction of its own; with `key`, returns the chat's existing
     /// message with that client key instead, if there is one.
-    async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
+    async fn insert(
+        &self,
+        message: &Message,
+        key: Option<&str>,
+    ) -> Result<std::result::Result<i64, Message>> {
         let inserted = self
             .transaction((self, message, key), |session, context| {
                 let (store, message, key) = *context;
@@ -729,10 +734,10 @@ impl MongoStore {
             })
             .await;
         match inserted {
-            Ok(Insert::Created) => Ok(None),
-            Ok(Insert::Existing(original)) => original.into_message().map(Some),
+            Ok(Insert::Created { seq }) => Ok(Ok(seq)),
+            Ok(Insert::Existing(original)) => original.into_message().map(Err),
             Ok(Insert::NoChat) => Err(not_found("chat", &message.chat_id)),
-            Err(e) if is_duplicate_key(&e) => self.after_duplicate(message, key).await.map(Some),
+            Err(e) if is_duplicate_key(&e) => self.after_duplicate(message, key).await.map(Err),
             Err(e) => Err(store_error("append message", e)),
         }
     }
@@ -817,7 +822,7 @@ impl MongoStore {
             .session(&mut *session)
             .await
         {
-            Ok(_) => Ok(Insert::Created),
+            Ok(_) => Ok(Insert::Created { seq }),
             // Neither message is kept: the whole turn fails.
             Err(e) if is_duplicate_key(&e) => Err(mongodb::error::Error::custom(ReplyTaken)),
             Err(e) => Err(e),
@@ -942,13 +947,15 @@ impl MessageStore for MongoStore {
             Error::invalid("message", "append_idempotent needs a client message id")
         })?;
         Ok(match self.insert(message, Some(key)).await? {
-            Some(original) => Appended {
+            Err(original) => Appended {
                 message: original,
                 created: false,
+                first_in_chat: false,
             },
-            None => Appended {
+            Ok(seq) => Appended {
                 message: as_stored(message),
                 created: true,
+                first_in_chat: seq == 0,
             },
         })
     }
@@ -964,13 +971,15 @@ impl MessageStore for MongoStore {
             })
             .await;
         match inserted {
-            Ok(Insert::Created) => Ok(Appended {
+            Ok(Insert::Created { seq }) => Ok(Appended {
                 message: as_stored(user),
                 created: true,
+                first_in_chat: seq == 0,
             }),
             Ok(Insert::Existing(original)) => Ok(Appended {
                 message: original.into_message()?,
                 created: false,
+                first_in_chat: false,
             }),
             // The chat was upserted in the same transaction.
             Ok(Insert::NoChat) => Err(not_found("chat", &user.chat_id)),
@@ -980,6 +989,7 @@ impl MessageStore for MongoStore {
             Err(e) if is_duplicate_key(&e) => Ok(Appended {
                 message: self.after_duplicate(user, key).await?,
                 created: false,
+                first_in_chat: false,
             }),
             Err(e) => Err(store_error("append turn", e)),
         }

@@ -286,13 +286,14 @@ impl SqlBackend for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(err("append turn"))?;
-        match sql.insert_in(&mut tx, user, key).await? {
-            Insert::Created => {}
+        let seq = match sql.insert_in(&mut tx, user, key).await? {
+            Insert::Created { seq } => seq,
             Insert::Existing(original) => {
                 tx.rollback().await.map_err(err("append turn"))?;
                 return Ok(Appended {
                     message: *original,
                     created: false,
+                    first_in_chat: false,
                 });
             }
             Insert::Duplicate => {
@@ -300,11 +301,12 @@ impl SqlBackend for PostgresStore {
                 return Ok(Appended {
                     message: sql.after_duplicate(user, key).await?,
                     created: false,
+                    first_in_chat: false,
                 });
             }
-        }
+        };
         match sql.insert_in(&mut tx, reply, None).await? {
-            Insert::Created => {}
+            Insert::Created { .. } => {}
             Insert::Existing(_) | Insert::Duplicate => {
                 // Neither message is kept: the whole turn fails.
                 tx.rollback().await.map_err(err("append turn"))?;
@@ -318,6 +320,7 @@ impl SqlBackend for PostgresStore {
         Ok(Appended {
             message: sql::as_stored::<Self>(user),
             created: true,
+            first_in_chat: seq == 0,
         })
     }
 

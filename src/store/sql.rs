@@ -247,7 +247,8 @@ type Row<B> = <<B as SqlBackend>::Db as Database>::Row;
 
 /// What [`Sql::insert_in`] did.
 pub(crate) enum Insert {
-    Created,
+    /// Stored, with this sequence number in its chat (0 for the chat's first message).
+    Created { seq: i64 },
     /// The chat already has a message with the key: nothing was written.
     Existing(Box<Message>),
     /// A unique constraint refused the row; the transaction must be dropped.
@@ -374,33 +375,40 @@ where
             Error::invalid("message", "append_idempotent needs a client message id")
         })?;
         Ok(match self.insert(message, Some(key)).await? {
-            Some(original) => super::Appended {
+            Err(original) => super::Appended {
                 message: original,
                 created: false,
+                first_in_chat: false,
             },
-            None => super::Appended {
+            Ok(seq) => super::Appended {
                 message: as_stored::<B>(message),
                 created: true,
+                first_in_chat: seq == 0,
             },
         })
     }
 
-    /// Appends `message`; with `key`, returns the chat's existing message with that client
-    /// message id instead, if there is one.
-    async fn insert(&self, message: &Message, key: Option<&str>) -> Result<Option<Message>> {
+    /// Appends `message`, `Ok(seq)` with its sequence number in the chat; with `key`, gives
+    /// the chat's existing message with that client message id instead (`Err`), if there is
+    /// one.
+    async fn insert(
+        &self,
+        message: &Message,
+        key: Option<&str>,
+    ) -> Result<std::result::Result<i64, Message>> {
         let (_writing, mut tx) = self.0.begin_write("append message").await?;
         match self.insert_in(&mut tx, message, key).await? {
-            Insert::Created => {
+            Insert::Created { seq } => {
                 tx.commit().await.map_err(err::<B>("append message"))?;
-                Ok(None)
+                Ok(Ok(seq))
             }
             Insert::Existing(original) => {
                 tx.rollback().await.map_err(err::<B>("append message"))?;
-                Ok(Some(*original))
+                Ok(Err(*original))
             }
             Insert::Duplicate => {
                 drop(tx);
-                self.after_duplicate(message, key).await.map(Some)
+                self.after_duplicate(message, key).await.map(Err)
             }
         }
     }
@@ -447,7 +455,7 @@ where
             .execute(&mut **tx)
             .await;
         match inserted {
-            Ok(_) => Ok(Insert::Created),
+            Ok(_) => Ok(Insert::Created { seq }),
             Err(e) if is_unique_violation(&e) => Ok(Insert::Duplicate),
             Err(e) => Err(store_error(B::BACKEND, "append message", e)),
         }

@@ -9,6 +9,8 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{self, Columns, Sql, SqlBackend, Statements, chat_columns, message_columns};
+use sqlx::Row as _;
+
 use super::{Appended, MessageStore};
 use crate::{Error, Message, Result};
 
@@ -325,17 +327,19 @@ impl SqlBackend for SqliteStore {
             }
             Err(e) => return Err(sql::store_error(Self::BACKEND, "append turn", e)),
         };
-        let stored = rows
-            .first()
-            .map(Sql::<Self>::decode_message)
-            .transpose()?
-            .ok_or_else(|| Error::Store {
-                backend: Self::BACKEND,
-                message: "append turn: the user message is missing after the write".into(),
-                source: None,
-            })?;
+        let row = rows.first().ok_or_else(|| Error::Store {
+            backend: Self::BACKEND,
+            message: "append turn: the user message is missing after the write".into(),
+            source: None,
+        })?;
+        let stored = Sql::<Self>::decode_message(row)?;
+        let seq: i64 = row
+            .try_get("seq")
+            .map_err(sql::err::<Self>("append turn"))?;
+        let created = stored.id == user.id;
         Ok(Appended {
-            created: stored.id == user.id,
+            created,
+            first_in_chat: created && seq == 0,
             message: stored,
         })
     }
@@ -378,7 +382,7 @@ COMMIT;";
 /// A turn as one script (see [`SqliteStore::script`]): the chat if it is new; the user message
 /// unless the chat already has its client message id; the reply only if the user message was
 /// stored now, each with the chat's next sequence number; then the stored user message (the new
-/// one or the original) comes back.
+/// one or the original) comes back, with its sequence number.
 const TURN_SCRIPT: &str = concat!(
     "BEGIN IMMEDIATE;
 INSERT INTO chats (owner, id, title, created_at, updated_at) VALUES (?, ?, NULL, ?, ?)
@@ -399,7 +403,7 @@ UPDATE chats SET next_seq = next_seq + 2, updated_at = MAX(updated_at, ?)
     WHERE owner = ? AND id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?);
 SELECT ",
     message_columns!(),
-    " FROM messages
+    ", seq FROM messages
     WHERE owner = ? AND (id = ? OR (chat_id = ? AND client_message_id = ?));
 COMMIT;"
 );
