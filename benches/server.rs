@@ -36,7 +36,9 @@
 //! Linux only (`/proc`). 1,000 streams need about 2,300 open files in the server process: the
 //! bench checks `RLIMIT_NOFILE` first and says which `ulimit -n` to run.
 //!
-//! `cargo bench --bench server`; `CHATSTREAM_BENCH_QUICK=1` for a smoke run with small counts.
+//! `cargo bench --bench server`; `CHATSTREAM_BENCH_QUICK=1` for a smoke run with small counts;
+//! `CHATSTREAM_BENCH_STORE=memory` runs the chatstream servers on the memory store instead of
+//! SQLite.
 //! The upstream reads the token count and delay from the user message (`tokens=N delay_ms=D`,
 //! and `start_at_ms=T` to hold the first token until `T` milliseconds after the Unix epoch), so
 //! one upstream serves every scenario. Deltas/s counts the tokens in the text the client
@@ -302,9 +304,13 @@ async fn chatstream_router(upstream: &str, db: &str, observed: bool) -> Router {
         .build()
         .expect("provider");
     let provider = chatstream::provider::resilient(openai);
-    let store = chatstream::store::open(&format!("sqlite://{db}"))
-        .await
-        .expect("store");
+    // `CHATSTREAM_BENCH_STORE=memory` puts the stateful path on the memory store instead, to
+    // tell what SQLite adds to its figures.
+    let url = match std::env::var("CHATSTREAM_BENCH_STORE").as_deref() {
+        Ok("memory") => "memory".to_string(),
+        _ => format!("sqlite://{db}"),
+    };
+    let store = chatstream::store::open(&url).await.expect("store");
     store.recover_streaming(None).await.expect("recover");
     let service = ChatService::builder()
         .provider(provider)

@@ -136,7 +136,9 @@ fn checkpoint(c: &mut Criterion) {
 
 /// What a send costs the store before its reply can start, in a new chat: the turn (chat, user
 /// message, reply placeholder) and the history read that builds the request. Beside it, the same
-/// writes made one by one (`get_or_create_chat`, `append`, `append`), as the trait's default does.
+/// writes made one by one (`get_or_create_chat`, `append`, `append`), as the trait's default does,
+/// and the turn alone, which is all a session asks of the store for a chat's first send (the
+/// store says `first_in_chat`, and the request is built without the read).
 fn turn(c: &mut Criterion) {
     use chatstream::MessageStoreExt;
     let rt = runtime();
@@ -151,6 +153,16 @@ fn turn(c: &mut Criterion) {
                 let reply = Message::assistant_streaming(&chat).replying_to(user.id);
                 assert!(store.append_turn(&user, &reply).await.unwrap().created);
                 store.history(&chat, HistoryPage::newest(64)).await.unwrap()
+            });
+        });
+        group.bench_function(BenchmarkId::new("first_turn_no_read", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let chat = ChatKey::new(owner(), ChatId::generate());
+                let user = Message::user(&chat, CHUNK);
+                let reply = Message::assistant_streaming(&chat).replying_to(user.id);
+                let appended = store.append_turn(&user, &reply).await.unwrap();
+                assert!(appended.created && appended.first_in_chat);
+                appended
             });
         });
         group.bench_function(BenchmarkId::new("one_by_one", name), |b| {
