@@ -882,6 +882,20 @@ async fn the_context_budget_drops_the_oldest_and_keeps_the_system_prompt(store: 
 /// and the request it sends fits that budget, with the default budget (the window assumed for
 /// a model the table does not know) and with a window set for one send (counted by OpenAI's
 /// tokenizer for `gpt-4o`).
+/// A service on a recording of `store`, with the system prompt "Be brief." and a provider that
+/// answers every request "ok".
+fn recorded_service(store: &DynMessageStore) -> (Arc<Recording>, ScriptedProvider, ChatService) {
+    let recording = Recording::new(store.clone());
+    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
+    let service = ChatService::builder()
+        .provider(Arc::new(provider.clone()))
+        .store(recording.clone())
+        .system_prompt("Be brief.")
+        .build()
+        .unwrap();
+    (recording, provider, service)
+}
+
 async fn a_long_chat_reads_and_sends_only_what_the_budget_holds(store: DynMessageStore) {
     const HISTORY: usize = 5_000;
     let chat_id = chat();
@@ -901,14 +915,7 @@ async fn a_long_chat_reads_and_sends_only_what_the_budget_holds(store: DynMessag
             .await
             .unwrap();
     }
-    let recording = Recording::new(store.clone());
-    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
-    let service = ChatService::builder()
-        .provider(Arc::new(provider.clone()))
-        .store(recording.clone())
-        .system_prompt("Be brief.")
-        .build()
-        .unwrap();
+    let (recording, provider, service) = recorded_service(&store);
     let session = service.session(chat_id.clone());
     let sends = [
         (SendOptions::default(), "scripted"),
@@ -969,14 +976,7 @@ async fn a_long_chat_reads_and_sends_only_what_the_budget_holds(store: DynMessag
 /// A chat's first send starts its reply without reading the history back (the store said the
 /// turn is the chat's first); the request is the same as with the read. The next send reads it.
 async fn a_chats_first_send_reads_no_history(store: DynMessageStore) {
-    let recording = Recording::new(store.clone());
-    let provider = ScriptedProvider::new().repeat(Script::reply(["ok"]));
-    let service = ChatService::builder()
-        .provider(Arc::new(provider.clone()))
-        .store(recording.clone())
-        .system_prompt("Be brief.")
-        .build()
-        .unwrap();
+    let (recording, provider, service) = recorded_service(&store);
     let session = service.session(chat());
     let first = session
         .send(UserInput::new("hello").with_image_url("https://example.com/cat.png"))

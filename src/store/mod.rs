@@ -212,13 +212,15 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// When `user` has a `client_message_id` that the chat already holds, nothing is written and
     /// the original user message comes back with `created: false`, as with
     /// [`append_idempotent`](MessageStore::append_idempotent); otherwise `created: true` and
-    /// both messages are stored. Fails with [`Error::Invalid`](crate::Error::Invalid) when the
+    /// both messages are stored, with `first_in_chat` telling whether the chat held nothing
+    /// before them (a session then builds the request without reading the history back). Fails with [`Error::Invalid`](crate::Error::Invalid) when the
     /// two messages are not of one chat (one owner, one chat id).
     ///
     /// This is what a session does on every send, before the reply can start: the crate's
     /// backends do it in one transaction (all or nothing, one commit). The default calls
     /// [`get_or_create_chat`](MessageStoreExt::get_or_create_chat), `append_idempotent` (or
-    /// `append`) and `append` in turn.
+    /// `append`) and `append` in turn, and passes on `append_idempotent`'s `first_in_chat`
+    /// (`false` after a plain `append`, which cannot tell).
     ///
     /// ```
     /// use chatstream::{ChatKey, Message, MessageStore, store::{HistoryPage, MemoryStore}};
@@ -228,7 +230,8 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// let chat = ChatKey::new("alice".parse()?, "support-42".parse()?);
     /// let user = Message::user(&chat, "hi").with_client_message_id("k1");
     /// let reply = Message::assistant_streaming(&chat).replying_to(user.id);
-    /// assert!(store.append_turn(&user, &reply).await?.created);
+    /// let first = store.append_turn(&user, &reply).await?;
+    /// assert!(first.created && first.first_in_chat);
     /// // The same key again: nothing new is stored.
     /// let again = Message::user(&chat, "hi").with_client_message_id("k1");
     /// let retry = Message::assistant_streaming(&chat).replying_to(again.id);
