@@ -93,15 +93,24 @@ impl ReplyRun {
             self.message.id,
         );
         let span = telemetry.span();
-        self.generate(request, built, telemetry).instrument(span)
+        // Kept for the one retry with less history, should the model refuse it as too long;
+        // boxed, and dropped at the first output, so that a live reply's task does not carry a
+        // request (the task's future holds only what every live reply needs).
+        let too_long_retry = Some(Box::new((request.clone(), built)));
+        // In the reply's span, as the task's polls of it will be.
+        let upstream = span.in_scope(|| provider.stream(request));
+        self.generate(upstream, too_long_retry, telemetry)
+            .instrument(span)
     }
 
-    async fn generate(mut self, request: ChatRequest, built: Built, mut telemetry: ReplyTelemetry) {
+    async fn generate(
+        mut self,
+        mut upstream: crate::DeltaStream,
+        mut too_long_retry: Option<Box<(ChatRequest, Built)>>,
+        mut telemetry: ReplyTelemetry,
+    ) {
         let service = self.service.clone();
         let settings = &service.settings;
-        // Kept for the one retry with less history, should the model refuse it as too long.
-        let mut too_long_retry = Some((request.clone(), built));
-        let mut upstream = service.provider.stream(request);
         let mut acc = Accumulator::new();
         let token = self.cancel.clone();
         let mut cancelled = pin!(token.cancelled());
@@ -137,7 +146,9 @@ impl ReplyRun {
                     }
                 }
                 () = tick(&mut watch) => {
-                    if self.unwatched_for_too_long(&mut unwatched_since).await {
+                    // Boxed, as the other rare awaits below: the task's future is sized by its
+                    // largest await, for the whole life of the reply.
+                    if Box::pin(self.unwatched_for_too_long(&mut unwatched_since)).await {
                         break End::Cancelled;
                     }
                 }
@@ -174,9 +185,9 @@ impl ReplyRun {
                             && !acc.has_output()
                             && let Some((smaller, _)) = too_long_retry
                                 .take()
-                                .and_then(|(request, built)| built.tighten(&request))
+                                .and_then(|retry| retry.1.tighten(&retry.0))
                         {
-                            upstream = self.retry_shorter(smaller, &e).await;
+                            upstream = Box::pin(self.retry_shorter(smaller, &e)).await;
                             continue;
                         }
                         break End::Failed(e);
