@@ -310,8 +310,8 @@ impl Built {
 }
 
 /// The request for a reply: the system prompt, then the newest of the chat's `messages` (given
-/// newest first) that fit the plan's limit. With `superseded_replies_to`, the replies already given to that user message
-/// are left out (a regenerated reply replaces them).
+/// newest first) that fit the plan's limit. With `superseded_replies_to`, the replies already
+/// given to that user message are left out (a regenerated reply replaces them).
 pub(super) async fn build_request(
     mut messages: BoxStream<'_, Result<Message>>,
     plan: &Plan<'_>,

@@ -213,8 +213,9 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// the original user message comes back with `created: false`, as with
     /// [`append_idempotent`](MessageStore::append_idempotent); otherwise `created: true` and
     /// both messages are stored, with `first_in_chat` telling whether the chat held nothing
-    /// before them (a session then builds the request without reading the history back). Fails with [`Error::Invalid`](crate::Error::Invalid) when the
-    /// two messages are not of one chat (one owner, one chat id).
+    /// before them (a session then builds the request without reading the history back).
+    /// Fails with [`Error::Invalid`](crate::Error::Invalid) when the two messages are not of one
+    /// chat (one owner, one chat id).
     ///
     /// This is what a session does on every send, before the reply can start: the crate's
     /// backends do it in one transaction (all or nothing, one commit). The default calls
