@@ -882,6 +882,27 @@ async fn the_context_budget_drops_the_oldest_and_keeps_the_system_prompt(store: 
 /// and the request it sends fits that budget, with the default budget (the window assumed for
 /// a model the table does not know) and with a window set for one send (counted by OpenAI's
 /// tokenizer for `gpt-4o`).
+/// A new chat of `n` messages, user and assistant in turn, the `i`th saying `text(i)`.
+async fn seeded_chat(store: &DynMessageStore, n: usize, text: impl Fn(usize) -> String) -> ChatId {
+    let chat_id = chat();
+    store
+        .create_chat(&UserId::anonymous(), Some(chat_id.clone()), None)
+        .await
+        .unwrap();
+    for i in 0..n {
+        let role = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        store
+            .append(&Message::new(chat_id.clone(), role, text(i)))
+            .await
+            .unwrap();
+    }
+    chat_id
+}
+
 /// A service on a recording of `store`, with the system prompt "Be brief." and a provider that
 /// answers every request "ok".
 fn recorded_service(store: &DynMessageStore) -> (Arc<Recording>, ScriptedProvider, ChatService) {
@@ -898,23 +919,10 @@ fn recorded_service(store: &DynMessageStore) -> (Arc<Recording>, ScriptedProvide
 
 async fn a_long_chat_reads_and_sends_only_what_the_budget_holds(store: DynMessageStore) {
     const HISTORY: usize = 5_000;
-    let chat_id = chat();
-    store
-        .create_chat(&UserId::anonymous(), Some(chat_id.clone()), None)
-        .await
-        .unwrap();
-    for i in 0..HISTORY {
-        let role = if i % 2 == 0 {
-            Role::User
-        } else {
-            Role::Assistant
-        };
-        let text = format!("message {i}: {}", "lorem ipsum dolor sit amet ".repeat(3));
-        store
-            .append(&Message::new(chat_id.clone(), role, text))
-            .await
-            .unwrap();
-    }
+    let chat_id = seeded_chat(&store, HISTORY, |i| {
+        format!("message {i}: {}", "lorem ipsum dolor sit amet ".repeat(3))
+    })
+    .await;
     let (recording, provider, service) = recorded_service(&store);
     let session = service.session(chat_id.clone());
     let sends = [
@@ -1060,22 +1068,7 @@ async fn refusing_upstream(
         provider,
         chatstream::resilience::RetryPolicy::default(),
     );
-    let chat_id = chat();
-    store
-        .create_chat(&UserId::anonymous(), Some(chat_id.clone()), None)
-        .await
-        .unwrap();
-    for i in 0..history {
-        let role = if i % 2 == 0 {
-            Role::User
-        } else {
-            Role::Assistant
-        };
-        store
-            .append(&Message::new(chat_id.clone(), role, format!("message {i}")))
-            .await
-            .unwrap();
-    }
+    let chat_id = seeded_chat(&store, history, |i| format!("message {i}")).await;
     let service = ChatService::builder()
         .provider(Arc::new(provider))
         .store(store)
