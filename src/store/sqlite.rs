@@ -278,6 +278,9 @@ impl SqlBackend for SqliteStore {
     }
 
     async fn turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
+        // In the writers' queue first: a turn waiting there holds only its messages, not the
+        // bound arguments too (at a burst of new chats, a thousand of them wait at once).
+        let slot = self.writer.lock().await;
         let sql = Sql(self);
         let (u, r) = (Columns::of::<Self>(user)?, Columns::of::<Self>(reply)?);
         let (owner, chat) = (user.owner.as_str(), user.chat_id.as_str());
@@ -310,7 +313,7 @@ impl SqlBackend for SqliteStore {
             .bind(user_id)
             .bind(chat)
             .bind(key);
-        let rows = match self.script(query).await {
+        let rows = match self.script(slot, query).await {
             Ok(rows) => rows,
             Err(e) if sql::is_unique_violation(&e) => {
                 // The key check in the script makes this unreachable for a repeated key; a taken
@@ -345,6 +348,9 @@ impl SqlBackend for SqliteStore {
     }
 
     async fn checkpoint(&self, message: &Message) -> Result<()> {
+        // Queued first, bound after, as in `turn`: every live reply may have a checkpoint
+        // waiting for the writer.
+        let slot = self.writer.lock().await;
         let query = Sql(self)
             .bind_checkpoint(sqlx::query(UPDATE_SCRIPT), message)?
             .bind(nanos(message.updated_at)?)
@@ -352,7 +358,7 @@ impl SqlBackend for SqliteStore {
             .bind(message.id.as_uuid())
             .bind(message.owner.as_str());
         let rows = self
-            .script(query)
+            .script(slot, query)
             .await
             .map_err(sql::err::<Self>("update message"))?;
         if rows.is_empty() {
@@ -425,7 +431,8 @@ impl Drop for ScriptConnection {
 
 impl SqliteStore {
     /// Runs a write script (`BEGIN IMMEDIATE; …; COMMIT;`) and returns the rows its statements
-    /// return.
+    /// return. `slot` is the writers' queue, taken before the script's arguments were bound; it
+    /// is let go when the script ends.
     ///
     /// The statements go to the connection's thread as one query: one round trip instead of one
     /// per statement, which is most of what a small write costs (measured with
@@ -434,9 +441,9 @@ impl SqliteStore {
     /// its future is dropped part-way (the connection is closed, which rolls back).
     async fn script(
         &self,
+        mut slot: tokio::sync::MutexGuard<'_, WriteSlot>,
         query: SqliteQuery<'_>,
     ) -> std::result::Result<Vec<SqliteRow>, sqlx::Error> {
-        let mut slot = self.writer.lock().await;
         let conn = match slot.conn.take() {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
