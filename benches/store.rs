@@ -181,6 +181,62 @@ fn turn(c: &mut Criterion) {
     backends.finish(&rt);
 }
 
+/// Turns of this many new chats, sent at once or one after another.
+const BURST: usize = 100;
+
+/// New chats' first turns sent at once (the SQLite store groups the writes that queue into
+/// shared commits) against the same turns sent one after another.
+fn burst(c: &mut Criterion) {
+    let rt = runtime();
+    let backends = backends(&rt);
+    let mut group = c.benchmark_group("turn_burst_100");
+    let turns = || {
+        (0..BURST)
+            .map(|_| {
+                let chat = ChatKey::new(owner(), ChatId::generate());
+                let user = Message::user(&chat, CHUNK);
+                let reply = Message::assistant_streaming(&chat).replying_to(user.id);
+                (user, reply)
+            })
+            .collect::<Vec<_>>()
+    };
+    // The memory store has no commits to share: SQLite's rows only.
+    for (name, store) in backends
+        .stores
+        .iter()
+        .filter(|(name, _)| *name == "sqlite_file")
+    {
+        let store = &**store;
+        group.bench_function(BenchmarkId::new("at_once", name), |b| {
+            b.to_async(&rt).iter_batched(
+                turns,
+                |turns| async move {
+                    let sent = turns
+                        .iter()
+                        .map(|(user, reply)| store.append_turn(user, reply));
+                    for appended in futures::future::join_all(sent).await {
+                        assert!(appended.unwrap().first_in_chat);
+                    }
+                },
+                criterion::BatchSize::SmallInput,
+            );
+        });
+        group.bench_function(BenchmarkId::new("one_after_another", name), |b| {
+            b.to_async(&rt).iter_batched(
+                turns,
+                |turns| async move {
+                    for (user, reply) in &turns {
+                        assert!(store.append_turn(user, reply).await.unwrap().first_in_chat);
+                    }
+                },
+                criterion::BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+    backends.finish(&rt);
+}
+
 fn history(c: &mut Criterion) {
     let rt = runtime();
     let backends = backends(&rt);
@@ -213,5 +269,5 @@ fn history(c: &mut Criterion) {
     backends.finish(&rt);
 }
 
-criterion_group!(benches, reply, checkpoint, turn, history);
+criterion_group!(benches, reply, checkpoint, turn, burst, history);
 criterion_main!(benches);

@@ -29,7 +29,9 @@ const FILE_POOL_SIZE: u32 = 8;
 /// tasks of one process may write at once, and several stores (or processes) may share one file.
 /// Writers of one process queue in order on an in-process lock; every write transaction starts
 /// with `BEGIN IMMEDIATE`, so a writer of another process waits on the busy timeout instead of
-/// failing on a lock upgrade.
+/// failing on a lock upgrade. Turns and checkpoints that queue behind one another share a
+/// transaction and its commit (up to 64 of them): each still applies entirely or not at all, and
+/// returns only once its writes are committed.
 ///
 /// Timestamps are stored as integer nanoseconds: a message reads back exactly as written.
 ///
@@ -52,6 +54,10 @@ pub struct SqliteStore {
     /// than on SQLite's busy handler, which sleeps in steps of milliseconds under contention.
     /// (Other processes on the same file still meet the busy timeout.)
     writer: std::sync::Arc<tokio::sync::Mutex<WriteSlot>>,
+    /// Scripts waiting for `writer` (not counting those only waiting to see their group
+    /// committed): while there are any, a script's writes stay in an open transaction for the
+    /// next ones to join (see [`SqliteStore::write`]).
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What the writer lock guards: the connection that write scripts keep using.
@@ -61,18 +67,38 @@ pub(crate) struct WriteSlot {
     /// cache stays warm, since the writes all go through it.
     conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
     /// Whether a connection may be kept out of the pool: not when the pool has only one (an
-    /// in-memory database), which readers need too.
+    /// in-memory database), which readers need too. Scripts are grouped only then.
     keep: bool,
+    /// The transaction open on `conn` that a group of scripts is writing in, until one of them
+    /// commits it.
+    open: Option<Group>,
+    /// The number the next group gets.
+    next_group: u64,
+    /// Groups committed with more than one script in them (read by the tests).
+    #[cfg(test)]
+    shared_commits: u64,
+}
+
+/// Scripts writing in one transaction; each waits for its commit before it answers.
+#[derive(Debug)]
+struct Group {
+    id: u64,
+    scripts: usize,
+    /// `Some(true)` once committed, `Some(false)` once rolled back.
+    outcome: tokio::sync::watch::Sender<Option<bool>>,
 }
 
 impl Drop for WriteSlot {
     fn drop(&mut self) {
-        // Handing a connection back to its pool spawns a task, which needs a runtime: a store
-        // dropped outside one closes the kept connection here instead.
-        if let Some(conn) = self.conn.take()
-            && tokio::runtime::Handle::try_current().is_err()
-        {
-            drop(conn.detach());
+        if let Some(mut conn) = self.conn.take() {
+            if self.open.is_some() {
+                // Uncommitted writes must not go back to the pool: closing rolls them back.
+                conn.close_on_drop();
+            } else if tokio::runtime::Handle::try_current().is_err() {
+                // Handing a connection back to its pool spawns a task, which needs a runtime:
+                // a store dropped outside one closes the kept connection here instead.
+                drop(conn.detach());
+            }
         }
     }
 }
@@ -147,7 +173,15 @@ impl SqliteStore {
         let keep = pool.options().get_max_connections() > 1;
         Ok(SqliteStore {
             pool,
-            writer: std::sync::Arc::new(tokio::sync::Mutex::new(WriteSlot { conn: None, keep })),
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(WriteSlot {
+                conn: None,
+                keep,
+                open: None,
+                next_group: 0,
+                #[cfg(test)]
+                shared_commits: 0,
+            })),
+            queued: Default::default(),
         })
     }
 
@@ -159,7 +193,7 @@ impl SqliteStore {
     /// Closes every connection; the store fails on use afterwards.
     pub async fn close(&self) {
         // The writer's connection goes back first: closing waits for every connection.
-        drop(self.writer.lock().await.conn.take());
+        drop(self.settled().await.conn.take());
         self.pool.close().await;
     }
 }
@@ -184,7 +218,7 @@ fn nanos(t: DateTime<Utc>) -> Result<i64> {
 impl SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Time = i64;
-    type WriteLock<'a> = tokio::sync::MutexGuard<'a, WriteSlot>;
+    type WriteLock<'a> = Slot;
 
     const BACKEND: &'static str = "sqlite";
     const SQL: Statements = Statements {
@@ -255,8 +289,8 @@ impl SqlBackend for SqliteStore {
         done.rows_affected()
     }
 
-    async fn lock_writes(&self) -> tokio::sync::MutexGuard<'_, WriteSlot> {
-        self.writer.lock().await
+    async fn lock_writes(&self) -> Slot {
+        self.settled().await
     }
 
     /// Writers of this process queue on `writer` (held until the guard drops), then
@@ -264,11 +298,8 @@ impl SqlBackend for SqliteStore {
     async fn begin_write(
         &self,
         doing: &'static str,
-    ) -> Result<(
-        tokio::sync::MutexGuard<'_, WriteSlot>,
-        sqlx::Transaction<'static, sqlx::Sqlite>,
-    )> {
-        let writing = self.writer.lock().await;
+    ) -> Result<(Slot, sqlx::Transaction<'static, sqlx::Sqlite>)> {
+        let writing = self.settled().await;
         let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -278,42 +309,37 @@ impl SqlBackend for SqliteStore {
     }
 
     async fn turn(&self, user: &Message, reply: &Message) -> Result<Appended> {
-        // In the writers' queue first: a turn waiting there holds only its messages, not the
-        // bound arguments too (at a burst of new chats, a thousand of them wait at once).
-        let slot = self.writer.lock().await;
         let sql = Sql(self);
         let (u, r) = (Columns::of::<Self>(user)?, Columns::of::<Self>(reply)?);
         let (owner, chat) = (user.owner.as_str(), user.chat_id.as_str());
         let key = user.client_message_id.as_deref();
         let user_id = user.id.as_uuid();
         let now = nanos(Utc::now())?;
-        let query = sqlx::query(TURN_SCRIPT)
-            .bind(owner)
-            .bind(chat)
-            .bind(now)
-            .bind(now);
-        let query = sql
-            .bind_columns(query, &u)
-            .bind(owner)
-            .bind(chat)
-            .bind(owner)
-            .bind(chat)
-            .bind(key);
-        let query = sql
-            .bind_columns(query, &r)
-            .bind(owner)
-            .bind(chat)
-            .bind(user_id);
-        let query = query
-            .bind(u.updated_at.max(r.updated_at))
-            .bind(owner)
-            .bind(chat)
-            .bind(user_id)
-            .bind(owner)
-            .bind(user_id)
-            .bind(chat)
-            .bind(key);
-        let rows = match self.script(slot, query).await {
+        let bind = |text| {
+            let query = sqlx::query(text).bind(owner).bind(chat).bind(now).bind(now);
+            let query = sql
+                .bind_columns(query, &u)
+                .bind(owner)
+                .bind(chat)
+                .bind(owner)
+                .bind(chat)
+                .bind(key);
+            let query = sql
+                .bind_columns(query, &r)
+                .bind(owner)
+                .bind(chat)
+                .bind(user_id);
+            Ok(query
+                .bind(u.updated_at.max(r.updated_at))
+                .bind(owner)
+                .bind(chat)
+                .bind(user_id)
+                .bind(owner)
+                .bind(user_id)
+                .bind(chat)
+                .bind(key))
+        };
+        let rows = match self.write(&TURN, bind).await? {
             Ok(rows) => rows,
             Err(e) if sql::is_unique_violation(&e) => {
                 // The key check in the script makes this unreachable for a repeated key; a taken
@@ -348,18 +374,18 @@ impl SqlBackend for SqliteStore {
     }
 
     async fn checkpoint(&self, message: &Message) -> Result<()> {
-        // Queued first, bound after, as in `turn`: every live reply may have a checkpoint
-        // waiting for the writer.
-        let slot = self.writer.lock().await;
-        let query = Sql(self)
-            .bind_checkpoint(sqlx::query(UPDATE_SCRIPT), message)?
-            .bind(nanos(message.updated_at)?)
-            .bind(message.owner.as_str())
-            .bind(message.id.as_uuid())
-            .bind(message.owner.as_str());
+        let updated_at = nanos(message.updated_at)?;
+        let bind = |text| {
+            Ok(Sql(self)
+                .bind_checkpoint(sqlx::query(text), message)?
+                .bind(updated_at)
+                .bind(message.owner.as_str())
+                .bind(message.id.as_uuid())
+                .bind(message.owner.as_str()))
+        };
         let rows = self
-            .script(slot, query)
-            .await
+            .write(&UPDATE, bind)
+            .await?
             .map_err(sql::err::<Self>("update message"))?;
         if rows.is_empty() {
             return Err(sql::not_found("message", message.id));
@@ -372,26 +398,50 @@ impl SqlBackend for SqliteStore {
 // statements: sqlx numbers a script's parameters statement by statement, so a `?NNN` that skips
 // numbers would shift the ones after it.
 
-/// A checkpoint as one script (see [`SqliteStore::script`]): the message, then its chat's
-/// activity time. `RETURNING` gives no row when the owner has no such message. Its parameters
-/// are those of [`Sql::bind_checkpoint`], then `updated_at`, the owner, the message's id and the
-/// owner again.
-const UPDATE_SCRIPT: &str = "BEGIN IMMEDIATE;
-UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, finish_reason = ?,
+/// A write script's statements, in the three forms [`SqliteStore::write`] runs them in.
+struct Script {
+    /// In a transaction of its own.
+    alone: &'static str,
+    /// Opening a transaction that later scripts join.
+    first: &'static str,
+    /// In a transaction already open.
+    joining: &'static str,
+}
+
+/// Wraps a script's statements in its three forms.
+macro_rules! script {
+    ($statements:expr) => {
+        Script {
+            alone: concat!("BEGIN IMMEDIATE;\n", $statements, "COMMIT;"),
+            first: concat!(
+                "BEGIN IMMEDIATE;\nSAVEPOINT script;\n",
+                $statements,
+                "RELEASE script;"
+            ),
+            joining: concat!("SAVEPOINT script;\n", $statements, "RELEASE script;"),
+        }
+    };
+}
+
+/// A checkpoint: the message, then its chat's activity time. `RETURNING` gives no row when the
+/// owner has no such message. Its parameters are those of [`Sql::bind_checkpoint`], then
+/// `updated_at`, the owner, the message's id and the owner again.
+const UPDATE: Script = script!(
+    "UPDATE messages SET content = ?, reasoning = ?, tool_calls = ?, status = ?, finish_reason = ?,
     usage_input_tokens = ?, usage_output_tokens = ?, error = ?, parts = ?, thinking = ?,
     generation = ?, updated_at = ?
     WHERE id = ? AND owner = ? RETURNING chat_id;
 UPDATE chats SET updated_at = MAX(updated_at, ?)
     WHERE owner = ? AND id = (SELECT chat_id FROM messages WHERE id = ? AND owner = ?);
-COMMIT;";
+"
+);
 
-/// A turn as one script (see [`SqliteStore::script`]): the chat if it is new; the user message
-/// unless the chat already has its client message id; the reply only if the user message was
-/// stored now, each with the chat's next sequence number; then the stored user message (the new
-/// one or the original) comes back, with its sequence number.
-const TURN_SCRIPT: &str = concat!(
-    "BEGIN IMMEDIATE;
-INSERT INTO chats (owner, id, title, created_at, updated_at) VALUES (?, ?, NULL, ?, ?)
+/// A turn: the chat if it is new; the user message unless the chat already has its client
+/// message id; the reply only if the user message was stored now, each with the chat's next
+/// sequence number; then the stored user message (the new one or the original) comes back, with
+/// its sequence number.
+const TURN: Script = script!(concat!(
+    "INSERT INTO chats (owner, id, title, created_at, updated_at) VALUES (?, ?, NULL, ?, ?)
     ON CONFLICT (owner, id) DO NOTHING;
 INSERT INTO messages (",
     message_columns!(),
@@ -411,14 +461,20 @@ SELECT ",
     message_columns!(),
     ", seq FROM messages
     WHERE owner = ? AND (id = ? OR (chat_id = ? AND client_message_id = ?));
-COMMIT;"
-);
+"
+));
+
+/// The most scripts one transaction takes before it is committed, waiters or not.
+const GROUP_LIMIT: usize = 64;
 
 type SqliteQuery<'q> = sql::Query<'q, sqlx::Sqlite>;
 
+/// The writer lock, held.
+type Slot = tokio::sync::OwnedMutexGuard<WriteSlot>;
+
 /// A connection running a script; closed rather than reused unless the script is known to have
-/// ended its transaction (a script that failed and could not be rolled back, or whose future was
-/// dropped part-way, may have left it open).
+/// left it in a known state (a script that failed and could not be rolled back, or whose future
+/// was dropped part-way, may have left a transaction open).
 struct ScriptConnection(Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>);
 
 impl Drop for ScriptConnection {
@@ -429,19 +485,272 @@ impl Drop for ScriptConnection {
     }
 }
 
+/// Counts a script in [`SqliteStore::queued`] while it waits for the writer lock.
+struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Queued(count)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Held by a script that wrote in a group and waits for its commit: if that wait is dropped,
+/// the group is still committed, by a task of its own, should no other script do it.
+struct CommitOnDrop {
+    store: Option<SqliteStore>,
+    group: u64,
+}
+
+impl Drop for CommitOnDrop {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let group = self.group;
+            runtime.spawn(async move {
+                let mut slot = store.writer.clone().lock_owned().await;
+                SqliteStore::resolve_lost(&mut slot);
+                if slot.open.as_ref().is_some_and(|g| g.id == group) {
+                    store.commit(&mut slot).await;
+                }
+            });
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Runs a write script (`BEGIN IMMEDIATE; …; COMMIT;`) and returns the rows its statements
-    /// return. `slot` is the writers' queue, taken before the script's arguments were bound; it
-    /// is let go when the script ends.
+    /// Runs a write script (`script`'s statements, with the arguments `bind` binds) and returns
+    /// the rows its statements return.
     ///
-    /// The statements go to the connection's thread as one query: one round trip instead of one
-    /// per statement, which is most of what a small write costs (measured with
-    /// `cargo bench --bench store`). When a statement fails the script stops there, inside its
-    /// transaction, which is then rolled back: a script applies entirely or not at all, also when
-    /// its future is dropped part-way (the connection is closed, which rolls back).
+    /// A script applies entirely or not at all: when a statement fails, the script stops there
+    /// and is rolled back; when its future is dropped part-way, the connection is closed, which
+    /// rolls it back.
+    ///
+    /// Scripts queue for the writer in order, and are bound once their turn comes (so that the
+    /// queue holds no arguments). The statements go to the connection's thread as one query:
+    /// one round trip instead of one per statement, which is most of what a small write costs
+    /// (measured with `cargo bench --bench store`). When nobody waits, a script runs in a
+    /// transaction of its own. When others wait, it opens a transaction (or joins the one
+    /// open), runs in a savepoint of it, and hands the writer on; the last script of the group
+    /// (or the first to find nobody waiting) commits for all of them, and each answers once
+    /// that commit is done: many sends' writes share one commit, about half of what a small
+    /// write costs. If the group is rolled back instead (its connection was lost), each of its
+    /// scripts runs again, once.
+    async fn write<'q, F>(
+        &self,
+        script: &Script,
+        bind: F,
+    ) -> Result<std::result::Result<Vec<SqliteRow>, sqlx::Error>>
+    where
+        F: Fn(&'static str) -> Result<SqliteQuery<'q>>,
+    {
+        let mut again = true;
+        loop {
+            let waiting = Queued::enter(&self.queued);
+            let mut slot = self.writer.clone().lock_owned().await;
+            drop(waiting);
+            Self::resolve_lost(&mut slot);
+            if !slot.keep || (slot.open.is_none() && !self.others_queued()) {
+                let query = bind(script.alone)?;
+                return Ok(self.script(&mut slot, query).await);
+            }
+            let opens = slot.open.is_none();
+            let query = match bind(if opens { script.first } else { script.joining }) {
+                Ok(query) => query,
+                Err(e) => {
+                    self.end_group_unless_awaited(slot).await;
+                    return Err(e);
+                }
+            };
+            let conn = match slot.conn.take() {
+                Some(conn) => conn,
+                None => match self.pool.acquire().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        self.end_group_unless_awaited(slot).await;
+                        return Ok(Err(e));
+                    }
+                },
+            };
+            let mut running = ScriptConnection(Some(conn));
+            let Some(conn) = running.0.as_mut() else {
+                return Ok(Err(sqlx::Error::PoolClosed));
+            };
+            let rows = match query.fetch_all(&mut **conn).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // Only this script's writes are undone; the group's stay.
+                    let undo = if opens {
+                        "ROLLBACK"
+                    } else {
+                        "ROLLBACK TO script; RELEASE script"
+                    };
+                    if sqlx::query(undo).execute(&mut **conn).await.is_ok() {
+                        slot.conn = running.0.take();
+                    } else {
+                        drop(running);
+                        Self::resolve_lost(&mut slot);
+                    }
+                    // The scripts of the group wait for it to end: not on this one.
+                    self.end_group_unless_awaited(slot).await;
+                    return Ok(Err(e));
+                }
+            };
+            slot.conn = running.0.take();
+            let group = match slot.open.as_mut() {
+                Some(group) => group,
+                None => {
+                    let id = slot.next_group;
+                    slot.next_group += 1;
+                    slot.open.insert(Group {
+                        id,
+                        scripts: 0,
+                        outcome: tokio::sync::watch::Sender::new(None),
+                    })
+                }
+            };
+            group.scripts += 1;
+            let (id, full) = (group.id, group.scripts >= GROUP_LIMIT);
+            let mut outcome = group.outcome.subscribe();
+            let committed = if full || !self.others_queued() {
+                self.end_group(slot).await.0
+            } else {
+                // The next script joins; this one waits for the group's end, or for the writer
+                // to come back to it with the group still open (the scripts after it went away),
+                // and then commits it.
+                let mut pending = CommitOnDrop {
+                    store: Some(self.clone()),
+                    group: id,
+                };
+                drop(slot);
+                let seen = outcome.clone();
+                let ended = async {
+                    let ended = outcome.wait_for(Option::is_some).await;
+                    ended.ok().and_then(|o| *o)
+                };
+                let committed = tokio::select! {
+                    committed = ended => committed,
+                    mut slot = self.writer.clone().lock_owned() => {
+                        Self::resolve_lost(&mut slot);
+                        if slot.open.as_ref().is_some_and(|g| g.id == id) {
+                            self.end_group(slot).await.0
+                        } else {
+                            *seen.borrow()
+                        }
+                    }
+                };
+                pending.store = None;
+                committed
+            };
+            match committed {
+                Some(true) => return Ok(Ok(rows)),
+                // Rolled back: nothing of it was kept.
+                Some(false) if again => again = false,
+                Some(false) => {
+                    return Ok(Err(sqlx::Error::Protocol(
+                        "the transaction this write was grouped in was rolled back twice".into(),
+                    )));
+                }
+                None => {
+                    return Ok(Err(sqlx::Error::Protocol(
+                        "the transaction this write was grouped in ended unseen".into(),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Whether other scripts wait for the writer lock.
+    fn others_queued(&self) -> bool {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Commits the open group, if any, and gives the writer lock back; its scripts learn how
+    /// it ended (`Some(true)` committed, `Some(false)` rolled back; `None` when no group was
+    /// open).
+    ///
+    /// The commit runs in a task of its own, so that when this caller goes away part-way the
+    /// group still ends, and its scripts still learn how.
+    async fn end_group(&self, mut slot: Slot) -> (Option<bool>, Option<Slot>) {
+        if slot.open.is_none() {
+            return (None, Some(slot));
+        }
+        let store = self.clone();
+        let ending = tokio::spawn(async move {
+            let committed = store.commit(&mut slot).await;
+            (committed, slot)
+        });
+        match ending.await {
+            Ok((committed, slot)) => (Some(committed), Some(slot)),
+            Err(_) => (None, None),
+        }
+    }
+
+    /// Ends the open group unless another script is queued to join it (whose to end it then
+    /// is).
+    async fn end_group_unless_awaited(&self, slot: Slot) {
+        if !self.others_queued() {
+            self.end_group(slot).await;
+        }
+    }
+
+    /// Commits the open group; `true` when it was committed. Its scripts learn how it ended.
+    async fn commit(&self, slot: &mut WriteSlot) -> bool {
+        let Some(group) = slot.open.take() else {
+            return false;
+        };
+        let committed = match slot.conn.as_mut() {
+            Some(conn) => sqlx::query("COMMIT").execute(&mut **conn).await.is_ok(),
+            None => false,
+        };
+        if !committed && let Some(mut conn) = slot.conn.take() {
+            // Closing it rolls back whatever is left open; it is not reused.
+            conn.close_on_drop();
+        }
+        #[cfg(test)]
+        if committed && group.scripts > 1 {
+            slot.shared_commits += 1;
+        }
+        group.outcome.send_replace(Some(committed));
+        committed
+    }
+
+    /// A group whose connection is gone (a script's future was dropped while it ran, which
+    /// closed the connection) was rolled back: its scripts learn it.
+    fn resolve_lost(slot: &mut WriteSlot) {
+        if slot.conn.is_none()
+            && let Some(group) = slot.open.take()
+        {
+            group.outcome.send_replace(Some(false));
+        }
+    }
+
+    /// The writer lock, with no group open: for writes that do not go through scripts.
+    async fn settled(&self) -> Slot {
+        let mut slot = self.writer.clone().lock_owned().await;
+        Self::resolve_lost(&mut slot);
+        if slot.open.is_none() {
+            return slot;
+        }
+        match self.end_group(slot).await {
+            (_, Some(slot)) => slot,
+            // The commit's task panicked: the lock went with it.
+            (_, None) => Box::pin(self.settled()).await,
+        }
+    }
+
+    /// Runs a script in a transaction of its own (`BEGIN IMMEDIATE; …; COMMIT;`), on the
+    /// writer's connection in `slot`.
     async fn script(
         &self,
-        mut slot: tokio::sync::MutexGuard<'_, WriteSlot>,
+        slot: &mut WriteSlot,
         query: SqliteQuery<'_>,
     ) -> std::result::Result<Vec<SqliteRow>, sqlx::Error> {
         let conn = match slot.conn.take() {
@@ -467,7 +776,168 @@ sql::impl_message_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
-    use super::is_memory_url;
+    use super::{SqliteStore, is_memory_url};
+    use crate::{ChatKey, Error, Message, MessageStore, UserId, store::HistoryPage};
+
+    async fn file_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::open_path(dir.path().join("group.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    fn turn(chat: &ChatKey, n: usize) -> (Message, Message) {
+        (
+            Message::user(chat, format!("question {n}")),
+            Message::assistant_streaming(chat),
+        )
+    }
+
+    async fn shared_commits(store: &SqliteStore) -> u64 {
+        store.writer.lock().await.shared_commits
+    }
+
+    /// Every message of `chat`, oldest first.
+    async fn all(store: &SqliteStore, chat: &ChatKey) -> Vec<Message> {
+        store
+            .history(chat, HistoryPage::default())
+            .await
+            .expect("history")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_keep_every_turn() {
+        let (_dir, store) = file_store().await;
+        let owner = UserId::anonymous();
+        // 50 chats of 4 turns each, all sent at once, plus a checkpoint of each reply.
+        let chats: Vec<ChatKey> = (0..50)
+            .map(|i| ChatKey::new(owner.clone(), format!("chat-{i}").parse().expect("id")))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, chat) in chats.iter().enumerate() {
+            for n in 0..4 {
+                let (store, chat) = (store.clone(), chat.clone());
+                tasks.spawn(async move {
+                    let (user, mut reply) = turn(&chat, i * 10 + n);
+                    let appended = store.append_turn(&user, &reply).await.expect("turn");
+                    assert!(appended.created);
+                    reply.content = format!("answer {}", i * 10 + n);
+                    store.update(&reply).await.expect("checkpoint");
+                });
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task");
+        }
+        assert!(
+            shared_commits(&store).await > 0,
+            "no two writes shared a commit"
+        );
+        for chat in &chats {
+            let messages = all(&store, chat).await;
+            assert_eq!(messages.len(), 8, "{chat:?}");
+            // Each turn's two messages are next to each other, the reply after its question.
+            for pair in messages.chunks(2) {
+                let n = pair[0]
+                    .content
+                    .strip_prefix("question ")
+                    .expect("a question");
+                assert_eq!(pair[1].content, format!("answer {n}"));
+            }
+        }
+        // Nothing is left open: a write of another kind goes through, and reads see it all.
+        let extra = Message::user(&chats[0], "after");
+        store.append(&extra).await.expect("append after");
+        assert_eq!(all(&store, &chats[0]).await.len(), 9);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_leaves_the_rest_of_its_group() {
+        let (_dir, store) = file_store().await;
+        let owner = UserId::anonymous();
+        let chat = ChatKey::new(owner.clone(), "taken".parse().expect("id"));
+        let (taken_user, taken_reply) = turn(&chat, 0);
+        store
+            .append_turn(&taken_user, &taken_reply)
+            .await
+            .expect("first turn");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let store = store.clone();
+            let owner = owner.clone();
+            let taken = taken_user.clone();
+            tasks.spawn(async move {
+                let chat = ChatKey::new(owner, format!("c{i}").parse().expect("id"));
+                let (mut user, reply) = turn(&chat, i);
+                if i % 3 == 0 {
+                    // A message id that is already stored: this turn fails, alone.
+                    user.id = taken.id;
+                }
+                (i, chat, store.append_turn(&user, &reply).await)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (i, chat, result) = done.expect("task");
+            let kept = all(&store, &chat).await;
+            if i % 3 == 0 {
+                assert!(
+                    matches!(result, Err(Error::AlreadyExists { .. })),
+                    "turn {i}: {result:?}"
+                );
+                assert!(kept.is_empty(), "turn {i} kept {kept:?}");
+            } else {
+                result.expect("turn");
+                assert_eq!(kept.len(), 2, "turn {i}");
+            }
+        }
+        assert!(shared_commits(&store).await > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_dropped_part_way_lose_nothing_of_the_others() {
+        let (_dir, store) = file_store().await;
+        let owner = UserId::anonymous();
+        for round in 0..10u64 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..60u64 {
+                let store = store.clone();
+                let chat =
+                    ChatKey::new(owner.clone(), format!("r{round}-{i}").parse().expect("id"));
+                tasks.spawn(async move {
+                    let (user, reply) = turn(&chat, i as usize);
+                    let write = store.append_turn(&user, &reply);
+                    // Every third write is dropped after a while of its own: waiting for the
+                    // writer, running, or waiting for its group's commit.
+                    let finished = if i % 3 == 0 {
+                        let after = std::time::Duration::from_micros((i * 97 + round * 211) % 3000);
+                        tokio::time::timeout(after, write).await.ok()
+                    } else {
+                        Some(write.await)
+                    };
+                    (i, chat, finished)
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                let (i, chat, finished) = done.expect("task");
+                let kept = all(&store, &chat).await.len();
+                match finished {
+                    Some(appended) => {
+                        appended.expect("turn");
+                        assert_eq!(kept, 2, "round {round}, write {i}");
+                    }
+                    // Dropped: the whole turn or none of it.
+                    None => assert!(kept == 0 || kept == 2, "round {round}, write {i}: {kept}"),
+                }
+            }
+        }
+        // No transaction was left open.
+        let chat = ChatKey::new(owner, "after".parse().expect("id"));
+        let (user, reply) = turn(&chat, 0);
+        store.append_turn(&user, &reply).await.expect("turn after");
+        assert_eq!(all(&store, &chat).await.len(), 2);
+        store.close().await;
+    }
 
     #[test]
     fn memory_urls() {
