@@ -29,9 +29,10 @@ const FILE_POOL_SIZE: u32 = 8;
 /// tasks of one process may write at once, and several stores (or processes) may share one file.
 /// Writers of one process queue in order on an in-process lock; every write transaction starts
 /// with `BEGIN IMMEDIATE`, so a writer of another process waits on the busy timeout instead of
-/// failing on a lock upgrade. Turns and checkpoints that queue behind one another share a
-/// transaction and its commit (up to 64 of them): each still applies entirely or not at all, and
-/// returns only once its writes are committed.
+/// failing on a lock upgrade. In a file, turns and checkpoints that queue behind one another
+/// share a transaction and its commit (up to 64 of them): each still applies entirely or not at
+/// all, and returns only once its writes are committed. (An in-memory database shares its one
+/// connection with readers, so there each write commits alone.)
 ///
 /// Timestamps are stored as integer nanoseconds: a message reads back exactly as written.
 ///
